@@ -1,0 +1,237 @@
+//! Command-line flags (each also readable from a `HOLDUP_*` environment variable), turned
+//! into the typed, validated structs of `config.rs`.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{
+    ConfigError, Database, DatabaseConfig, Limits, ServeConfig, SimulatorConfig, UpstreamTarget,
+    check_range, millis,
+};
+
+/// holdup: a gRPC lab that shows, with evidence, why a response is late.
+#[derive(Debug, Parser)]
+#[command(name = "holdup", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the Lab gRPC service (the default when no subcommand is given).
+    Serve(Box<ServeArgs>),
+    /// Run the upstream HTTP simulator alone.
+    Upstream(UpstreamArgs),
+}
+
+impl Cli {
+    /// The subcommand to run; a bare `holdup` serves with every default.
+    pub fn command(self) -> Command {
+        self.command.unwrap_or_else(|| {
+            // Parsing no arguments cannot fail: every serve flag has a default (or is optional).
+            let defaults =
+                ServeOnly::try_parse_from(["holdup"]).expect("serve flags all have defaults");
+            Command::Serve(Box::new(defaults.serve))
+        })
+    }
+}
+
+/// `serve`'s flags alone: what a bare `holdup` parses (environment variables still apply).
+#[derive(Debug, Parser)]
+pub struct ServeOnly {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SimulatorArgs {
+    /// Simulated upstream: latency before every answer.
+    #[arg(long, env = "HOLDUP_SIM_LATENCY_MS", default_value_t = 20)]
+    pub sim_latency_ms: u32,
+    /// Simulated upstream: extra latency drawn uniformly from 0..=jitter.
+    #[arg(long, env = "HOLDUP_SIM_JITTER_MS", default_value_t = 0)]
+    pub sim_jitter_ms: u32,
+    /// Simulated upstream: fraction of calls answered with HTTP 503 (0.0..=1.0).
+    #[arg(long, env = "HOLDUP_SIM_ERROR_RATE", default_value_t = 0.0)]
+    pub sim_error_rate: f64,
+    /// Simulated upstream: fraction of calls that stall for --sim-stall-ms (0.0..=1.0).
+    #[arg(long, env = "HOLDUP_SIM_STALL_RATE", default_value_t = 0.0)]
+    pub sim_stall_rate: f64,
+    /// Simulated upstream: how long a stalled call hangs before it answers.
+    #[arg(long, env = "HOLDUP_SIM_STALL_MS", default_value_t = 30_000)]
+    pub sim_stall_ms: u32,
+}
+
+impl SimulatorArgs {
+    /// # Errors
+    /// A [`ConfigError`] for a rate outside 0..=1 or a latency over a minute.
+    pub fn validate(&self) -> Result<SimulatorConfig, ConfigError> {
+        Ok(SimulatorConfig {
+            latency_ms: check_range("--sim-latency-ms", self.sim_latency_ms, 0, 60_000)?,
+            jitter_ms: check_range("--sim-jitter-ms", self.sim_jitter_ms, 0, 60_000)?,
+            error_rate: check_range("--sim-error-rate", self.sim_error_rate, 0.0, 1.0)?,
+            stall_rate: check_range("--sim-stall-rate", self.sim_stall_rate, 0.0, 1.0)?,
+            stall_ms: check_range("--sim-stall-ms", self.sim_stall_ms, 0, 600_000)?,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// gRPC listen address (port 0 picks a free port).
+    #[arg(long, env = "HOLDUP_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Worker threads of the lab runtime where handlers run (default: number of cores).
+    #[arg(long, env = "HOLDUP_WORKERS")]
+    pub workers: Option<usize>,
+    /// Threads of the transport runtime (accept, HTTP/2, protobuf codec).
+    #[arg(long, env = "HOLDUP_IO_THREADS", default_value_t = 1)]
+    pub io_threads: usize,
+    /// Database for SlowBackend: postgres://… or sqlite:…; default: embedded SQLite in a temp dir.
+    #[arg(long, env = "HOLDUP_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Connections in SlowBackend's pool.
+    #[arg(long, env = "HOLDUP_DB_POOL_SIZE", default_value_t = crate::config::DEFAULT_DB_POOL_SIZE)]
+    pub db_pool_size: u32,
+    /// How long a request waits for a pool connection before UNAVAILABLE.
+    #[arg(long, env = "HOLDUP_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2_000)]
+    pub db_acquire_timeout_ms: u64,
+    /// Rows seeded into the lab table (POINT looks one up, SCAN reads them all).
+    #[arg(long, env = "HOLDUP_SEED_ROWS", default_value_t = crate::config::DEFAULT_SEED_ROWS)]
+    pub seed_rows: u32,
+    /// Threads of the dedicated compute pool (default: number of cores).
+    #[arg(long, env = "HOLDUP_COMPUTE_THREADS")]
+    pub compute_threads: Option<usize>,
+    /// Jobs that may queue for a compute thread; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "HOLDUP_COMPUTE_QUEUE", default_value_t = 64)]
+    pub compute_queue: usize,
+    /// Base URL of an upstream simulator; default: start one in-process.
+    #[arg(long, env = "HOLDUP_UPSTREAM_URL")]
+    pub upstream_url: Option<String>,
+    #[command(flatten)]
+    pub sim: SimulatorArgs,
+    /// Cap on CpuBound.work_ms.
+    #[arg(long, env = "HOLDUP_MAX_CPU_MS", default_value_t = crate::config::DEFAULT_MAX_CPU_MS)]
+    pub max_cpu_ms: u32,
+    /// Cap on SlowBackend.hold_ms.
+    #[arg(long, env = "HOLDUP_MAX_HOLD_MS", default_value_t = crate::config::DEFAULT_MAX_HOLD_MS)]
+    pub max_hold_ms: u32,
+    /// Cap on Sleep.duration_ms.
+    #[arg(long, env = "HOLDUP_MAX_SLEEP_MS", default_value_t = crate::config::DEFAULT_MAX_SLEEP_MS)]
+    pub max_sleep_ms: u32,
+    /// Cap on UpstreamCall.max_retries.
+    #[arg(long, env = "HOLDUP_MAX_RETRIES", default_value_t = crate::config::DEFAULT_MAX_RETRIES)]
+    pub max_retries: u32,
+    /// Grace period for in-flight requests after SIGTERM / Ctrl-C.
+    #[arg(long, env = "HOLDUP_GRACE_MS", default_value_t = 10_000)]
+    pub grace_ms: u64,
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+impl ServeArgs {
+    /// # Errors
+    /// A [`ConfigError`] naming the first flag whose value is out of range.
+    pub fn validate(&self) -> Result<ServeConfig, ConfigError> {
+        let database = match &self.database_url {
+            None => Database::EmbeddedSqlite,
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Database::Url(url.clone())
+            }
+            Some(url) if url.starts_with("sqlite:") => Database::Url(url.clone()),
+            Some(url) => {
+                return Err(ConfigError::new(
+                    "--database-url",
+                    format!("{url:?} is neither postgres://… nor sqlite:…"),
+                ));
+            }
+        };
+        let upstream = match &self.upstream_url {
+            None => UpstreamTarget::InProcess(self.sim.validate()?),
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                UpstreamTarget::Url(url.trim_end_matches('/').to_owned())
+            }
+            Some(url) => {
+                return Err(ConfigError::new(
+                    "--upstream-url",
+                    format!("{url:?} is not an http:// or https:// URL"),
+                ));
+            }
+        };
+        Ok(ServeConfig {
+            listen: self.listen,
+            workers: check_range("--workers", self.workers.unwrap_or_else(cores), 1, 256)?,
+            io_threads: check_range("--io-threads", self.io_threads, 1, 64)?,
+            db: DatabaseConfig {
+                database,
+                pool_size: check_range("--db-pool-size", self.db_pool_size, 1, 1_000)?,
+                acquire_timeout: millis(check_range(
+                    "--db-acquire-timeout-ms",
+                    self.db_acquire_timeout_ms,
+                    1,
+                    600_000,
+                )?),
+                seed_rows: check_range("--seed-rows", self.seed_rows, 1, 10_000_000)?,
+            },
+            compute_threads: check_range(
+                "--compute-threads",
+                self.compute_threads.unwrap_or_else(cores),
+                1,
+                256,
+            )?,
+            compute_queue: check_range("--compute-queue", self.compute_queue, 0, 100_000)?,
+            upstream,
+            limits: Limits {
+                max_cpu_ms: check_range("--max-cpu-ms", self.max_cpu_ms, 1, 600_000)?,
+                max_hold_ms: check_range("--max-hold-ms", self.max_hold_ms, 0, 600_000)?,
+                max_sleep_ms: check_range("--max-sleep-ms", self.max_sleep_ms, 0, 600_000)?,
+                max_retries: check_range("--max-retries", self.max_retries, 0, 20)?,
+            },
+            grace: Duration::from_millis(check_range("--grace-ms", self.grace_ms, 0, 600_000)?),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UpstreamArgs {
+    /// HTTP listen address of the simulator.
+    #[arg(long, env = "HOLDUP_UPSTREAM_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub sim: SimulatorArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> ServeArgs {
+        let mut all = vec!["holdup"];
+        all.extend_from_slice(args);
+        ServeOnly::try_parse_from(all).expect("flags parse").serve
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let config = parse(&[]).validate().expect("defaults are valid");
+        assert_eq!(config.listen.port(), 50051);
+        assert_eq!(config.db.database, Database::EmbeddedSqlite);
+        assert!(matches!(config.upstream, UpstreamTarget::InProcess(_)));
+    }
+
+    #[test]
+    fn out_of_range_names_the_flag() {
+        let err = parse(&["--db-pool-size", "0"]).validate().unwrap_err();
+        assert_eq!(err.flag, "--db-pool-size");
+        let err = parse(&["--sim-error-rate", "1.5"]).validate().unwrap_err();
+        assert_eq!(err.flag, "--sim-error-rate");
+        let err = parse(&["--database-url", "mysql://x"])
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.flag, "--database-url");
+    }
+}

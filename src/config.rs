@@ -1,0 +1,181 @@
+//! Typed configuration, validated before any port is bound.
+//!
+//! The CLI (`cli.rs`) parses flags and environment variables into these structs; everything
+//! downstream takes a `ServeConfig` and never looks at flags again.
+
+use std::{net::SocketAddr, time::Duration};
+
+/// Caps on lab parameters. They keep one lab RPC from becoming a denial of service; a flag can
+/// raise each one for a deliberate experiment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest `CpuBound.work_ms`.
+    pub max_cpu_ms: u32,
+    /// Longest `SlowBackend.hold_ms`.
+    pub max_hold_ms: u32,
+    /// Longest `Sleep.duration_ms`.
+    pub max_sleep_ms: u32,
+    /// Most `UpstreamCall.max_retries`.
+    pub max_retries: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_cpu_ms: DEFAULT_MAX_CPU_MS,
+            max_hold_ms: DEFAULT_MAX_HOLD_MS,
+            max_sleep_ms: DEFAULT_MAX_SLEEP_MS,
+            max_retries: DEFAULT_MAX_RETRIES,
+        }
+    }
+}
+
+/// Ten seconds of hashing is far past any useful demonstration and still ends soon enough that a
+/// mistaken call does not hold a worker for long.
+pub const DEFAULT_MAX_CPU_MS: u32 = 10_000;
+/// A connection held for ten seconds already shows pool starvation plainly.
+pub const DEFAULT_MAX_HOLD_MS: u32 = 10_000;
+/// Thirty seconds covers every timeout experiment while bounding a forgotten call.
+pub const DEFAULT_MAX_SLEEP_MS: u32 = 30_000;
+/// Five retries with exponential backoff already spans seconds; more only amplifies load.
+pub const DEFAULT_MAX_RETRIES: u32 = 5;
+/// A small pool makes contention easy to reproduce with a handful of concurrent calls.
+pub const DEFAULT_DB_POOL_SIZE: u32 = 4;
+/// Rows seeded into the lab table: enough that an unindexed scan costs milliseconds, few enough
+/// that seeding takes well under a second.
+pub const DEFAULT_SEED_ROWS: u32 = 100_000;
+
+/// Where SlowBackend's connections come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// A SQLite file in a temporary directory, removed at exit: works with nothing installed.
+    EmbeddedSqlite,
+    /// A database URL (`postgres://…` or `sqlite:…`).
+    Url(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    pub database: Database,
+    /// Connections in the pool; the bound whose exhaustion SlowBackend demonstrates.
+    pub pool_size: u32,
+    /// How long a request waits for a connection before it is refused with UNAVAILABLE.
+    pub acquire_timeout: Duration,
+    pub seed_rows: u32,
+}
+
+/// The upstream simulator's default behaviour; each call may override any of it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SimulatorConfig {
+    pub latency_ms: u32,
+    pub jitter_ms: u32,
+    /// Fraction of calls answered with HTTP 503.
+    pub error_rate: f64,
+    /// Fraction of calls that stall for `stall_ms` before answering.
+    pub stall_rate: f64,
+    pub stall_ms: u32,
+}
+
+impl Default for SimulatorConfig {
+    fn default() -> Self {
+        Self {
+            latency_ms: 20,
+            jitter_ms: 0,
+            error_rate: 0.0,
+            stall_rate: 0.0,
+            stall_ms: 30_000,
+        }
+    }
+}
+
+/// Where UpstreamCall goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpstreamTarget {
+    /// Start a simulator in-process on a free loopback port.
+    InProcess(SimulatorConfig),
+    /// An already running `holdup upstream` (or any HTTP service with the same API).
+    Url(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// gRPC listen address; port 0 picks a free port (read it back after bind).
+    pub listen: SocketAddr,
+    /// Worker threads of the lab runtime, where handlers run. Small on purpose: the lessons
+    /// are about what happens when those few workers are blocked.
+    pub workers: usize,
+    /// Threads of the transport runtime (accept, HTTP/2, codec); see `runtime.rs` for why it
+    /// is separate.
+    pub io_threads: usize,
+    pub db: DatabaseConfig,
+    /// Threads of the dedicated compute pool for `CpuBound COMPUTE_POOL`.
+    pub compute_threads: usize,
+    /// Jobs that may wait for a compute thread before further ones are refused.
+    pub compute_queue: usize,
+    pub upstream: UpstreamTarget,
+    pub limits: Limits,
+    /// How long in-flight requests may run after a shutdown signal.
+    pub grace: Duration,
+}
+
+impl ServeConfig {
+    /// A configuration for tests and examples: loopback port 0, embedded SQLite, in-process
+    /// upstream, two lab workers.
+    pub fn local() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            workers: 2,
+            io_threads: 1,
+            db: DatabaseConfig {
+                database: Database::EmbeddedSqlite,
+                pool_size: DEFAULT_DB_POOL_SIZE,
+                acquire_timeout: Duration::from_secs(2),
+                seed_rows: 10_000,
+            },
+            compute_threads: 2,
+            compute_queue: 16,
+            upstream: UpstreamTarget::InProcess(SimulatorConfig::default()),
+            limits: Limits::default(),
+            grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A configuration value outside what holdup can run with.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid value for {flag}: {reason}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(flag: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            flag,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Checks `value` lies in `min..=max`, naming the flag otherwise.
+///
+/// # Errors
+/// A [`ConfigError`] naming `flag` and the allowed range.
+pub fn check_range<T>(flag: &'static str, value: T, min: T, max: T) -> Result<T, ConfigError>
+where
+    T: PartialOrd + std::fmt::Display + Copy,
+{
+    if value < min || value > max {
+        return Err(ConfigError::new(
+            flag,
+            format!("{value} is outside {min}..={max}"),
+        ));
+    }
+    Ok(value)
+}
+
+/// Milliseconds as the `Duration` the rest of the code uses.
+pub fn millis(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}

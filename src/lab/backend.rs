@@ -1,0 +1,294 @@
+//! `SlowBackend`: a slow database and a full connection pool.
+//!
+//! The pool is a real sqlx pool of `--db-pool-size` connections to embedded SQLite (default)
+//! or PostgreSQL. A request takes a connection (the wait is its *queue* time), keeps it busy
+//! for `hold_ms` (PostgreSQL: `pg_sleep` in the server; SQLite: an open transaction) and runs
+//! a real query against seeded rows: an indexed POINT lookup or an unindexed SCAN.
+
+use std::{
+    sync::atomic::{AtomicI64, Ordering},
+    time::{Duration, Instant},
+};
+
+use sqlx::{AnyPool, any::AnyPoolOptions};
+use tempfile::TempDir;
+use tokio::sync::OnceCell;
+
+use super::{error::LabError, validate};
+use crate::{
+    config::{Database, DatabaseConfig, Limits},
+    proto::{Query, SlowBackendReply, SlowBackendRequest},
+    telemetry::diagnostics::{QueueClock, micros},
+};
+
+/// SCAN counts the rows of one bucket; buckets are `id % BUCKETS`.
+pub const BUCKETS: u32 = 1_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// The lab database: a bounded pool plus what it needs to seed itself.
+#[derive(Debug)]
+pub struct Backend {
+    pool: AnyPool,
+    dialect: Dialect,
+    config: DatabaseConfig,
+    /// Seeding happens once, on start-up or, if the database was down then, on first use.
+    seeded: OnceCell<()>,
+    /// Requests currently waiting for a connection.
+    waiting: AtomicI64,
+    /// Keeps the embedded database's directory alive; removed when the backend is dropped.
+    _dir: Option<TempDir>,
+}
+
+/// A gauge that counts itself down when the wait ends, however it ends.
+struct Waiting<'a>(&'a AtomicI64);
+
+impl<'a> Waiting<'a> {
+    fn start(gauge: &'a AtomicI64) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Self(gauge)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Backend {
+    /// Builds the pool (lazily: a database that is down at start-up does not stop the server)
+    /// and tries to seed it once.
+    ///
+    /// # Errors
+    /// An I/O error creating the embedded database's directory, or an invalid URL.
+    pub async fn connect(config: &DatabaseConfig) -> Result<Self, LabError> {
+        sqlx::any::install_default_drivers();
+        let (url, dialect, dir) = match &config.database {
+            Database::EmbeddedSqlite => {
+                let dir = tempfile::Builder::new()
+                    .prefix("holdup-db-")
+                    .tempdir()
+                    .map_err(|e| {
+                        LabError::Internal(format!("creating the SQLite directory: {e}"))
+                    })?;
+                let url = format!("sqlite://{}?mode=rwc", dir.path().join("lab.db").display());
+                (url, Dialect::Sqlite, Some(dir))
+            }
+            Database::Url(url) if url.starts_with("sqlite:") => {
+                (url.clone(), Dialect::Sqlite, None)
+            }
+            Database::Url(url) => (url.clone(), Dialect::Postgres, None),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(config.pool_size)
+            .min_connections(0)
+            .acquire_timeout(config.acquire_timeout)
+            // Waiting for a connection is what this RPC demonstrates and measures itself;
+            // sqlx's own slow-acquire warning would only repeat it in the log.
+            .acquire_slow_threshold(Duration::from_secs(3600))
+            .connect_lazy(&url)?;
+        let backend = Self {
+            pool,
+            dialect,
+            config: config.clone(),
+            seeded: OnceCell::new(),
+            waiting: AtomicI64::new(0),
+            _dir: dir,
+        };
+        if let Err(e) = backend.ensure_seeded().await {
+            tracing::warn!(error = %e, "database not ready at start-up; SlowBackend will retry on first use");
+        }
+        Ok(backend)
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Sqlite => "sqlite",
+            Dialect::Postgres => "postgres",
+        }
+    }
+
+    pub fn pool_size(&self) -> u32 {
+        self.config.pool_size
+    }
+
+    /// Connections currently open and lent out.
+    pub fn in_use(&self) -> u32 {
+        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
+        self.pool.size().saturating_sub(idle)
+    }
+
+    pub fn waiting(&self) -> i64 {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    pub fn seed_rows(&self) -> u32 {
+        self.config.seed_rows
+    }
+
+    async fn ensure_seeded(&self) -> Result<(), LabError> {
+        self.seeded
+            .get_or_try_init(|| async {
+                let started = Instant::now();
+                let mut conn = self.pool.acquire().await?;
+                if self.dialect == Dialect::Sqlite {
+                    sqlx::query("PRAGMA journal_mode=WAL")
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                sqlx::query(
+                    "CREATE TABLE IF NOT EXISTS holdup_items (\
+                     id BIGINT PRIMARY KEY, bucket BIGINT NOT NULL, payload TEXT NOT NULL)",
+                )
+                .execute(&mut *conn)
+                .await?;
+                let have: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM holdup_items")
+                    .fetch_one(&mut *conn)
+                    .await?;
+                let want = i64::from(self.config.seed_rows);
+                if have < want {
+                    let insert = match self.dialect {
+                        Dialect::Sqlite => {
+                            "WITH RECURSIVE seq(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM seq WHERE n < $1) \
+                             INSERT OR IGNORE INTO holdup_items (id, bucket, payload) \
+                             SELECT n, n % 1000, hex(randomblob(16)) FROM seq"
+                        }
+                        Dialect::Postgres => {
+                            "INSERT INTO holdup_items (id, bucket, payload) \
+                             SELECT g, g % 1000, md5(g::text) FROM generate_series(1, $1) AS g \
+                             ON CONFLICT (id) DO NOTHING"
+                        }
+                    };
+                    sqlx::query(insert).bind(want).execute(&mut *conn).await?;
+                }
+                tracing::info!(
+                    backend = self.kind(),
+                    rows = want,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "lab table ready"
+                );
+                Ok::<(), LabError>(())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Takes a connection, holds it, runs the query. Pool wait goes to `queue`.
+    ///
+    /// # Errors
+    /// UNAVAILABLE when no connection frees within the acquire timeout or the database fails.
+    pub async fn run(
+        &self,
+        plan: BackendPlan,
+        queue: QueueClock,
+    ) -> Result<SlowBackendReply, LabError> {
+        self.ensure_seeded().await?;
+        let asked = Instant::now();
+        let acquired = {
+            let _waiting = Waiting::start(&self.waiting);
+            self.pool.acquire().await
+        };
+        let pool_wait = asked.elapsed();
+        queue.add(pool_wait);
+        let mut conn = acquired.map_err(|e| match e {
+            sqlx::Error::PoolTimedOut => LabError::PoolTimeout {
+                timeout_ms: self.config.acquire_timeout.as_millis(),
+                pool_size: self.config.pool_size,
+            },
+            other => LabError::Database(other),
+        })?;
+
+        let held = Instant::now();
+        match self.dialect {
+            Dialect::Postgres => {
+                sqlx::query("SELECT pg_sleep($1)")
+                    .bind(plan.hold.as_secs_f64())
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Dialect::Sqlite => {
+                // SQLite has no server to sleep in; an open transaction keeps the
+                // connection just as unavailable to anyone else.
+                sqlx::query("BEGIN").execute(&mut *conn).await?;
+                tokio::time::sleep(plan.hold).await;
+                sqlx::query("COMMIT").execute(&mut *conn).await?;
+            }
+        }
+        let hold = held.elapsed();
+
+        let queried = Instant::now();
+        let key = i64::from(plan.key);
+        let rows: i64 = match plan.query {
+            Query::Point => {
+                sqlx::query_scalar("SELECT COUNT(*) FROM holdup_items WHERE id = $1")
+                    .bind(key)
+                    .fetch_one(&mut *conn)
+                    .await?
+            }
+            Query::Scan => {
+                // `bucket` has no index: this reads every row.
+                sqlx::query_scalar("SELECT COUNT(*) FROM holdup_items WHERE bucket = $1")
+                    .bind(key)
+                    .fetch_one(&mut *conn)
+                    .await?
+            }
+            Query::None => 0,
+        };
+        let query = queried.elapsed();
+
+        Ok(SlowBackendReply {
+            rows: u64::try_from(rows).unwrap_or(0),
+            pool_wait_us: micros(pool_wait),
+            hold_us: micros(hold),
+            query_us: micros(query),
+            backend: self.kind().to_owned(),
+            pool_size: self.config.pool_size,
+            diagnostics: None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BackendPlan {
+    pub hold: Duration,
+    pub query: Query,
+    pub key: u32,
+}
+
+impl BackendPlan {
+    /// # Errors
+    /// INVALID_ARGUMENT for a hold over the cap, an unknown query, or a key out of range.
+    pub fn new(
+        request: &SlowBackendRequest,
+        limits: &Limits,
+        seed_rows: u32,
+    ) -> Result<Self, LabError> {
+        let hold = validate::in_range(
+            "hold_ms",
+            request.hold_ms,
+            0,
+            limits.max_hold_ms,
+            Some("--max-hold-ms"),
+        )?;
+        let query = validate::choice(
+            "query",
+            request.query,
+            &[Query::None, Query::Point, Query::Scan],
+        )?;
+        let key = match query {
+            Query::Point => validate::in_range("key", request.key, 1, seed_rows, None)?,
+            Query::Scan => validate::in_range("key", request.key, 0, BUCKETS - 1, None)?,
+            Query::None => validate::in_range("key", request.key, 0, 0, None)?,
+        };
+        Ok(Self {
+            hold: Duration::from_millis(u64::from(hold)),
+            query,
+            key,
+        })
+    }
+}

@@ -1,0 +1,238 @@
+//! `UpstreamCall`: a slow or failing HTTP upstream, called the way it should be — one shared
+//! pooled client, a per-attempt timeout, bounded retries with jittered backoff that never
+//! outlive the caller's deadline — or, on request, with a new client per call (the
+//! anti-pattern: a new connection, and its handshake, every time).
+
+use std::time::{Duration, Instant};
+
+use super::{error::LabError, retry, validate};
+use crate::{
+    config::Limits,
+    proto::{UpstreamAttempt, UpstreamCallReply, UpstreamCallRequest},
+    telemetry::diagnostics::micros,
+    upstream::{MAX_LATENCY_MS, WorkParams, WorkReply},
+};
+
+/// Per-attempt timeout when the request sets none.
+pub const DEFAULT_ATTEMPT_TIMEOUT_MS: u32 = 1_000;
+/// Retries when the request sets none.
+pub const DEFAULT_RETRIES: u32 = 2;
+/// Longest per-attempt timeout a request may set.
+pub const MAX_ATTEMPT_TIMEOUT_MS: u32 = 60_000;
+
+#[derive(Debug, Clone)]
+pub struct UpstreamClient {
+    base: String,
+    shared: reqwest::Client,
+}
+
+impl UpstreamClient {
+    /// # Errors
+    /// The reqwest error if the client cannot be built.
+    pub fn new(base: String) -> Result<Self, reqwest::Error> {
+        Ok(Self {
+            base,
+            shared: Self::builder().build()?,
+        })
+    }
+
+    fn builder() -> reqwest::ClientBuilder {
+        reqwest::Client::builder().tcp_nodelay(true)
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Runs the attempts of `plan`, stopping at `deadline`.
+    ///
+    /// # Errors
+    /// UNAVAILABLE when every attempt failed, DEADLINE_EXCEEDED when the deadline left no
+    /// room for another attempt.
+    pub async fn call(
+        &self,
+        plan: UpstreamPlan,
+        deadline: Option<Instant>,
+    ) -> Result<UpstreamCallReply, LabError> {
+        let client = if plan.new_client {
+            // THE ANTI-PATTERN, on purpose: a fresh client has an empty connection pool.
+            Self::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .map_err(|e| LabError::Internal(format!("building an HTTP client: {e}")))?
+        } else {
+            self.shared.clone()
+        };
+        let url = format!("{}/work?{}", self.base, plan.query_string());
+        let mut log: Vec<UpstreamAttempt> = Vec::new();
+        for number in 1..=plan.max_retries + 1 {
+            let backoff = retry::backoff(number - 1, &mut rand::rng());
+            let mut timeout = plan.attempt_timeout;
+            if let Some(deadline) = deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left < backoff + retry::MIN_ATTEMPT {
+                    return Err(LabError::DeadlineExceeded {
+                        during: format!(
+                            "before upstream attempt {number}: {} ms left{}",
+                            left.as_millis(),
+                            summary(&log)
+                        ),
+                    });
+                }
+                timeout = timeout.min(left - backoff);
+            }
+            tokio::time::sleep(backoff).await;
+            let attempt = attempt(&client, &url, timeout, number, backoff).await;
+            let cut_by_deadline =
+                attempt.log.outcome == "timeout" && timeout < plan.attempt_timeout;
+            let status = attempt.log.http_status;
+            log.push(attempt.log);
+            if let Some(reply) = attempt.reply {
+                return Ok(UpstreamCallReply {
+                    attempts: number,
+                    upstream_status: status,
+                    attempt_log: log,
+                    client: if plan.new_client { "new" } else { "shared" }.to_owned(),
+                    upstream_served_us: reply.served_us,
+                    diagnostics: None,
+                });
+            }
+            if cut_by_deadline {
+                return Err(LabError::DeadlineExceeded {
+                    during: format!("during upstream attempt {number}{}", summary(&log)),
+                });
+            }
+            if (400..500).contains(&status) && status != 429 {
+                return Err(LabError::Internal(format!(
+                    "upstream refused the request (HTTP {status}){}",
+                    summary(&log)
+                )));
+            }
+        }
+        Err(LabError::UpstreamFailed {
+            attempts: plan.max_retries + 1,
+            log: summary(&log).trim_start_matches("; ").to_owned(),
+        })
+    }
+}
+
+/// `"; attempt 1: timeout after 1000 ms; attempt 2: HTTP 503 …"`, or empty.
+fn summary(log: &[UpstreamAttempt]) -> String {
+    log.iter()
+        .map(|a| {
+            let what = match a.outcome.as_str() {
+                "http-error" => format!("HTTP {}", a.http_status),
+                other => other.to_owned(),
+            };
+            format!(
+                "; attempt {}: {what} after {} ms",
+                a.number,
+                a.duration_us / 1_000
+            )
+        })
+        .collect()
+}
+
+struct Attempted {
+    log: UpstreamAttempt,
+    reply: Option<WorkReply>,
+}
+
+async fn attempt(
+    client: &reqwest::Client,
+    url: &str,
+    timeout: Duration,
+    number: u32,
+    backoff: Duration,
+) -> Attempted {
+    let started = Instant::now();
+    let result = tokio::time::timeout(timeout, async {
+        let response = client.get(url).send().await?;
+        let status = response.status().as_u16();
+        let body = response.json::<WorkReply>().await;
+        Ok::<_, reqwest::Error>((status, body))
+    })
+    .await;
+    let (http_status, outcome, reply) = match result {
+        Err(_elapsed) => (0, "timeout", None),
+        Ok(Err(e)) if e.is_connect() => (0, "connect-error", None),
+        Ok(Err(_)) => (0, "transport-error", None),
+        Ok(Ok((status, Ok(body)))) if (200..300).contains(&status) => {
+            (u32::from(status), "ok", Some(body))
+        }
+        Ok(Ok((status, _))) => (u32::from(status), "http-error", None),
+    };
+    Attempted {
+        log: UpstreamAttempt {
+            number,
+            duration_us: micros(started.elapsed()),
+            http_status,
+            outcome: outcome.to_owned(),
+            backoff_us: micros(backoff),
+        },
+        reply,
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamPlan {
+    pub params: WorkParams,
+    pub attempt_timeout: Duration,
+    pub max_retries: u32,
+    pub new_client: bool,
+}
+
+impl UpstreamPlan {
+    /// # Errors
+    /// INVALID_ARGUMENT for any field out of its range.
+    pub fn new(request: &UpstreamCallRequest, limits: &Limits) -> Result<Self, LabError> {
+        let ms = |field, value: Option<u32>| {
+            value
+                .map(|v| validate::in_range(field, v, 0, MAX_LATENCY_MS, None))
+                .transpose()
+        };
+        let rate = |field, value: Option<f64>| value.map(|v| validate::rate(field, v)).transpose();
+        let params = WorkParams {
+            latency_ms: ms("latency_ms", request.latency_ms)?,
+            jitter_ms: ms("jitter_ms", request.jitter_ms)?,
+            error_rate: rate("error_rate", request.error_rate)?,
+            stall_rate: rate("stall_rate", request.stall_rate)?,
+        };
+        let attempt_timeout = validate::in_range(
+            "attempt_timeout_ms",
+            request
+                .attempt_timeout_ms
+                .unwrap_or(DEFAULT_ATTEMPT_TIMEOUT_MS),
+            1,
+            MAX_ATTEMPT_TIMEOUT_MS,
+            None,
+        )?;
+        let max_retries = validate::in_range(
+            "max_retries",
+            request.max_retries.unwrap_or(DEFAULT_RETRIES),
+            0,
+            limits.max_retries,
+            Some("--max-retries"),
+        )?;
+        Ok(Self {
+            params,
+            attempt_timeout: Duration::from_millis(u64::from(attempt_timeout)),
+            max_retries,
+            new_client: request.new_client,
+        })
+    }
+
+    fn query_string(&self) -> String {
+        let p = &self.params;
+        [
+            p.latency_ms.map(|v| format!("latency_ms={v}")),
+            p.jitter_ms.map(|v| format!("jitter_ms={v}")),
+            p.error_rate.map(|v| format!("error_rate={v}")),
+            p.stall_rate.map(|v| format!("stall_rate={v}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join("&")
+    }
+}

@@ -1,0 +1,28 @@
+//! # holdup
+//!
+//! A gRPC service that answers, with evidence, the question "why is this response late?".
+//! Each RPC of `holdup.v1.Lab` reproduces one common cause of delay in an async server, and
+//! every reply says where its time went.
+//!
+//! # Layout
+//!
+//! - [`cli`], [`config`]: flags and environment variables into a validated [`config::ServeConfig`].
+//! - [`server`]: binds and assembles the tonic server (Lab, health, reflection) and drains it
+//!   on shutdown; [`shutdown`] turns signals into a future.
+//! - [`runtime`]: the lab runtime the handlers run on, apart from the transport runtime.
+//! - [`lab`]: the service, one module per cause: `fast`, `backend`, `cpu` (+ `compute_pool`),
+//!   `sleep`, `upstream` (+ `retry`), and the shared request runner in `lab/mod.rs`.
+//! - [`telemetry`]: the per-request delay split and the one tracing subscriber.
+//! - [`upstream`]: the HTTP upstream simulator (`holdup upstream`).
+//! - [`proto`]: the generated `holdup.v1` code and its descriptor set.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod lab;
+pub mod proto;
+pub mod runtime;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;
+pub mod upstream;

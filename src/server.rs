@@ -1,0 +1,252 @@
+//! Assembles the gRPC server: Lab, health, reflection (v1 and v1alpha), and runs it until a
+//! shutdown future resolves, then drains in-flight requests within the grace period.
+//!
+//! `Server::build` binds and starts everything the Lab depends on, so the real address is known
+//! (port 0 works) before `run_until` serves: tests and `main` drive the same code.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server as TonicServer;
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{
+    config::{ServeConfig, UpstreamTarget},
+    lab::{Lab, LabState, backend::Backend, compute_pool::ComputePool, upstream::UpstreamClient},
+    proto::{self, lab_server::LabServer},
+    runtime::LabRuntime,
+    upstream::Simulator,
+};
+
+/// Largest request or reply message: lab messages are tiny, so 1 MiB leaves ample room while
+/// refusing a hostile 4 GiB length prefix up front.
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+/// Streams one connection may have open at once: enough for any load test here, bounded so
+/// that one client cannot hold unbounded server state.
+pub const MAX_CONCURRENT_STREAMS: u32 = 1_024;
+/// HTTP/2 keepalive ping interval and timeout: finds dead peers within a minute.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The fully qualified service name, as health checks and reflection know it.
+pub const LAB_SERVICE: &str = "holdup.v1.Lab";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the {what}: {source}")]
+    Start {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("cannot set up the lab database: {0}")]
+    Database(#[source] crate::lab::error::LabError),
+    #[error("cannot build the upstream HTTP client: {0}")]
+    UpstreamClient(#[source] reqwest::Error),
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[source] tonic_reflection::server::Error),
+    #[error("a start-up task on the lab runtime failed: {0}")]
+    LabTask(#[source] tokio::task::JoinError),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[source] tonic::transport::Error),
+}
+
+/// A server that is bound and ready to serve.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    config: ServeConfig,
+    lab: Lab,
+    /// Dropped last: handlers must be gone before their runtime.
+    lab_runtime: LabRuntime,
+    simulator: Option<Simulator>,
+    upstream_url: String,
+}
+
+impl Server {
+    /// Binds the gRPC port, starts the lab runtime and compute pool, opens the database pool
+    /// and, unless an upstream URL is given, binds an in-process upstream simulator.
+    ///
+    /// # Errors
+    /// A [`ServeError`] naming what could not be started.
+    pub async fn build(config: ServeConfig) -> Result<Self, ServeError> {
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let local_addr = listener.local_addr().map_err(|source| ServeError::Start {
+            what: "listener",
+            source,
+        })?;
+        let lab_runtime =
+            LabRuntime::start(config.workers).map_err(|source| ServeError::Start {
+                what: "lab runtime",
+                source,
+            })?;
+        let compute =
+            ComputePool::start(config.compute_threads, config.compute_queue).map_err(|source| {
+                ServeError::Start {
+                    what: "compute pool",
+                    source,
+                }
+            })?;
+        let (simulator, upstream_url) = match &config.upstream {
+            UpstreamTarget::Url(url) => (None, url.clone()),
+            UpstreamTarget::InProcess(sim) => {
+                let simulator = Simulator::bind(SocketAddr::from(([127, 0, 0, 1], 0)), *sim)
+                    .await
+                    .map_err(|source| ServeError::Start {
+                        what: "upstream simulator",
+                        source,
+                    })?;
+                let addr = simulator.local_addr().map_err(|source| ServeError::Start {
+                    what: "upstream simulator",
+                    source,
+                })?;
+                (Some(simulator), format!("http://{addr}"))
+            }
+        };
+        // The pool and the HTTP client are created on the lab runtime, where they are used, so
+        // their connections are driven by the lab runtime's I/O driver.
+        let db = config.db.clone();
+        let backend = lab_runtime
+            .handle()
+            .spawn(async move { Backend::connect(&db).await })
+            .await
+            .map_err(ServeError::LabTask)?
+            .map_err(ServeError::Database)?;
+        let url = upstream_url.clone();
+        let upstream = lab_runtime
+            .handle()
+            .spawn(async move { UpstreamClient::new(url) })
+            .await
+            .map_err(ServeError::LabTask)?
+            .map_err(ServeError::UpstreamClient)?;
+        let lab = Lab::new(LabState {
+            runtime: lab_runtime.handle().clone(),
+            limits: config.limits,
+            backend,
+            compute: Arc::new(compute),
+            upstream,
+        });
+        Ok(Self {
+            listener,
+            local_addr,
+            config,
+            lab,
+            lab_runtime,
+            simulator,
+            upstream_url,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn upstream_url(&self) -> &str {
+        &self.upstream_url
+    }
+
+    pub fn lab(&self) -> &Lab {
+        &self.lab
+    }
+
+    /// Serves until `shutdown` resolves; then health turns NOT_SERVING, new connections are
+    /// refused and in-flight requests get `grace` to finish.
+    ///
+    /// # Errors
+    /// A [`ServeError`] if the reflection service cannot be built or the transport fails.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_service_status(LAB_SERVICE, ServingStatus::Serving)
+            .await;
+        health.set_service_status("", ServingStatus::Serving).await;
+
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(ServeError::Reflection)?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(ServeError::Reflection)?;
+
+        let lab = LabServer::new(self.lab.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+
+        let simulator_stop = tokio_util::sync::CancellationToken::new();
+        let simulator_task = self.simulator.map(|simulator| {
+            let stop = simulator_stop.clone();
+            tokio::spawn(async move { simulator.run_until(stop.cancelled_owned()).await })
+        });
+
+        let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+        let grace = self.config.grace;
+        let serve = TonicServer::builder()
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
+            .tcp_nodelay(true)
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(lab)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async move {
+                let _ = drain_rx.await;
+            });
+        tokio::pin!(serve);
+
+        let result = tokio::select! {
+            result = &mut serve => result,
+            () = shutdown => {
+                begin_drain(&health).await;
+                let _ = drain_tx.send(());
+                match tokio::time::timeout(grace, &mut serve).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        tracing::warn!(grace_ms = grace.as_millis() as u64, "grace period over; abandoning in-flight requests");
+                        Ok(())
+                    }
+                }
+            }
+        };
+        simulator_stop.cancel();
+        if let Some(task) = simulator_task {
+            match task.await {
+                Ok(Ok(())) => tracing::debug!("upstream simulator stopped"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "upstream simulator ended with an error"),
+                Err(e) => tracing::warn!(error = %e, "upstream simulator task failed"),
+            }
+        }
+        drop(self.lab);
+        drop(self.lab_runtime);
+        result.map_err(ServeError::Transport)
+    }
+}
+
+async fn begin_drain(health: &HealthReporter) {
+    health
+        .set_service_status(LAB_SERVICE, ServingStatus::NotServing)
+        .await;
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    tracing::info!("health NOT_SERVING; draining in-flight requests");
+}

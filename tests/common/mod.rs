@@ -1,0 +1,101 @@
+//! Shared test harness: a real holdup server on a random loopback port, and a real tonic
+//! client connected to it.
+#![allow(dead_code)] // each test crate uses a different part of the harness
+
+use std::{net::SocketAddr, sync::Once, time::Duration};
+
+use holdup::{
+    config::ServeConfig,
+    proto::lab_client::LabClient,
+    server::{ServeError, Server},
+};
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::transport::Channel;
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub upstream_url: String,
+    pub client: LabClient<Channel>,
+    stop: Option<oneshot::Sender<()>>,
+    serving: Option<JoinHandle<Result<(), ServeError>>>,
+}
+
+static TRACING: Once = Once::new();
+
+/// Logs go to the test output only when `TEST_LOG` is set.
+fn init_tracing() {
+    TRACING.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            holdup::telemetry::subscriber::init();
+        }
+    });
+}
+
+/// A server with the local defaults: 2 lab workers, embedded SQLite, in-process upstream.
+pub async fn spawn_app() -> TestApp {
+    spawn_with(|_| {}).await
+}
+
+/// A server whose local defaults `adjust` changes first.
+pub async fn spawn_with(adjust: impl FnOnce(&mut ServeConfig)) -> TestApp {
+    init_tracing();
+    let mut config = ServeConfig::local();
+    config.db.seed_rows = 2_000;
+    adjust(&mut config);
+    let server = Server::build(config).await.expect("server builds");
+    let addr = server.local_addr();
+    let upstream_url = server.upstream_url().to_owned();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let serving = tokio::spawn(server.run_until(async {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        addr,
+        upstream_url,
+        client: client(addr).await,
+        stop: Some(stop),
+        serving: Some(serving),
+    }
+}
+
+/// A new client with a connection of its own.
+pub async fn client(addr: SocketAddr) -> LabClient<Channel> {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("valid URI")
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .expect("client connects");
+    LabClient::new(channel)
+}
+
+impl TestApp {
+    /// Signals shutdown and returns what the server returned.
+    pub async fn shutdown(mut self) -> Result<(), ServeError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let serving = self.serving.take().expect("shut down once");
+        tokio::time::timeout(Duration::from_secs(30), serving)
+            .await
+            .expect("server stops within 30 s")
+            .expect("server task did not panic")
+    }
+
+    /// Signals shutdown without waiting.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// The diagnostics of a reply, which every reply must carry.
+#[track_caller]
+pub fn diagnostics<T>(d: &Option<T>) -> &T {
+    d.as_ref().expect("reply carries diagnostics")
+}
+
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}

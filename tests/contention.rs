@@ -1,0 +1,184 @@
+//! The core claim: work that blocks a runtime worker delays everybody else, and the delay shows
+//! in the victim's own `scheduled_us`; offloaded work and awaited waits do not.
+//!
+//! Bounds are generous on purpose (2 shared cores): the blocked case must cost the probe at
+//! least half the blocking time, the fixed cases well under half.
+
+mod common;
+
+use std::{
+    future::Future,
+    pin::Pin,
+    time::{Duration, Instant},
+};
+
+use common::{TestApp, client, diagnostics, ms, spawn_app, spawn_with};
+use holdup::proto::{
+    CpuBoundRequest, CpuMode, Diagnostics, FastRequest, Query, SleepMode, SleepRequest,
+    SlowBackendRequest, lab_client::LabClient,
+};
+use tonic::transport::Channel;
+
+type Client = LabClient<Channel>;
+type Call = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// These tests measure one server's latency while it is loaded; run them one at a time so
+/// that they do not load each other's cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// How long each pressure call blocks or waits.
+const PRESSURE_MS: u64 = 600;
+/// Half of it: the line between "was delayed" and "was not".
+const HALF: Duration = Duration::from_millis(PRESSURE_MS / 2);
+
+/// Starts two pressure calls (one per lab worker) on connections of their own, waits until
+/// they are surely running, then times one `Fast` call.
+async fn probe_under(app: &TestApp, pressure: impl Fn(Client) -> Call) -> (Duration, Diagnostics) {
+    let mut running = Vec::new();
+    for _ in 0..2 {
+        running.push(tokio::spawn(pressure(client(app.addr).await)));
+    }
+    tokio::time::sleep(ms(100)).await;
+    let mut probe = client(app.addr).await;
+    let started = Instant::now();
+    let reply = probe
+        .fast(FastRequest {
+            message: "probe".into(),
+        })
+        .await
+        .expect("Fast answers")
+        .into_inner();
+    let elapsed = started.elapsed();
+    for task in running {
+        task.await.expect("pressure call finished");
+    }
+    (elapsed, diagnostics(&reply.diagnostics).clone())
+}
+
+fn cpu(mode: CpuMode) -> impl Fn(Client) -> Call {
+    move |mut c| {
+        Box::pin(async move {
+            c.cpu_bound(CpuBoundRequest {
+                mode: mode.into(),
+                work_ms: PRESSURE_MS as u32,
+                iterations: 0,
+            })
+            .await
+            .expect("CpuBound answers");
+        })
+    }
+}
+
+fn sleep(mode: SleepMode) -> impl Fn(Client) -> Call {
+    move |mut c| {
+        Box::pin(async move {
+            c.sleep(SleepRequest {
+                mode: mode.into(),
+                duration_ms: PRESSURE_MS as u32,
+            })
+            .await
+            .expect("Sleep answers");
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_cpu_delays_fast_and_scheduled_time_shows_it() {
+    let _serial = SERIAL.lock().await;
+    let app = spawn_app().await;
+    let (elapsed, d) = probe_under(&app, cpu(CpuMode::Inline)).await;
+    assert!(
+        elapsed >= HALF,
+        "Fast took only {elapsed:?} beside inline CPU work"
+    );
+    assert!(
+        Duration::from_micros(d.scheduled_us) >= HALF / 2,
+        "scheduled_us {} does not show the wait for a worker",
+        d.scheduled_us
+    );
+    assert_eq!(d.verdict, "runtime-contention");
+    app.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_sleep_delays_fast() {
+    let _serial = SERIAL.lock().await;
+    let app = spawn_app().await;
+    let (elapsed, d) = probe_under(&app, sleep(SleepMode::Blocking)).await;
+    assert!(
+        elapsed >= HALF,
+        "Fast took only {elapsed:?} beside blocking sleeps"
+    );
+    assert!(Duration::from_micros(d.scheduled_us) >= HALF / 2, "{d:?}");
+    app.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offloaded_cpu_and_async_sleep_leave_fast_alone() {
+    let _serial = SERIAL.lock().await;
+    let app = spawn_app().await;
+    for (what, elapsed, d) in [
+        {
+            let (e, d) = probe_under(&app, cpu(CpuMode::BlockingPool)).await;
+            ("BLOCKING_POOL", e, d)
+        },
+        {
+            let (e, d) = probe_under(&app, cpu(CpuMode::ComputePool)).await;
+            ("COMPUTE_POOL", e, d)
+        },
+        {
+            let (e, d) = probe_under(&app, sleep(SleepMode::Async)).await;
+            ("Sleep ASYNC", e, d)
+        },
+    ] {
+        assert!(elapsed < HALF, "Fast took {elapsed:?} beside {what}");
+        assert!(
+            Duration::from_micros(d.scheduled_us) < HALF,
+            "{what}: {d:?}"
+        );
+    }
+    app.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_pool_makes_the_second_caller_queue_for_the_first_ones_hold() {
+    let _serial = SERIAL.lock().await;
+    let app = spawn_with(|c| c.db.pool_size = 1).await;
+    let hold_ms = 400u32;
+    let calls = (0..2).map(|_| {
+        let addr = app.addr;
+        tokio::spawn(async move {
+            client(addr)
+                .await
+                .slow_backend(SlowBackendRequest {
+                    hold_ms,
+                    query: Query::Point.into(),
+                    key: 1,
+                })
+                .await
+                .expect("SlowBackend answers")
+                .into_inner()
+        })
+    });
+    let mut replies = Vec::new();
+    for call in calls.collect::<Vec<_>>() {
+        replies.push(call.await.expect("call task"));
+    }
+    replies.sort_by_key(|r| r.pool_wait_us);
+    let (first, second) = (&replies[0], &replies[1]);
+    let hold = u64::from(hold_ms) * 1_000;
+    assert!(
+        first.pool_wait_us < hold / 4,
+        "first waited {} us",
+        first.pool_wait_us
+    );
+    assert!(
+        second.pool_wait_us >= hold * 7 / 10,
+        "second waited only {} us for a {hold} us hold",
+        second.pool_wait_us
+    );
+    let d = diagnostics(&second.diagnostics);
+    assert!(d.queue_us.abs_diff(second.pool_wait_us) < 5_000, "{d:?}");
+    assert_eq!(first.rows, 1);
+    app.shutdown().await.expect("clean shutdown");
+}
