@@ -1,0 +1,409 @@
+"""holdup.v1.Lab through grpcio, an independent gRPC implementation.
+
+Every RPC and every mode, the Diagnostics of each reply, INVALID_ARGUMENT for
+bad input in every field, deadlines, health checking and server reflection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from conftest import SEED_ROWS
+
+# Upper bound for any single call, so a hung server fails a test instead of
+# hanging the suite.
+CALL_TIMEOUT_S = 10
+
+VERDICTS = {
+    "none",
+    "own-cpu",
+    "blocking-call",
+    "runtime-contention",
+    "resource-queue",
+    "backend",
+    "upstream",
+    "offloaded-cpu",
+    "timer",
+}
+
+SEED = hashlib.sha256(b"holdup").digest()
+
+
+def chain(seed: bytes, rounds: int) -> str:
+    digest = seed
+    for _ in range(rounds):
+        digest = hashlib.sha256(digest).digest()
+    return digest.hex()
+
+
+@pytest.fixture(scope="module")
+def channel(server):
+    with grpc.insecure_channel(server) as ch:
+        grpc.channel_ready_future(ch).result(timeout=CALL_TIMEOUT_S)
+        yield ch
+
+
+@pytest.fixture(scope="module")
+def lab(channel, stubs):
+    return stubs.grpc.LabStub(channel)
+
+
+@pytest.fixture(scope="module")
+def pb(stubs):
+    return stubs.pb2
+
+
+def check_diagnostics(reply, *, verdict: str | None = None):
+    d = reply.diagnostics
+    assert reply.HasField("diagnostics"), reply
+    assert d.total_us > 0, d
+    assert d.verdict, d
+    assert d.verdict in VERDICTS, d.verdict
+    if verdict is not None:
+        assert d.verdict == verdict, d
+    assert d.polls >= 1, d
+    assert d.queue_us <= d.idle_us, d
+    assert d.trace_id == "" or re.fullmatch(r"[0-9a-f]{32}", d.trace_id), d.trace_id
+    return d
+
+
+def expect_error(call, request, code: grpc.StatusCode, timeout=CALL_TIMEOUT_S) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as caught:
+        call(request, timeout=timeout)
+    error = caught.value
+    assert error.code() == code, f"{error.code()}: {error.details()}"
+    return error
+
+
+# ---------------------------------------------------------------- Fast
+
+
+def test_fast_echoes(lab, pb):
+    reply = lab.Fast(pb.FastRequest(message="héllo, holdup"), timeout=CALL_TIMEOUT_S)
+    assert reply.message == "héllo, holdup"
+    check_diagnostics(reply)
+
+
+@pytest.mark.parametrize("message", ["", "x" * 1024, "é" * 512], ids=["empty", "1024-ascii", "1024-bytes-utf8"])
+def test_fast_accepts_up_to_1024_bytes(lab, pb, message):
+    reply = lab.Fast(pb.FastRequest(message=message), timeout=CALL_TIMEOUT_S)
+    assert reply.message == message
+    check_diagnostics(reply)
+
+
+@pytest.mark.parametrize("message", ["x" * 1025, "é" * 513], ids=["1025-ascii", "513-chars-1026-bytes"])
+def test_fast_refuses_more_than_1024_bytes(lab, pb, message):
+    error = expect_error(lab.Fast, pb.FastRequest(message=message), grpc.StatusCode.INVALID_ARGUMENT)
+    assert error.details().startswith("message:"), error.details()
+    assert str(len(message.encode())) in error.details(), error.details()
+
+
+# ---------------------------------------------------------------- Sleep
+
+
+@pytest.mark.parametrize(
+    "mode, verdict",
+    [("ASYNC", "timer"), ("BLOCKING", "blocking-call")],
+)
+def test_sleep(lab, pb, mode, verdict):
+    value = pb.SleepMode.Value(mode)
+    reply = lab.Sleep(pb.SleepRequest(mode=value, duration_ms=60), timeout=CALL_TIMEOUT_S)
+    assert reply.mode == value
+    assert reply.slept_us >= 60_000, reply
+    d = check_diagnostics(reply, verdict=verdict)
+    assert d.total_us >= reply.slept_us, d
+    if mode == "BLOCKING":
+        # The thread sleep happens inside one poll: the worker was blocked.
+        assert d.max_poll_us >= 60_000, d
+    else:
+        # The timer is awaited: the task is parked, not polled, meanwhile.
+        assert d.max_poll_us < 60_000, d
+        assert d.idle_us >= 50_000, d
+
+
+def test_sleep_zero(lab, pb):
+    reply = lab.Sleep(pb.SleepRequest(mode=pb.ASYNC, duration_ms=0), timeout=CALL_TIMEOUT_S)
+    assert reply.mode == pb.ASYNC
+    assert reply.slept_us < 1_000_000
+    check_diagnostics(reply)
+
+
+def test_deadline_exceeded(lab, pb):
+    started = time.monotonic()
+    expect_error(
+        lab.Sleep,
+        pb.SleepRequest(mode=pb.ASYNC, duration_ms=2000),
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        timeout=0.3,
+    )
+    assert time.monotonic() - started < 1.5
+    # The server is still answering.
+    assert lab.Fast(pb.FastRequest(message="after"), timeout=CALL_TIMEOUT_S).message == "after"
+
+
+# ---------------------------------------------------------------- CpuBound
+
+CPU_MODES = ["INLINE", "BLOCKING_POOL", "COMPUTE_POOL", "COOPERATIVE"]
+
+
+def test_seed_is_sha256_of_holdup(lab, pb):
+    reply = lab.CpuBound(pb.CpuBoundRequest(mode=pb.INLINE, iterations=1), timeout=CALL_TIMEOUT_S)
+    assert reply.seed == SEED.hex()
+    assert reply.digest == hashlib.sha256(SEED).hexdigest()
+
+
+@pytest.mark.parametrize("mode", CPU_MODES)
+def test_cpu_bound_iterations(lab, pb, mode):
+    value = pb.CpuMode.Value(mode)
+    reply = lab.CpuBound(pb.CpuBoundRequest(mode=value, iterations=5000), timeout=CALL_TIMEOUT_S)
+    assert reply.mode == value
+    assert reply.iterations == 5000
+    assert reply.seed == SEED.hex()
+    assert reply.digest == chain(bytes.fromhex(reply.seed), 5000)
+    assert reply.work_us > 0
+    d = check_diagnostics(reply)
+    if mode == "INLINE":
+        assert d.polls == 1, d  # never yields
+    elif mode == "COOPERATIVE":
+        assert d.polls > 1, d  # yields between slices
+    else:
+        assert d.queue_us == reply.queue_us, (d, reply.queue_us)
+
+
+@pytest.mark.parametrize(
+    "mode, verdict",
+    [
+        ("INLINE", "own-cpu"),
+        ("BLOCKING_POOL", "offloaded-cpu"),
+        ("COMPUTE_POOL", "offloaded-cpu"),
+        ("COOPERATIVE", "own-cpu"),
+    ],
+)
+def test_cpu_bound_work_ms(lab, pb, mode, verdict):
+    value = pb.CpuMode.Value(mode)
+    reply = lab.CpuBound(pb.CpuBoundRequest(mode=value, work_ms=30), timeout=CALL_TIMEOUT_S)
+    assert reply.mode == value
+    assert reply.iterations > 0
+    assert reply.work_us >= 30_000, reply
+    # The reported iteration count is the one that produced the digest.
+    assert reply.digest == chain(SEED, reply.iterations)
+    check_diagnostics(reply, verdict=verdict)
+
+
+# ---------------------------------------------------------------- SlowBackend
+
+
+def test_slow_backend_hold_only(lab, pb):
+    reply = lab.SlowBackend(pb.SlowBackendRequest(hold_ms=50, query=pb.QUERY_NONE, key=0), timeout=CALL_TIMEOUT_S)
+    assert reply.rows == 0
+    assert reply.hold_us >= 50_000, reply
+    assert reply.backend in ("sqlite", "postgres")
+    assert reply.pool_size > 0
+    d = check_diagnostics(reply, verdict="backend")
+    assert d.total_us >= reply.hold_us
+    assert d.queue_us == reply.pool_wait_us, (d, reply.pool_wait_us)
+
+
+@pytest.mark.parametrize("key", [1, SEED_ROWS // 2, SEED_ROWS])
+def test_slow_backend_point(lab, pb, key):
+    reply = lab.SlowBackend(pb.SlowBackendRequest(hold_ms=0, query=pb.POINT, key=key), timeout=CALL_TIMEOUT_S)
+    assert reply.rows == 1
+    check_diagnostics(reply)
+
+
+@pytest.mark.parametrize("key", [0, 7, 999])
+def test_slow_backend_scan(lab, pb, key):
+    reply = lab.SlowBackend(pb.SlowBackendRequest(hold_ms=0, query=pb.SCAN, key=key), timeout=CALL_TIMEOUT_S)
+    assert 0 < reply.rows <= SEED_ROWS
+    check_diagnostics(reply)
+
+
+# ---------------------------------------------------------------- UpstreamCall
+
+
+@pytest.mark.parametrize("new_client", [False, True], ids=["shared", "new"])
+def test_upstream_ok(lab, pb, new_client):
+    request = pb.UpstreamCallRequest(
+        latency_ms=5,
+        jitter_ms=0,
+        error_rate=0.0,
+        stall_rate=0.0,
+        attempt_timeout_ms=5000,
+        max_retries=2,
+        new_client=new_client,
+    )
+    reply = lab.UpstreamCall(request, timeout=CALL_TIMEOUT_S)
+    assert reply.attempts == 1
+    assert reply.upstream_status == 200
+    assert reply.client == ("new" if new_client else "shared")
+    assert len(reply.attempt_log) == 1
+    attempt = reply.attempt_log[0]
+    assert (attempt.number, attempt.http_status, attempt.outcome) == (1, 200, "ok")
+    assert attempt.backoff_us == 0
+    assert reply.upstream_served_us >= 5_000, reply
+    assert attempt.duration_us >= reply.upstream_served_us
+    check_diagnostics(reply, verdict="upstream")
+
+
+def test_upstream_defaults(lab, pb):
+    # No field set: the simulator's own flags (no errors by default).
+    reply = lab.UpstreamCall(pb.UpstreamCallRequest(), timeout=CALL_TIMEOUT_S)
+    assert reply.upstream_status == 200
+    assert reply.client == "shared"
+    assert reply.attempts == len(reply.attempt_log) >= 1
+    check_diagnostics(reply)
+
+
+def test_upstream_errors_exhaust_retries(lab, pb):
+    request = pb.UpstreamCallRequest(latency_ms=0, error_rate=1.0, stall_rate=0.0, attempt_timeout_ms=2000, max_retries=1)
+    error = expect_error(lab.UpstreamCall, request, grpc.StatusCode.UNAVAILABLE)
+    details = error.details()
+    assert "attempt" in details, details
+    assert "2 attempt" in details, details
+    assert "503" in details, details
+
+
+def test_upstream_stall_times_out_each_attempt(lab, pb):
+    request = pb.UpstreamCallRequest(latency_ms=0, stall_rate=1.0, error_rate=0.0, attempt_timeout_ms=100, max_retries=0)
+    started = time.monotonic()
+    error = expect_error(lab.UpstreamCall, request, grpc.StatusCode.UNAVAILABLE)
+    assert time.monotonic() - started < 5
+    assert "1 attempt" in error.details(), error.details()
+    assert "timeout" in error.details(), error.details()
+
+
+# ---------------------------------------------------------------- bad input
+
+BAD_INPUT = [
+    # (rpc, request fields, field named in the error)
+    ("Fast", {"message": "x" * 2000}, "message"),
+    ("Sleep", {"mode": 1, "duration_ms": 10**6}, "duration_ms"),
+    ("Sleep", {"mode": 1, "duration_ms": 30_001}, "duration_ms"),
+    ("Sleep", {"mode": 0, "duration_ms": 1}, "mode"),
+    ("Sleep", {"mode": 99, "duration_ms": 1}, "mode"),
+    ("CpuBound", {"mode": 1, "work_ms": 5, "iterations": 5}, "work_ms"),
+    ("CpuBound", {"mode": 1}, "work_ms"),
+    ("CpuBound", {"mode": 1, "work_ms": 10_001}, "work_ms"),
+    ("CpuBound", {"mode": 1, "iterations": 100_000_001}, "iterations"),
+    ("CpuBound", {"mode": 0, "iterations": 5}, "mode"),
+    ("CpuBound", {"mode": 99, "iterations": 5}, "mode"),
+    ("SlowBackend", {"hold_ms": 10_001}, "hold_ms"),
+    ("SlowBackend", {"hold_ms": 10**6}, "hold_ms"),
+    ("SlowBackend", {"query": 1, "key": 0}, "key"),
+    ("SlowBackend", {"query": 1, "key": SEED_ROWS + 1}, "key"),
+    ("SlowBackend", {"query": 2, "key": 1000}, "key"),
+    ("SlowBackend", {"query": 0, "key": 1}, "key"),
+    ("SlowBackend", {"query": 99}, "query"),
+    ("UpstreamCall", {"error_rate": 1.5}, "error_rate"),
+    ("UpstreamCall", {"error_rate": -0.1}, "error_rate"),
+    ("UpstreamCall", {"error_rate": math.nan}, "error_rate"),
+    ("UpstreamCall", {"stall_rate": 1.01}, "stall_rate"),
+    ("UpstreamCall", {"latency_ms": 10**6}, "latency_ms"),
+    ("UpstreamCall", {"jitter_ms": 60_001}, "jitter_ms"),
+    ("UpstreamCall", {"attempt_timeout_ms": 0}, "attempt_timeout_ms"),
+    ("UpstreamCall", {"attempt_timeout_ms": 60_001}, "attempt_timeout_ms"),
+    ("UpstreamCall", {"max_retries": 99}, "max_retries"),
+    ("UpstreamCall", {"max_retries": 6}, "max_retries"),
+]
+
+
+@pytest.mark.parametrize(
+    "rpc, fields, field",
+    BAD_INPUT,
+    ids=[f"{rpc}-{field}-{i}" for i, (rpc, _, field) in enumerate(BAD_INPUT)],
+)
+def test_bad_input_names_the_field(lab, pb, rpc, fields, field):
+    request = getattr(pb, f"{rpc}Request")(**fields)
+    error = expect_error(getattr(lab, rpc), request, grpc.StatusCode.INVALID_ARGUMENT)
+    assert error.details().startswith(f"{field}:"), error.details()
+
+
+def test_cpu_bound_neither_names_both_fields(lab, pb):
+    error = expect_error(lab.CpuBound, pb.CpuBoundRequest(mode=pb.INLINE), grpc.StatusCode.INVALID_ARGUMENT)
+    assert "work_ms" in error.details() and "iterations" in error.details(), error.details()
+
+
+# ---------------------------------------------------------------- health
+
+
+@pytest.mark.parametrize("service", ["", "holdup.v1.Lab"])
+def test_health_serving(channel, service):
+    health = health_pb2_grpc.HealthStub(channel)
+    reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=CALL_TIMEOUT_S)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_health_unknown_service(channel):
+    health = health_pb2_grpc.HealthStub(channel)
+    expect_error(
+        health.Check,
+        health_pb2.HealthCheckRequest(service="no.such.Service"),
+        grpc.StatusCode.NOT_FOUND,
+    )
+
+
+# ---------------------------------------------------------------- reflection
+# grpcurl 1.8.6 speaks only v1alpha, so v1 is checked here on the wire: a
+# ServerReflectionRequest with list_services = "" (field 7), and the names in
+# ServerReflectionResponse.list_services_response (6) .service (1) .name (1).
+# v1 and v1alpha share these messages field for field.
+
+
+def _fields(data: bytes) -> list[tuple[int, object]]:
+    """A minimal protobuf wire-format reader: (field number, value) pairs."""
+    out, i = [], 0
+
+    def varint():
+        nonlocal i
+        shift = result = 0
+        while True:
+            byte = data[i]
+            i += 1
+            result |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return result
+
+    while i < len(data):
+        key = varint()
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            out.append((number, varint()))
+        elif wire == 2:
+            size = varint()
+            out.append((number, data[i : i + size]))
+            i += size
+        elif wire == 1:
+            out.append((number, data[i : i + 8]))
+            i += 8
+        elif wire == 5:
+            out.append((number, data[i : i + 4]))
+            i += 4
+        else:
+            raise ValueError(f"unexpected wire type {wire}")
+    return out
+
+
+@pytest.mark.parametrize("version", ["v1", "v1alpha"])
+def test_reflection_lists_services(channel, version):
+    info = channel.stream_stream(f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo")
+    list_services = b"\x3a\x00"  # field 7, length-delimited, empty string
+    responses = list(info(iter([list_services]), timeout=CALL_TIMEOUT_S))
+    assert len(responses) == 1
+    fields = dict(_fields(responses[0]))
+    assert 7 not in fields, f"error_response: {_fields(fields[7])}"
+    names = {
+        bytes(value).decode()
+        for number, service in _fields(fields[6])
+        if number == 1
+        for number2, value in _fields(service)
+        if number2 == 1
+    }
+    assert {"holdup.v1.Lab", "grpc.health.v1.Health"} <= names, names

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: installs every tool the tests need from the
+# project's own files (Debian packages, a hash-pinned Python venv), checks formatting and
+# lints, then runs the Rust tests (unit + integration against real servers on loopback) and
+# the Python tests (grpcio and the grpcurl binary against the real holdup binary).
+# PostgreSQL: a throwaway cluster on a loopback port for the Rust tests (tests/postgres.rs),
+# started here and stopped on exit. Deploy files: tests/python/test_deploy.py validates them,
+# tests/python/test_prometheus.py runs every dashboard query against a real Prometheus.
+#
+# Usage: tests/run.sh            (CI=true makes a missing tool fail instead of skip)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv=${HOLDUP_TEST_VENV:-target/test-venv}
+[[ $venv = /* ]] || venv="$PWD/$venv"
+step() { printf '\n== %s\n' "$*"; }
+
+step "Debian packages (prometheus: promtool and a real Prometheus; postgresql)"
+missing=()
+command -v promtool >/dev/null || missing+=(prometheus)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+if ((${#missing[@]})); then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "missing: ${missing[*]}; install with: sudo apt-get update && sudo apt-get install -y ${missing[*]}" >&2
+        exit 1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+step "Python test tools into $venv (hash-pinned: tests/requirements.txt)"
+if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+fi
+# Build tools first, hash-checked, so the grpcurl sdist builds from checked tools only.
+awk '/^(setuptools|wheel|packaging)==/{p=1} p{print} p && !/\\$/{p=0}' tests/requirements.txt \
+    >"$venv/build-requirements.txt"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check --require-hashes \
+    -r "$venv/build-requirements.txt"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check --require-hashes \
+    --no-build-isolation -r tests/requirements.txt
+export PATH="$venv/bin:$PATH"
+grpcurl -version
+
+step "PostgreSQL: a throwaway cluster on a loopback port (HOLDUP_TEST_DATABASE_URL)"
+pg_bin=$(compgen -G '/usr/lib/postgresql/*/bin' | sort -V | tail -n 1)
+pg_dir=$(mktemp -d "${TMPDIR:-/tmp}/holdup-pg.XXXXXX")
+as_pg=()
+if [ "$(id -u)" -eq 0 ]; then
+    # initdb refuses to run as root: the cluster belongs to the package's postgres user.
+    chown postgres: "$pg_dir"
+    as_pg=(runuser -u postgres --)
+fi
+stop_postgres() {
+    "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate -w stop >/dev/null 2>&1 || true
+    rm -rf "$pg_dir"
+}
+trap stop_postgres EXIT
+"${as_pg[@]}" "$pg_bin/initdb" -D "$pg_dir/data" -U postgres -A trust -E UTF8 --no-sync \
+    >"$pg_dir/initdb.log" 2>&1 || { cat "$pg_dir/initdb.log" >&2; exit 1; }
+pg_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# Loopback only, socket in the temp dir; durability off: the cluster lives for one run.
+pg_opts="-c listen_addresses=127.0.0.1 -p $pg_port -k $pg_dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+"${as_pg[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/server.log" -w -t 60 -o "$pg_opts" \
+    start >/dev/null || { cat "$pg_dir/server.log" >&2; exit 1; }
+# The fault test (tests/postgres_restart.rs) stops and starts this very server:
+# `sh -c "$HOLDUP_TEST_PG_CTL stop"` / `… start`.
+export HOLDUP_TEST_PG_CTL="${as_pg[*]} $pg_bin/pg_ctl -D $pg_dir/data -l $pg_dir/server.log -w -t 60 -m fast -o '$pg_opts'"
+"${as_pg[@]}" "$pg_bin/createdb" -h 127.0.0.1 -p "$pg_port" -U postgres holdup_test
+export HOLDUP_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/holdup_test"
+echo "PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}') at $HOLDUP_TEST_DATABASE_URL"
+
+step "cargo fmt and clippy"
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+
+step "cargo test"
+cargo test --locked
+
+step "Python tests (grpcio, grpcurl, deploy files, Prometheus + dashboards) against target/debug/holdup"
+HOLDUP_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/holdup" python -m pytest tests/python -q -p no:cacheprovider
