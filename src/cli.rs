@@ -9,6 +9,7 @@ use crate::config::{
     ConfigError, Database, DatabaseConfig, Limits, ServeConfig, SimulatorConfig, UpstreamTarget,
     check_range, millis,
 };
+use crate::telemetry::subscriber::TelemetryConfig;
 
 /// holdup: a gRPC lab that shows, with evidence, why a response is late.
 #[derive(Debug, Parser)]
@@ -24,6 +25,10 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Run the upstream HTTP simulator alone.
     Upstream(UpstreamArgs),
+    /// Load one RPC (open or closed loop) with a Fast probe beside it; report HDR percentiles.
+    Load(Box<crate::load::args::LoadArgs>),
+    /// Run the experiment catalogue: each cause of delay, before and after its fix.
+    Experiment(crate::experiment::args::ExperimentArgs),
 }
 
 impl Cli {
@@ -124,9 +129,76 @@ pub struct ServeArgs {
     /// Cap on UpstreamCall.max_retries.
     #[arg(long, env = "HOLDUP_MAX_RETRIES", default_value_t = crate::config::DEFAULT_MAX_RETRIES)]
     pub max_retries: u32,
+    /// Lab calls in flight at once (all RPCs); more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "HOLDUP_MAX_IN_FLIGHT", default_value_t = crate::config::DEFAULT_MAX_IN_FLIGHT)]
+    pub max_in_flight: usize,
+    /// In-flight limit of each costly RPC (CpuBound, SlowBackend, Sleep, UpstreamCall).
+    #[arg(long, env = "HOLDUP_MAX_IN_FLIGHT_PER_RPC", default_value_t = crate::config::DEFAULT_MAX_IN_FLIGHT_PER_RPC)]
+    pub max_in_flight_per_rpc: usize,
     /// Grace period for in-flight requests after SIGTERM / Ctrl-C.
     #[arg(long, env = "HOLDUP_GRACE_MS", default_value_t = 10_000)]
     pub grace_ms: u64,
+    /// After SIGTERM, keep serving this long with health NOT_SERVING before closing connections.
+    #[arg(long, env = "HOLDUP_DRAIN_DELAY_MS", default_value_t = 0)]
+    pub drain_delay_ms: u64,
+    /// PEM certificate chain: serve gRPC over TLS (with --tls-key).
+    #[arg(long, env = "HOLDUP_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "HOLDUP_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Prometheus endpoint (`/metrics`); loopback by default.
+    #[arg(long, env = "HOLDUP_METRICS_ADDR", default_value = "127.0.0.1:9464")]
+    pub metrics_addr: SocketAddr,
+    /// Serve no metrics endpoint.
+    #[arg(long, env = "HOLDUP_NO_METRICS")]
+    pub no_metrics: bool,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+    /// How often the runtime lag probe's timer fires.
+    #[arg(long, env = "HOLDUP_LAG_PROBE_MS", default_value_t = 25)]
+    pub lag_probe_ms: u64,
+}
+
+/// Flags of the tracing subscriber, shared by `serve` and `upstream`.
+#[derive(Debug, Clone, Args)]
+pub struct TelemetryArgs {
+    /// tokio-console's gRPC API address; loopback by default.
+    #[arg(long, env = "HOLDUP_CONSOLE_ADDR", default_value = "127.0.0.1:6669")]
+    pub console_addr: SocketAddr,
+    /// Do not serve tokio-console.
+    #[arg(long, env = "HOLDUP_NO_CONSOLE")]
+    pub no_console: bool,
+    /// How long tokio-console keeps finished tasks, in seconds.
+    #[arg(long, env = "HOLDUP_CONSOLE_RETENTION_S", default_value_t = 60)]
+    pub console_retention_s: u64,
+    /// A poll of a request's handler longer than this is a long poll (WARN on its span, counted).
+    #[arg(long, env = "HOLDUP_LONG_POLL_MS", default_value_t = 10)]
+    pub long_poll_ms: u64,
+}
+
+impl TelemetryArgs {
+    /// # Errors
+    /// A [`ConfigError`] for a retention or threshold out of range.
+    pub fn validate(&self, service_name: &'static str) -> Result<TelemetryConfig, ConfigError> {
+        Ok(TelemetryConfig {
+            service_name,
+            console: (!self.no_console).then_some(self.console_addr),
+            console_retention: Duration::from_secs(check_range(
+                "--console-retention-s",
+                self.console_retention_s,
+                1,
+                86_400,
+            )?),
+            long_poll_threshold: millis(check_range(
+                "--long-poll-ms",
+                self.long_poll_ms,
+                1,
+                60_000,
+            )?),
+            otlp_endpoint: None,
+        })
+    }
 }
 
 fn cores() -> usize {
@@ -190,8 +262,30 @@ impl ServeArgs {
                 max_hold_ms: check_range("--max-hold-ms", self.max_hold_ms, 0, 600_000)?,
                 max_sleep_ms: check_range("--max-sleep-ms", self.max_sleep_ms, 0, 600_000)?,
                 max_retries: check_range("--max-retries", self.max_retries, 0, 20)?,
+                max_in_flight: check_range("--max-in-flight", self.max_in_flight, 1, 1_000_000)?,
+                max_in_flight_per_rpc: check_range(
+                    "--max-in-flight-per-rpc",
+                    self.max_in_flight_per_rpc,
+                    1,
+                    1_000_000,
+                )?,
             },
             grace: Duration::from_millis(check_range("--grace-ms", self.grace_ms, 0, 600_000)?),
+            drain_delay: millis(check_range(
+                "--drain-delay-ms",
+                self.drain_delay_ms,
+                0,
+                600_000,
+            )?),
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(crate::config::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                _ => None,
+            },
+            metrics_addr: (!self.no_metrics).then_some(self.metrics_addr),
+            lag_interval: millis(check_range("--lag-probe-ms", self.lag_probe_ms, 1, 60_000)?),
         })
     }
 }
@@ -203,6 +297,8 @@ pub struct UpstreamArgs {
     pub listen: SocketAddr,
     #[command(flatten)]
     pub sim: SimulatorArgs,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
 }
 
 #[cfg(test)]

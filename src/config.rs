@@ -17,6 +17,12 @@ pub struct Limits {
     pub max_sleep_ms: u32,
     /// Most `UpstreamCall.max_retries`.
     pub max_retries: u32,
+    /// Lab calls in flight at once, all RPCs together; more are refused with
+    /// RESOURCE_EXHAUSTED instead of queueing without bound.
+    pub max_in_flight: usize,
+    /// In-flight limit of each costly RPC (CpuBound, SlowBackend, Sleep, UpstreamCall), so one
+    /// flood cannot take every slot of the server-wide limit.
+    pub max_in_flight_per_rpc: usize,
 }
 
 impl Default for Limits {
@@ -26,9 +32,17 @@ impl Default for Limits {
             max_hold_ms: DEFAULT_MAX_HOLD_MS,
             max_sleep_ms: DEFAULT_MAX_SLEEP_MS,
             max_retries: DEFAULT_MAX_RETRIES,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_in_flight_per_rpc: DEFAULT_MAX_IN_FLIGHT_PER_RPC,
         }
     }
 }
+
+/// Far above what 2 cores serve usefully, far below what exhausts memory (each call holds a
+/// few KiB).
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 2_048;
+/// Half the server-wide limit: one costly RPC can never starve the others (Fast included).
+pub const DEFAULT_MAX_IN_FLIGHT_PER_RPC: usize = 1_024;
 
 /// Ten seconds of hashing is far past any useful demonstration and still ends soon enough that a
 /// mistaken call does not hold a worker for long.
@@ -97,6 +111,13 @@ pub enum UpstreamTarget {
     Url(String),
 }
 
+/// PEM files of the server's TLS identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     /// gRPC listen address; port 0 picks a free port (read it back after bind).
@@ -116,6 +137,15 @@ pub struct ServeConfig {
     pub limits: Limits,
     /// How long in-flight requests may run after a shutdown signal.
     pub grace: Duration,
+    /// After a shutdown signal, keep serving this long with health NOT_SERVING, so that load
+    /// balancers stop sending before connections are closed.
+    pub drain_delay: Duration,
+    /// Serve gRPC over TLS with this certificate chain and key (PEM files).
+    pub tls: Option<TlsFiles>,
+    /// Where `/metrics` is served; `None` serves none.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Period of the runtime lag probe.
+    pub lag_interval: Duration,
 }
 
 impl ServeConfig {
@@ -137,6 +167,10 @@ impl ServeConfig {
             upstream: UpstreamTarget::InProcess(SimulatorConfig::default()),
             limits: Limits::default(),
             grace: Duration::from_secs(10),
+            drain_delay: Duration::ZERO,
+            tls: None,
+            metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            lag_interval: Duration::from_millis(25),
         }
     }
 }

@@ -15,11 +15,17 @@
 //! - [`telemetry`]: the per-request delay split and the one tracing subscriber.
 //! - [`upstream`]: the HTTP upstream simulator (`holdup upstream`).
 //! - [`proto`]: the generated `holdup.v1` code and its descriptor set.
+//! - [`load`]: the load generator (`holdup load`): open and closed loops, HDR histograms,
+//!   a `Fast` probe beside the load, text and JSON reports.
+//! - [`experiment`]: the experiment catalogue (`holdup experiment`): each cause before and
+//!   after its fix, as a findings table, JSON and an HTML report with latency plots.
 #![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod config;
+pub mod experiment;
 pub mod lab;
+pub mod load;
 pub mod proto;
 pub mod runtime;
 pub mod server;

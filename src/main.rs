@@ -1,13 +1,15 @@
 //! The `holdup` binary: parse the command line, set up telemetry, run the chosen command.
 
-use std::process::ExitCode;
+use std::{net::SocketAddr, process::ExitCode};
 
 use anyhow::Context;
 use clap::Parser;
 use holdup::{
     cli::{Cli, Command, ServeArgs, UpstreamArgs},
+    config::{ServeConfig, SimulatorConfig},
     server::Server,
-    shutdown, telemetry,
+    shutdown,
+    telemetry::subscriber::{self, Telemetry, TelemetryConfig},
     upstream::Simulator,
 };
 
@@ -16,10 +18,11 @@ const EX_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
     let command = Cli::parse().command();
-    telemetry::subscriber::init();
     let result = match command {
         Command::Serve(args) => serve(&args),
         Command::Upstream(args) => upstream(&args),
+        Command::Load(args) => load(&args),
+        Command::Experiment(args) => experiment(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -45,6 +48,10 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
+fn usage(error: impl ToString) -> Failure {
+    Failure::Usage(error.to_string())
+}
+
 fn transport_runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
@@ -54,8 +61,21 @@ fn transport_runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> 
         .context("starting the transport runtime")
 }
 
+/// Installs the subscriber; the returned handle flushes spans when the command ends.
+fn start_telemetry(config: &TelemetryConfig) -> anyhow::Result<Telemetry> {
+    subscriber::init(config).context("setting up telemetry")
+}
+
 fn serve(args: &ServeArgs) -> Result<(), Failure> {
-    let config = args.validate().map_err(|e| Failure::Usage(e.to_string()))?;
+    let config = args.validate().map_err(usage)?;
+    let telemetry_config = args.telemetry.validate("holdup").map_err(usage)?;
+    let telemetry = start_telemetry(&telemetry_config)?;
+    let result = serve_until_signal(config, telemetry_config.console);
+    telemetry.shutdown();
+    result
+}
+
+fn serve_until_signal(config: ServeConfig, console: Option<SocketAddr>) -> Result<(), Failure> {
     let runtime = transport_runtime(config.io_threads)?;
     runtime.block_on(async {
         let workers = config.workers;
@@ -63,11 +83,17 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
         let addr = server.local_addr();
         println!("holdup listening on {addr} (gRPC; {workers} lab workers)");
         println!("upstream simulator at {}", server.upstream_url());
+        if let Some(metrics) = server.metrics_addr() {
+            println!("metrics at http://{metrics}/metrics");
+        }
+        if let Some(console) = console {
+            println!("tokio-console at http://{console}");
+        }
         println!(
             "try: grpcurl -plaintext -d '{{\"mode\":\"INLINE\",\"work_ms\":200}}' {addr} holdup.v1.Lab/CpuBound"
         );
         server
-            .run_until(shutdown::signal())
+            .run_until(shutdown::signal_then_force_exit())
             .await
             .context("serving")?;
         tracing::info!("holdup stopped");
@@ -77,10 +103,15 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
 }
 
 fn upstream(args: &UpstreamArgs) -> Result<(), Failure> {
-    let sim = args
-        .sim
-        .validate()
-        .map_err(|e| Failure::Usage(e.to_string()))?;
+    let sim = args.sim.validate().map_err(usage)?;
+    let telemetry_config = args.telemetry.validate("holdup-upstream").map_err(usage)?;
+    let telemetry = start_telemetry(&telemetry_config)?;
+    let result = run_upstream(args, sim);
+    telemetry.shutdown();
+    result
+}
+
+fn run_upstream(args: &UpstreamArgs, sim: SimulatorConfig) -> Result<(), Failure> {
     let runtime = transport_runtime(1)?;
     runtime.block_on(async {
         let simulator = Simulator::bind(args.listen, sim)
@@ -97,5 +128,69 @@ fn upstream(args: &UpstreamArgs) -> Result<(), Failure> {
             .context("serving the upstream simulator")?;
         Ok::<(), anyhow::Error>(())
     })?;
+    Ok(())
+}
+
+/// Threads of the load generator's own runtime: the calls are cheap to send, and on a small
+/// machine the server under test needs the cores more.
+const LOAD_THREADS: usize = 2;
+
+fn load_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(LOAD_THREADS)
+        .thread_name("holdup-load")
+        .enable_all()
+        .build()
+        .context("starting the load generator's runtime")
+}
+
+/// Load and experiment runs are quiet unless RUST_LOG asks for logs: a failing call is a
+/// measurement there, counted in the report, not a log line.
+fn quiet_logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        subscriber::init_logs_only();
+    }
+}
+
+fn load(args: &holdup::load::args::LoadArgs) -> Result<(), Failure> {
+    let config = args.validate().map_err(usage)?;
+    quiet_logs();
+    let json = args.json;
+    let report = load_runtime()?
+        .block_on(holdup::load::run_command(config, !json))
+        .context("running the load")?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).context("encoding the report")?
+        );
+    } else {
+        print!("{}", holdup::load::table::render(&report));
+    }
+    Ok(())
+}
+
+fn experiment(args: &holdup::experiment::args::ExperimentArgs) -> Result<(), Failure> {
+    use holdup::experiment::{html, report};
+    let config = args.validate().map_err(usage)?;
+    quiet_logs();
+    let report = load_runtime()?
+        .block_on(holdup::experiment::run_catalogue(&config, |i, n, e| {
+            eprintln!("[{}/{n}] {}: {}", i + 1, e.id, e.title);
+        }))
+        .context("running the experiments")?;
+    if let Some(path) = &config.report {
+        std::fs::write(path, html::render(&report))
+            .with_context(|| format!("writing the report to {}", path.display()))?;
+        eprintln!("report written to {}", path.display());
+    }
+    if config.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).context("encoding the findings")?
+        );
+    } else {
+        print!("{}", report::markdown(&report));
+    }
     Ok(())
 }

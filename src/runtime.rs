@@ -13,29 +13,30 @@ use std::{future::Future, io, thread};
 
 use tokio::{runtime, sync::oneshot, task::JoinHandle};
 
-/// Owns the lab runtime on a thread of its own, so that it can be dropped from anywhere
-/// (dropping a runtime inside an async context panics).
+/// Owns a runtime on a thread of its own, so that it can be dropped from anywhere (dropping a
+/// runtime inside an async context panics). The lab runtime is one; the telemetry export
+/// runtime another.
 #[derive(Debug)]
-pub struct LabRuntime {
+pub struct OwnedRuntime {
     handle: runtime::Handle,
     stop: Option<oneshot::Sender<()>>,
 }
 
-impl LabRuntime {
-    /// Starts a multi-thread runtime with `workers` workers named `holdup-lab`.
+impl OwnedRuntime {
+    /// Starts a multi-thread runtime with `workers` worker threads called `name`.
     ///
     /// # Errors
     /// The I/O error if the runtime or its owner thread cannot be created.
-    pub fn start(workers: usize) -> io::Result<Self> {
+    pub fn start(name: &str, workers: usize) -> io::Result<Self> {
         let rt = runtime::Builder::new_multi_thread()
             .worker_threads(workers)
-            .thread_name("holdup-lab")
+            .thread_name(name)
             .enable_all()
             .build()?;
         let handle = rt.handle().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         thread::Builder::new()
-            .name("holdup-lab-owner".into())
+            .name(format!("{name}-owner"))
             .spawn(move || {
                 rt.block_on(async {
                     let _ = stopped.await;
@@ -54,7 +55,7 @@ impl LabRuntime {
     }
 }
 
-impl Drop for LabRuntime {
+impl Drop for OwnedRuntime {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -85,5 +86,26 @@ where
     {
         let _ = name;
         Ok(handle.spawn(future))
+    }
+}
+
+/// Runs `job` on the current runtime's blocking pool under `name`, the name tokio-console
+/// shows for it.
+///
+/// # Errors
+/// The I/O error tokio reports when the runtime is shutting down.
+pub fn spawn_blocking_named<F, R>(name: &str, job: F) -> io::Result<JoinHandle<R>>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    #[cfg(tokio_unstable)]
+    {
+        tokio::task::Builder::new().name(name).spawn_blocking(job)
+    }
+    #[cfg(not(tokio_unstable))]
+    {
+        let _ = name;
+        Ok(tokio::task::spawn_blocking(job))
     }
 }

@@ -13,9 +13,15 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     config::{ServeConfig, UpstreamTarget},
-    lab::{Lab, LabState, backend::Backend, compute_pool::ComputePool, upstream::UpstreamClient},
+    lab::{
+        Lab, LabState,
+        backend::Backend,
+        compute_pool::ComputePool,
+        upstream::{UpstreamClient, UpstreamMetrics},
+    },
     proto::{self, lab_server::LabServer},
-    runtime::LabRuntime,
+    runtime::OwnedRuntime,
+    telemetry::{endpoint::MetricsEndpoint, lag, metrics::Metrics},
     upstream::Simulator,
 };
 
@@ -50,6 +56,13 @@ pub enum ServeError {
     UpstreamClient(#[source] reqwest::Error),
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[source] tonic_reflection::server::Error),
+    #[error("cannot read TLS file {path}: {source}")]
+    TlsFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid TLS configuration: {0}")]
+    Tls(#[source] tonic::transport::Error),
     #[error("a start-up task on the lab runtime failed: {0}")]
     LabTask(#[source] tokio::task::JoinError),
     #[error("gRPC server failed: {0}")]
@@ -64,9 +77,10 @@ pub struct Server {
     config: ServeConfig,
     lab: Lab,
     /// Dropped last: handlers must be gone before their runtime.
-    lab_runtime: LabRuntime,
+    lab_runtime: OwnedRuntime,
     simulator: Option<Simulator>,
     upstream_url: String,
+    metrics_endpoint: Option<MetricsEndpoint>,
 }
 
 impl Server {
@@ -87,11 +101,12 @@ impl Server {
             what: "listener",
             source,
         })?;
-        let lab_runtime =
-            LabRuntime::start(config.workers).map_err(|source| ServeError::Start {
+        let lab_runtime = OwnedRuntime::start("holdup-lab", config.workers).map_err(|source| {
+            ServeError::Start {
                 what: "lab runtime",
                 source,
-            })?;
+            }
+        })?;
         let compute =
             ComputePool::start(config.compute_threads, config.compute_queue).map_err(|source| {
                 ServeError::Start {
@@ -117,17 +132,20 @@ impl Server {
         };
         // The pool and the HTTP client are created on the lab runtime, where they are used, so
         // their connections are driven by the lab runtime's I/O driver.
+        let metrics = Arc::new(Metrics::new());
         let db = config.db.clone();
+        let pool_wait = metrics.db_pool_wait.clone();
         let backend = lab_runtime
             .handle()
-            .spawn(async move { Backend::connect(&db).await })
+            .spawn(async move { Backend::connect(&db, pool_wait).await })
             .await
             .map_err(ServeError::LabTask)?
             .map_err(ServeError::Database)?;
         let url = upstream_url.clone();
+        let attempt_metrics = UpstreamMetrics::from(metrics.as_ref());
         let upstream = lab_runtime
             .handle()
-            .spawn(async move { UpstreamClient::new(url) })
+            .spawn(async move { UpstreamClient::new(url, attempt_metrics) })
             .await
             .map_err(ServeError::LabTask)?
             .map_err(ServeError::UpstreamClient)?;
@@ -137,7 +155,21 @@ impl Server {
             backend,
             compute: Arc::new(compute),
             upstream,
+            metrics: Arc::clone(&metrics),
+            admission: crate::lab::admission::Admission::new(&config.limits),
         });
+        let metrics_endpoint = match config.metrics_addr {
+            None => None,
+            Some(addr) => {
+                let state = Arc::clone(lab.state());
+                let refresh = Arc::new(move |m: &Metrics| state.sample_gauges(m));
+                Some(
+                    MetricsEndpoint::bind(addr, metrics, refresh)
+                        .await
+                        .map_err(|source| ServeError::Bind { addr, source })?,
+                )
+            }
+        };
         Ok(Self {
             listener,
             local_addr,
@@ -146,7 +178,15 @@ impl Server {
             lab_runtime,
             simulator,
             upstream_url,
+            metrics_endpoint,
         })
+    }
+
+    /// Where `/metrics` is served, if anywhere.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_endpoint
+            .as_ref()
+            .and_then(|e| e.local_addr().ok())
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -191,15 +231,38 @@ impl Server {
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
-        let simulator_stop = tokio_util::sync::CancellationToken::new();
+        let helpers_stop = tokio_util::sync::CancellationToken::new();
         let simulator_task = self.simulator.map(|simulator| {
-            let stop = simulator_stop.clone();
+            let stop = helpers_stop.clone();
             tokio::spawn(async move { simulator.run_until(stop.cancelled_owned()).await })
         });
+        let metrics_task = self.metrics_endpoint.map(|endpoint| {
+            let stop = helpers_stop.clone();
+            tokio::spawn(async move { endpoint.run_until(stop.cancelled_owned()).await })
+        });
+        let lag_histogram = self.lab.state().metrics.runtime_lag.clone();
+        let lag_probe = crate::runtime::spawn_named(
+            "runtime lag probe",
+            self.lab_runtime.handle(),
+            lag::probe(self.config.lag_interval, move |lag| {
+                lag_histogram.observe(lag.as_secs_f64());
+            }),
+        )
+        .map_err(|source| ServeError::Start {
+            what: "runtime lag probe",
+            source,
+        })?;
 
         let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
         let grace = self.config.grace;
-        let serve = TonicServer::builder()
+        let drain_delay = self.config.drain_delay;
+        let mut builder = TonicServer::builder();
+        if let Some(tls) = &self.config.tls {
+            builder = builder
+                .tls_config(tls_identity(tls)?)
+                .map_err(ServeError::Tls)?;
+        }
+        let serve = builder
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
@@ -217,28 +280,58 @@ impl Server {
             result = &mut serve => result,
             () = shutdown => {
                 begin_drain(&health).await;
-                let _ = drain_tx.send(());
-                match tokio::time::timeout(grace, &mut serve).await {
-                    Ok(result) => result,
-                    Err(_) => {
-                        tracing::warn!(grace_ms = grace.as_millis() as u64, "grace period over; abandoning in-flight requests");
-                        Ok(())
+                // Still serving, health NOT_SERVING: load balancers move away meanwhile.
+                let stopped_early = tokio::select! {
+                    result = &mut serve => Some(result),
+                    () = tokio::time::sleep(drain_delay) => None,
+                };
+                match stopped_early {
+                    Some(result) => result,
+                    None => {
+                        let _ = drain_tx.send(());
+                        match tokio::time::timeout(grace, &mut serve).await {
+                            Ok(result) => result,
+                            Err(_) => {
+                                tracing::warn!(grace_ms = grace.as_millis() as u64, "grace period over; abandoning in-flight requests");
+                                Ok(())
+                            }
+                        }
                     }
                 }
             }
         };
-        simulator_stop.cancel();
-        if let Some(task) = simulator_task {
-            match task.await {
-                Ok(Ok(())) => tracing::debug!("upstream simulator stopped"),
-                Ok(Err(e)) => tracing::warn!(error = %e, "upstream simulator ended with an error"),
-                Err(e) => tracing::warn!(error = %e, "upstream simulator task failed"),
+        helpers_stop.cancel();
+        lag_probe.abort();
+        for (what, task) in [
+            ("upstream simulator", simulator_task),
+            ("metrics endpoint", metrics_task),
+        ] {
+            if let Some(task) = task {
+                match task.await {
+                    Ok(Ok(())) => tracing::debug!("{what} stopped"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "{what} ended with an error"),
+                    Err(e) => tracing::warn!(error = %e, "{what} task failed"),
+                }
             }
         }
         drop(self.lab);
         drop(self.lab_runtime);
         result.map_err(ServeError::Transport)
     }
+}
+
+/// Reads the PEM identity named by the configuration.
+fn tls_identity(
+    tls: &crate::config::TlsFiles,
+) -> Result<tonic::transport::ServerTlsConfig, ServeError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| ServeError::TlsFile {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let identity = tonic::transport::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
+    Ok(tonic::transport::ServerTlsConfig::new().identity(identity))
 }
 
 async fn begin_drain(health: &HealthReporter) {

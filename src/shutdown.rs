@@ -27,3 +27,14 @@ pub async fn signal() {
         () = term => tracing::info!("SIGTERM received; shutting down"),
     }
 }
+
+/// Resolves on the first signal, and from then on exits the process at once on a second one:
+/// an operator who asks twice does not want to wait for the grace period.
+pub async fn signal_then_force_exit() {
+    signal().await;
+    tokio::spawn(async {
+        signal().await;
+        eprintln!("holdup: second signal; exiting without draining");
+        std::process::exit(130);
+    });
+}

@@ -10,9 +10,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use prometheus_client::metrics::histogram::Histogram;
 use sqlx::{AnyPool, any::AnyPoolOptions};
 use tempfile::TempDir;
 use tokio::sync::OnceCell;
+use tracing::Instrument;
 
 use super::{error::LabError, validate};
 use crate::{
@@ -23,6 +25,24 @@ use crate::{
 
 /// SCAN counts the rows of one bucket; buckets are `id % BUCKETS`.
 pub const BUCKETS: u32 = 1_000;
+/// The indexed lookup (primary key).
+const POINT_SQL: &str = "SELECT COUNT(*) FROM holdup_items WHERE id = $1";
+/// The unindexed scan.
+const SCAN_SQL: &str = "SELECT COUNT(*) FROM holdup_items WHERE bucket = $1";
+
+trait QuerySql {
+    fn sql(&self) -> &'static str;
+}
+
+impl QuerySql for Query {
+    fn sql(&self) -> &'static str {
+        match self {
+            Query::Point => POINT_SQL,
+            Query::Scan => SCAN_SQL,
+            Query::None => "",
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Dialect {
@@ -40,6 +60,8 @@ pub struct Backend {
     seeded: OnceCell<()>,
     /// Requests currently waiting for a connection.
     waiting: AtomicI64,
+    /// Every pool wait, successful or not.
+    wait_histogram: Histogram,
     /// Keeps the embedded database's directory alive; removed when the backend is dropped.
     _dir: Option<TempDir>,
 }
@@ -66,7 +88,10 @@ impl Backend {
     ///
     /// # Errors
     /// An I/O error creating the embedded database's directory, or an invalid URL.
-    pub async fn connect(config: &DatabaseConfig) -> Result<Self, LabError> {
+    pub async fn connect(
+        config: &DatabaseConfig,
+        wait_histogram: Histogram,
+    ) -> Result<Self, LabError> {
         sqlx::any::install_default_drivers();
         let (url, dialect, dir) = match &config.database {
             Database::EmbeddedSqlite => {
@@ -98,6 +123,7 @@ impl Backend {
             config: config.clone(),
             seeded: OnceCell::new(),
             waiting: AtomicI64::new(0),
+            wait_histogram,
             _dir: dir,
         };
         if let Err(e) = backend.ensure_seeded().await {
@@ -110,6 +136,14 @@ impl Backend {
         match self.dialect {
             Dialect::Sqlite => "sqlite",
             Dialect::Postgres => "postgres",
+        }
+    }
+
+    /// The OpenTelemetry `db.system.name` of the backend.
+    fn system(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Sqlite => "sqlite",
+            Dialect::Postgres => "postgresql",
         }
     }
 
@@ -189,12 +223,21 @@ impl Backend {
     ) -> Result<SlowBackendReply, LabError> {
         self.ensure_seeded().await?;
         let asked = Instant::now();
-        let acquired = {
+        let acquired = async {
             let _waiting = Waiting::start(&self.waiting);
             self.pool.acquire().await
-        };
+        }
+        .instrument(tracing::info_span!(
+            target: "holdup::db",
+            "pool.acquire",
+            db.system.name = self.system(),
+            holdup.pool_size = self.config.pool_size,
+            holdup.waiting = self.waiting(),
+        ))
+        .await;
         let pool_wait = asked.elapsed();
         queue.add(pool_wait);
+        self.wait_histogram.observe(pool_wait.as_secs_f64());
         let mut conn = acquired.map_err(|e| match e {
             sqlx::Error::PoolTimedOut => LabError::PoolTimeout {
                 timeout_ms: self.config.acquire_timeout.as_millis(),
@@ -204,41 +247,77 @@ impl Backend {
         })?;
 
         let held = Instant::now();
-        match self.dialect {
-            Dialect::Postgres => {
-                sqlx::query("SELECT pg_sleep($1)")
-                    .bind(plan.hold.as_secs_f64())
-                    .execute(&mut *conn)
-                    .await?;
+        let hold_span = tracing::info_span!(
+            target: "holdup::db",
+            "db.hold",
+            db.system.name = self.system(),
+            holdup.hold_ms = plan.hold.as_millis() as u64,
+        );
+        async {
+            match self.dialect {
+                Dialect::Postgres => {
+                    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                    // The server stops the sleep at the caller's deadline too: dropping the
+                    // future alone would leave PostgreSQL sleeping on a connection whose
+                    // next user then waits for it.
+                    if let Some(deadline) = plan.deadline {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        sqlx::query("SELECT set_config('statement_timeout', $1, true)")
+                            .bind(left.as_millis().max(1).to_string())
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    sqlx::query("SELECT pg_sleep($1)")
+                        .bind(plan.hold.as_secs_f64())
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                }
+                Dialect::Sqlite => {
+                    // SQLite has no server to sleep in; an open transaction keeps the
+                    // connection just as unavailable to anyone else. If the caller goes away
+                    // mid-hold, dropping the transaction rolls it back before the connection
+                    // serves anyone else.
+                    let tx = sqlx::Connection::begin(&mut *conn).await?;
+                    tokio::time::sleep(plan.hold).await;
+                    tx.commit().await?;
+                }
             }
-            Dialect::Sqlite => {
-                // SQLite has no server to sleep in; an open transaction keeps the
-                // connection just as unavailable to anyone else.
-                sqlx::query("BEGIN").execute(&mut *conn).await?;
-                tokio::time::sleep(plan.hold).await;
-                sqlx::query("COMMIT").execute(&mut *conn).await?;
-            }
+            Ok::<(), sqlx::Error>(())
         }
+        .instrument(hold_span)
+        .await?;
         let hold = held.elapsed();
 
         let queried = Instant::now();
         let key = i64::from(plan.key);
-        let rows: i64 = match plan.query {
-            Query::Point => {
-                sqlx::query_scalar("SELECT COUNT(*) FROM holdup_items WHERE id = $1")
-                    .bind(key)
-                    .fetch_one(&mut *conn)
-                    .await?
-            }
-            Query::Scan => {
+        let query_span = tracing::info_span!(
+            target: "holdup::db",
+            "db.query",
+            db.system.name = self.system(),
+            db.operation.name = "SELECT",
+            db.query.text = plan.query.sql(),
+        );
+        let rows: i64 = async {
+            Ok::<i64, sqlx::Error>(match plan.query {
+                Query::Point => {
+                    sqlx::query_scalar(POINT_SQL)
+                        .bind(key)
+                        .fetch_one(&mut *conn)
+                        .await?
+                }
                 // `bucket` has no index: this reads every row.
-                sqlx::query_scalar("SELECT COUNT(*) FROM holdup_items WHERE bucket = $1")
-                    .bind(key)
-                    .fetch_one(&mut *conn)
-                    .await?
-            }
-            Query::None => 0,
-        };
+                Query::Scan => {
+                    sqlx::query_scalar(SCAN_SQL)
+                        .bind(key)
+                        .fetch_one(&mut *conn)
+                        .await?
+                }
+                Query::None => 0,
+            })
+        }
+        .instrument(query_span)
+        .await?;
         let query = queried.elapsed();
 
         Ok(SlowBackendReply {
@@ -258,6 +337,8 @@ pub struct BackendPlan {
     pub hold: Duration,
     pub query: Query,
     pub key: u32,
+    /// The caller's deadline, passed on to PostgreSQL as `statement_timeout`.
+    pub deadline: Option<Instant>,
 }
 
 impl BackendPlan {
@@ -289,6 +370,7 @@ impl BackendPlan {
             hold: Duration::from_millis(u64::from(hold)),
             query,
             key,
+            deadline: None,
         })
     }
 }

@@ -12,6 +12,7 @@ use std::{
 };
 
 use sha2::{Digest, Sha256};
+use tracing::{Instrument, Span};
 
 use super::{compute_pool::ComputePool, error::LabError, validate};
 use crate::{
@@ -200,42 +201,72 @@ impl CpuPlan {
         self.mode.as_str_name()
     }
 
+    /// The job for another thread: its `cpu.queue` span runs from now until a thread takes
+    /// it, its `cpu.work` span for the work, both children of the current (server) span.
+    /// The job returns how long it waited: the time from now to its start, unless the pool
+    /// measured that itself (passed in as non-zero).
+    fn offloaded(
+        &self,
+        cancel: &CancelOnDrop,
+    ) -> impl FnOnce(Duration) -> (Option<Done>, Duration) + Send + 'static {
+        let flag = Arc::clone(&cancel.0);
+        let budget = self.budget;
+        let mode = self.mode_name();
+        let parent = Span::current();
+        let queued = tracing::info_span!(target: "holdup::cpu", parent: &parent, "cpu.queue", holdup.mode = mode);
+        let enqueued = Instant::now();
+        move |measured| {
+            let waited = if measured.is_zero() {
+                enqueued.elapsed()
+            } else {
+                measured
+            };
+            drop(queued);
+            let _work = tracing::info_span!(target: "holdup::cpu", parent: &parent, "cpu.work", holdup.mode = mode).entered();
+            (Job::new(budget).run_to_end(&flag), waited)
+        }
+    }
+
     pub async fn run(
         self,
         compute: Arc<ComputePool>,
         queue: QueueClock,
     ) -> Result<CpuBoundReply, LabError> {
         let cancel = CancelOnDrop::default();
+        let mode = self.mode_name();
+        let work_span =
+            || tracing::info_span!(target: "holdup::cpu", "cpu.work", holdup.mode = mode);
         let (done, waited) = match self.mode {
             // DELIBERATELY BLOCKING: the whole chain runs inside one poll and holds this
             // runtime worker until it is done. This is the mistake the mode exists to show.
-            CpuMode::Inline => (Job::new(self.budget).run_to_end(&cancel.0), Duration::ZERO),
+            CpuMode::Inline => {
+                let _work = work_span().entered();
+                (Job::new(self.budget).run_to_end(&cancel.0), Duration::ZERO)
+            }
             CpuMode::Cooperative => {
-                let mut job = Job::new(self.budget);
-                while !job.slice() {
-                    tokio::task::yield_now().await;
+                async {
+                    let mut job = Job::new(self.budget);
+                    while !job.slice() {
+                        tokio::task::yield_now().await;
+                    }
+                    (Some(job.done()), Duration::ZERO)
                 }
-                (Some(job.done()), Duration::ZERO)
+                .instrument(work_span())
+                .await
             }
             CpuMode::BlockingPool => {
-                let flag = Arc::clone(&cancel.0);
-                let budget = self.budget;
-                let enqueued = Instant::now();
-                tokio::task::spawn_blocking(move || {
-                    let waited = enqueued.elapsed();
-                    (Job::new(budget).run_to_end(&flag), waited)
+                let job = self.offloaded(&cancel);
+                crate::runtime::spawn_blocking_named("CpuBound BLOCKING_POOL job", move || {
+                    job(Duration::ZERO)
                 })
+                .map_err(|_| LabError::ShuttingDown)?
                 .await
                 .map_err(|e| LabError::Internal(format!("blocking job failed: {e}")))?
             }
-            CpuMode::ComputePool => {
-                let flag = Arc::clone(&cancel.0);
-                let budget = self.budget;
-                compute
-                    .submit(move |waited| (Job::new(budget).run_to_end(&flag), waited))?
-                    .await
-                    .map_err(|_| LabError::ShuttingDown)?
-            }
+            CpuMode::ComputePool => compute
+                .submit(self.offloaded(&cancel))?
+                .await
+                .map_err(|_| LabError::ShuttingDown)?,
             CpuMode::Unspecified => unreachable!("CpuPlan::new refuses an unspecified mode"),
         };
         queue.add(waited);

@@ -18,6 +18,12 @@ pub enum LabError {
         "compute pool full: {queued} jobs already wait for {threads} threads (--compute-queue); retry later"
     )]
     ComputeQueueFull { queued: usize, threads: usize },
+    #[error("too many {what} in flight (limit {limit}, {flag}); retry later")]
+    Overloaded {
+        what: String,
+        limit: usize,
+        flag: &'static str,
+    },
     #[error("upstream failed after {attempts} attempt(s): {log}")]
     UpstreamFailed { attempts: u32, log: String },
     #[error("deadline exceeded {during}")]
@@ -43,7 +49,7 @@ impl LabError {
                 Code::Unavailable
             }
             Self::ShuttingDown => Code::Unavailable,
-            Self::ComputeQueueFull { .. } => Code::ResourceExhausted,
+            Self::ComputeQueueFull { .. } | Self::Overloaded { .. } => Code::ResourceExhausted,
             Self::DeadlineExceeded { .. } => Code::DeadlineExceeded,
             Self::Internal(_) => Code::Internal,
         }

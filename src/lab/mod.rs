@@ -2,6 +2,7 @@
 //! validating a request, running its handler on the lab runtime under a monitor of its own,
 //! honouring the caller's deadline, and attaching the delay split to the reply.
 
+pub mod admission;
 pub mod backend;
 pub mod compute_pool;
 pub mod cpu;
@@ -17,13 +18,21 @@ use std::{future::Future, sync::Arc, time::Instant};
 
 use tokio::{runtime, task::JoinHandle};
 use tokio_metrics::TaskMonitor;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status, metadata::MetadataValue};
+use tracing::{Instrument, field::Empty};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::{
     config::Limits,
     proto::{self, lab_server},
     runtime::spawn_named,
-    telemetry::diagnostics::{Causes, QueueClock, Split, Timed},
+    server::LAB_SERVICE,
+    telemetry::{
+        diagnostics::{Causes, QueueClock, Split, Timed},
+        metrics::{Metrics, RpcLabels, SplitLabels, VerdictLabels},
+        otel,
+        watchdog::{self, LongPollSink},
+    },
 };
 use error::LabError;
 
@@ -36,6 +45,26 @@ pub struct LabState {
     pub backend: backend::Backend,
     pub compute: Arc<compute_pool::ComputePool>,
     pub upstream: upstream::UpstreamClient,
+    pub metrics: Arc<Metrics>,
+    pub admission: admission::Admission,
+}
+
+impl LabState {
+    /// Mirrors live state (pool, compute queue, lab runtime) into the gauges before a scrape.
+    pub fn sample_gauges(&self, metrics: &Metrics) {
+        metrics
+            .db_pool_size
+            .set(i64::from(self.backend.pool_size()));
+        metrics.db_pool_in_use.set(i64::from(self.backend.in_use()));
+        metrics.db_pool_waiters.set(self.backend.waiting());
+        metrics
+            .compute_threads
+            .set(i64::try_from(self.compute.threads()).unwrap_or(i64::MAX));
+        metrics
+            .compute_queue_depth
+            .set(i64::try_from(self.compute.queued()).unwrap_or(i64::MAX));
+        metrics.sample_runtime(&self.runtime);
+    }
 }
 
 /// The tonic service.
@@ -73,18 +102,63 @@ struct Call {
     mode: &'static str,
     causes: Causes,
     deadline: Option<Instant>,
+    /// The server span (OpenTelemetry RPC conventions), continuing the caller's trace.
+    span: tracing::Span,
 }
 
 impl Call {
     fn new<T>(rpc: &'static str, mode: &'static str, causes: Causes, request: &Request<T>) -> Self {
         let deadline =
             deadline::grpc_timeout(request.metadata()).map(|timeout| Instant::now() + timeout);
+        let span = tracing::info_span!(
+            target: "holdup::rpc",
+            "rpc",
+            otel.name = format!("{LAB_SERVICE}/{rpc}"),
+            otel.kind = "server",
+            otel.status_code = Empty,
+            otel.status_message = Empty,
+            rpc.system = "grpc",
+            rpc.service = LAB_SERVICE,
+            rpc.method = rpc,
+            rpc.grpc.status_code = Empty,
+            holdup.mode = mode,
+            holdup.total_us = Empty,
+            holdup.busy_us = Empty,
+            holdup.scheduled_us = Empty,
+            holdup.idle_us = Empty,
+            holdup.queue_us = Empty,
+            holdup.polls = Empty,
+            holdup.max_poll_us = Empty,
+            holdup.verdict = Empty,
+        );
+        // Only fails if the span has already started, which it cannot have.
+        let _ = span.set_parent(otel::extract(request.metadata()));
         Self {
             rpc,
             mode,
             causes,
             deadline,
+            span,
         }
+    }
+}
+
+/// Counts a call whose caller went away before it finished (the transport drops the handler
+/// future): as cancelled work, and as handled with code `Canceled`.
+struct Unfinished<'a> {
+    metrics: &'a Metrics,
+    rpc: &'static str,
+    finished: bool,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        tracing::debug!(rpc = self.rpc, "caller went away; work stopped");
+        self.metrics.work_cancelled(self.rpc);
+        self.metrics.rpc_handled(self.rpc, Code::Cancelled);
     }
 }
 
@@ -109,7 +183,8 @@ impl Lab {
         &self.state
     }
 
-    /// Runs `handler` as a task of its own on the lab runtime and measures it.
+    /// Runs `handler` as a task of its own on the lab runtime, measures it, and reports the
+    /// result on the reply, the span and the metrics.
     async fn run<R, F>(
         &self,
         call: Call,
@@ -120,9 +195,74 @@ impl Lab {
         R: WithDiagnostics + Send + 'static,
     {
         let started = Instant::now();
+        let metrics = &self.state.metrics;
+        metrics.rpc_started(call.rpc);
+        let trace_id = otel::trace_id(&call.span.context());
+        watchdog::attach(
+            &call.span,
+            LongPollSink {
+                counter: metrics.long_polls.clone(),
+                rpc: call.rpc,
+            },
+        );
+        let mut unfinished = Unfinished {
+            metrics,
+            rpc: call.rpc,
+            finished: false,
+        };
+        let outcome = self.execute(&call, started, handler).await;
+        unfinished.finished = true;
+        let elapsed = started.elapsed();
+        let code = match &outcome {
+            Ok(_) => Code::Ok,
+            Err(status) => status.code(),
+        };
+        metrics.rpc_handled(call.rpc, code);
+        metrics.observe_handling(&RpcLabels::lab(call.rpc), elapsed.as_secs_f64(), &trace_id);
+        call.span.record("rpc.grpc.status_code", code as i32);
+        if let Err(status) = &outcome {
+            if status.code() == Code::DeadlineExceeded || status.code() == Code::Cancelled {
+                metrics.work_cancelled(call.rpc);
+            }
+            call.span.record("otel.status_code", "ERROR");
+            call.span.record("otel.status_message", status.message());
+        }
+        let (mut reply, split) = outcome?;
+        self.report_split(&call, &split);
+        reply.set_diagnostics(split.to_proto(call.causes, trace_id.clone()));
+        let mut response = Response::new(reply);
+        if let Ok(value) = MetadataValue::try_from(trace_id.as_str())
+            && !trace_id.is_empty()
+        {
+            response.metadata_mut().insert("x-trace-id", value);
+        }
+        Ok(response)
+    }
+
+    /// Spawns the handler under its monitor and waits for it, within the caller's deadline.
+    async fn execute<R, F>(
+        &self,
+        call: &Call,
+        started: Instant,
+        handler: impl FnOnce(QueueClock) -> F,
+    ) -> Result<(R, Split), Status>
+    where
+        F: Future<Output = Result<R, LabError>> + Send + 'static,
+        R: Send + 'static,
+    {
+        let admitted = self.state.admission.admit(call.rpc).map_err(|e| {
+            log_failure(call.rpc, &e);
+            Status::from(e)
+        })?;
         let queue = QueueClock::default();
         let monitor = TaskMonitor::new();
-        let task = monitor.instrument(Timed::new(handler(queue.clone())));
+        let handler = handler(queue.clone());
+        let handler = async move {
+            let _slots = admitted;
+            handler.await
+        }
+        .instrument(call.span.clone());
+        let task = TaskMonitor::instrument(&monitor, Timed::new(handler));
         let name = if call.mode.is_empty() {
             call.rpc.to_owned()
         } else {
@@ -155,12 +295,56 @@ impl Lab {
             polls,
             queue.total(),
         );
-        let mut reply = result.map_err(|e| {
+        let reply = result.map_err(|e| {
             log_failure(call.rpc, &e);
             Status::from(e)
         })?;
-        reply.set_diagnostics(split.to_proto(call.causes, String::new()));
-        Ok(Response::new(reply))
+        Ok((reply, split))
+    }
+
+    /// Refuses a request before any work is scheduled; it still counts as handled.
+    fn refuse(&self, rpc: &'static str, error: LabError) -> Status {
+        log_failure(rpc, &error);
+        let status = Status::from(error);
+        self.state.metrics.rpc_started(rpc);
+        self.state.metrics.rpc_handled(rpc, status.code());
+        status
+    }
+
+    fn report_split(&self, call: &Call, split: &Split) {
+        let metrics = &self.state.metrics;
+        let verdict = split.verdict(call.causes);
+        for (component, time) in [
+            ("busy", split.busy),
+            ("scheduled", split.scheduled),
+            ("idle", split.idle),
+            ("queue", split.queue),
+        ] {
+            metrics
+                .split
+                .get_or_create(&SplitLabels {
+                    grpc_method: call.rpc,
+                    component,
+                })
+                .observe(time.as_secs_f64());
+        }
+        metrics
+            .verdicts
+            .get_or_create(&VerdictLabels {
+                grpc_method: call.rpc,
+                verdict,
+            })
+            .inc();
+        let us = crate::telemetry::diagnostics::micros;
+        let span = &call.span;
+        span.record("holdup.total_us", us(split.total));
+        span.record("holdup.busy_us", us(split.busy));
+        span.record("holdup.scheduled_us", us(split.scheduled));
+        span.record("holdup.idle_us", us(split.idle));
+        span.record("holdup.queue_us", us(split.queue));
+        span.record("holdup.polls", split.polls);
+        span.record("holdup.max_poll_us", us(split.max_poll));
+        span.record("holdup.verdict", verdict);
     }
 }
 
@@ -171,20 +355,14 @@ fn log_failure(rpc: &str, error: &LabError) {
     }
 }
 
-/// Refuses a request before any work is scheduled.
-fn refuse(rpc: &str, error: LabError) -> Status {
-    log_failure(rpc, &error);
-    Status::from(error)
-}
-
 #[tonic::async_trait]
 impl lab_server::Lab for Lab {
     async fn fast(
         &self,
         request: Request<proto::FastRequest>,
     ) -> Result<Response<proto::FastReply>, Status> {
+        let message = fast::plan(request.get_ref().clone()).map_err(|e| self.refuse("Fast", e))?;
         let call = Call::new("Fast", "", Causes::CPU, &request);
-        let message = fast::plan(request.into_inner()).map_err(|e| refuse("Fast", e))?;
         self.run(call, |_| async move { Ok(fast::reply(message)) })
             .await
     }
@@ -194,15 +372,16 @@ impl lab_server::Lab for Lab {
         request: Request<proto::SlowBackendRequest>,
     ) -> Result<Response<proto::SlowBackendReply>, Status> {
         let state = Arc::clone(&self.state);
-        let plan =
+        let mut plan =
             backend::BackendPlan::new(request.get_ref(), &state.limits, state.backend.seed_rows())
-                .map_err(|e| refuse("SlowBackend", e))?;
+                .map_err(|e| self.refuse("SlowBackend", e))?;
         let call = Call::new(
             "SlowBackend",
             plan.query.as_str_name(),
             Causes::waiting_on("backend"),
             &request,
         );
+        plan.deadline = call.deadline;
         self.run(
             call,
             |queue| async move { state.backend.run(plan, queue).await },
@@ -215,10 +394,24 @@ impl lab_server::Lab for Lab {
         request: Request<proto::CpuBoundRequest>,
     ) -> Result<Response<proto::CpuBoundReply>, Status> {
         let plan = cpu::CpuPlan::new(request.get_ref(), &self.state.limits)
-            .map_err(|e| refuse("CpuBound", e))?;
+            .map_err(|e| self.refuse("CpuBound", e))?;
         let call = Call::new("CpuBound", plan.mode_name(), plan.causes(), &request);
         let compute = Arc::clone(&self.state.compute);
-        self.run(call, |queue| plan.run(compute, queue)).await
+        let metrics = Arc::clone(&self.state.metrics);
+        self.run(call, |queue| async move {
+            let result = plan.run(compute, queue).await;
+            match &result {
+                Ok(reply) if plan.causes().idle == "offloaded-cpu" => metrics
+                    .compute_queue_wait
+                    .observe(reply.queue_us as f64 / 1e6),
+                Err(LabError::ComputeQueueFull { .. }) => {
+                    metrics.compute_rejected.inc();
+                }
+                _ => {}
+            }
+            result
+        })
+        .await
     }
 
     async fn sleep(
@@ -226,7 +419,7 @@ impl lab_server::Lab for Lab {
         request: Request<proto::SleepRequest>,
     ) -> Result<Response<proto::SleepReply>, Status> {
         let plan = sleep::SleepPlan::new(request.get_ref(), &self.state.limits)
-            .map_err(|e| refuse("Sleep", e))?;
+            .map_err(|e| self.refuse("Sleep", e))?;
         let call = Call::new("Sleep", plan.mode.as_str_name(), plan.causes(), &request);
         self.run(call, |_| plan.run()).await
     }
@@ -236,7 +429,7 @@ impl lab_server::Lab for Lab {
         request: Request<proto::UpstreamCallRequest>,
     ) -> Result<Response<proto::UpstreamCallReply>, Status> {
         let plan = upstream::UpstreamPlan::new(request.get_ref(), &self.state.limits)
-            .map_err(|e| refuse("UpstreamCall", e))?;
+            .map_err(|e| self.refuse("UpstreamCall", e))?;
         let mode = if plan.new_client {
             "new-client"
         } else {

@@ -5,13 +5,47 @@
 
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::{counter::Counter, family::Family, histogram::Histogram};
+use tracing::{Instrument, field::Empty};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
 use super::{error::LabError, retry, validate};
 use crate::{
     config::Limits,
     proto::{UpstreamAttempt, UpstreamCallReply, UpstreamCallRequest},
-    telemetry::diagnostics::micros,
+    telemetry::{
+        diagnostics::micros,
+        metrics::{Metrics, OutcomeLabels},
+        otel,
+    },
     upstream::{MAX_LATENCY_MS, WorkParams, WorkReply},
 };
+
+/// The attempt metrics the client records into.
+#[derive(Debug, Clone)]
+pub struct UpstreamMetrics {
+    attempts: Family<OutcomeLabels, Counter>,
+    durations: Family<OutcomeLabels, Histogram, fn() -> Histogram>,
+}
+
+impl From<&Metrics> for UpstreamMetrics {
+    fn from(metrics: &Metrics) -> Self {
+        Self {
+            attempts: metrics.upstream_attempts.clone(),
+            durations: metrics.upstream_attempt_duration.clone(),
+        }
+    }
+}
+
+impl UpstreamMetrics {
+    fn record(&self, attempt: &UpstreamAttempt, outcome: &'static str) {
+        let labels = OutcomeLabels { outcome };
+        self.attempts.get_or_create(&labels).inc();
+        self.durations
+            .get_or_create(&labels)
+            .observe(attempt.duration_us as f64 / 1e6);
+    }
+}
 
 /// Per-attempt timeout when the request sets none.
 pub const DEFAULT_ATTEMPT_TIMEOUT_MS: u32 = 1_000;
@@ -24,15 +58,17 @@ pub const MAX_ATTEMPT_TIMEOUT_MS: u32 = 60_000;
 pub struct UpstreamClient {
     base: String,
     shared: reqwest::Client,
+    metrics: UpstreamMetrics,
 }
 
 impl UpstreamClient {
     /// # Errors
     /// The reqwest error if the client cannot be built.
-    pub fn new(base: String) -> Result<Self, reqwest::Error> {
+    pub fn new(base: String, metrics: UpstreamMetrics) -> Result<Self, reqwest::Error> {
         Ok(Self {
             base,
             shared: Self::builder().build()?,
+            metrics,
         })
     }
 
@@ -83,6 +119,7 @@ impl UpstreamClient {
             }
             tokio::time::sleep(backoff).await;
             let attempt = attempt(&client, &url, timeout, number, backoff).await;
+            self.metrics.record(&attempt.log, attempt.outcome);
             let cut_by_deadline =
                 attempt.log.outcome == "timeout" && timeout < plan.attempt_timeout;
             let status = attempt.log.http_status;
@@ -135,6 +172,7 @@ fn summary(log: &[UpstreamAttempt]) -> String {
 
 struct Attempted {
     log: UpstreamAttempt,
+    outcome: &'static str,
     reply: Option<WorkReply>,
 }
 
@@ -145,13 +183,31 @@ async fn attempt(
     number: u32,
     backoff: Duration,
 ) -> Attempted {
+    let span = tracing::info_span!(
+        target: "holdup::upstream",
+        "upstream.attempt",
+        otel.name = "GET /work",
+        otel.kind = "client",
+        otel.status_code = Empty,
+        http.request.method = "GET",
+        url.full = url,
+        http.response.status_code = Empty,
+        holdup.attempt = number,
+        holdup.backoff_us = micros(backoff),
+        holdup.timeout_ms = timeout.as_millis() as u64,
+        holdup.outcome = Empty,
+    );
+    // The upstream continues this attempt's trace: its span becomes a child of this one.
+    let mut headers = http::HeaderMap::new();
+    otel::inject(&span.context(), &mut headers);
     let started = Instant::now();
     let result = tokio::time::timeout(timeout, async {
-        let response = client.get(url).send().await?;
+        let response = client.get(url).headers(headers).send().await?;
         let status = response.status().as_u16();
         let body = response.json::<WorkReply>().await;
         Ok::<_, reqwest::Error>((status, body))
     })
+    .instrument(span.clone())
     .await;
     let (http_status, outcome, reply) = match result {
         Err(_elapsed) => (0, "timeout", None),
@@ -162,6 +218,13 @@ async fn attempt(
         }
         Ok(Ok((status, _))) => (u32::from(status), "http-error", None),
     };
+    span.record("holdup.outcome", outcome);
+    if http_status != 0 {
+        span.record("http.response.status_code", http_status);
+    }
+    if outcome != "ok" {
+        span.record("otel.status_code", "ERROR");
+    }
     Attempted {
         log: UpstreamAttempt {
             number,
@@ -170,6 +233,7 @@ async fn attempt(
             outcome: outcome.to_owned(),
             backoff_us: micros(backoff),
         },
+        outcome,
         reply,
     }
 }

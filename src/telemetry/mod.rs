@@ -1,5 +1,16 @@
-//! Everything that reports on requests: the per-request delay split and the tracing
-//! subscriber. The subscriber is built here and nowhere else.
+//! Everything that reports on requests. The subscriber is built here and nowhere else.
+//!
+//! - [`subscriber`]: the one tracing registry and its layers (fmt, OpenTelemetry, console,
+//!   watchdog);
+//! - [`otel`]: OTLP export and W3C trace-context propagation;
+//! - [`watchdog`]: the long-poll layer; [`lag`]: the runtime lag probe;
+//! - [`diagnostics`]: the per-request delay split returned in every reply;
+//! - [`metrics`], [`endpoint`]: the Prometheus registry and its `/metrics` endpoint.
 
 pub mod diagnostics;
+pub mod endpoint;
+pub mod lag;
+pub mod metrics;
+pub mod otel;
 pub mod subscriber;
+pub mod watchdog;

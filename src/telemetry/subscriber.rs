@@ -1,14 +1,219 @@
-//! The one place a `tracing` subscriber is built.
+//! The one place a `tracing` subscriber is built: one registry, with a filter per layer.
+//!
+//! - fmt: human logs to stderr, filtered by `RUST_LOG` (default `info`);
+//! - OpenTelemetry: holdup's spans and events, exported over OTLP (see `otel.rs`);
+//! - console-subscriber: tokio's task instrumentation, served to tokio-console;
+//! - the long-poll watchdog (see `watchdog.rs`).
+//!
+//! Per-layer filters let the console see tokio's trace-level task events while the log
+//! stays quiet.
 
-use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
+use std::{net::SocketAddr, sync::OnceLock, time::Duration};
 
-/// Installs the global subscriber: human-readable logs to stderr filtered by `RUST_LOG`
-/// (default `info`). Calling it twice is harmless: the second call keeps the first subscriber,
-/// which lets every test in one process ask for logging.
-pub fn init() {
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use prometheus_client::metrics::counter::Counter;
+use tracing::{Level, Metadata};
+use tracing_subscriber::{
+    EnvFilter, Layer,
+    filter::{FilterFn, Targets},
+    layer::SubscriberExt,
+    util::SubscriberInitExt,
+};
+
+use super::{otel, watchdog::Watchdog};
+use crate::runtime::OwnedRuntime;
+
+/// Completed tasks stay visible in tokio-console this long. The console's default (an hour)
+/// keeps every finished request in memory under load; a minute is enough to look at one.
+pub const DEFAULT_CONSOLE_RETENTION: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// The service name spans carry unless `OTEL_SERVICE_NAME` overrides it.
+    pub service_name: &'static str,
+    /// Serve tokio-console's gRPC API here; `None` disables the console.
+    pub console: Option<SocketAddr>,
+    pub console_retention: Duration,
+    pub long_poll_threshold: Duration,
+    /// Export spans here instead of where `OTEL_EXPORTER_OTLP_ENDPOINT` says (for tests).
+    pub otlp_endpoint: Option<String>,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            service_name: "holdup",
+            console: None,
+            console_retention: DEFAULT_CONSOLE_RETENTION,
+            long_poll_threshold: super::watchdog::DEFAULT_THRESHOLD,
+            otlp_endpoint: None,
+        }
+    }
+}
+
+/// What `init` set up, kept so that spans can be flushed at exit.
+#[derive(Debug)]
+pub struct Telemetry {
+    providers: Vec<SdkTracerProvider>,
+    /// Runs the OTLP exporters' gRPC connections, apart from the runtimes that serve requests.
+    _export_runtime: Option<OwnedRuntime>,
+}
+
+/// The tracer the upstream simulator uses, so its spans carry a service name of their own
+/// even when it runs inside `holdup serve`.
+static UPSTREAM_TRACER: OnceLock<SdkTracer> = OnceLock::new();
+/// Failed OTLP exports, shared by every metrics registry in the process.
+static EXPORT_FAILURES: OnceLock<Counter> = OnceLock::new();
+
+pub fn upstream_tracer() -> Option<&'static SdkTracer> {
+    UPSTREAM_TRACER.get()
+}
+
+pub fn export_failures() -> Counter {
+    EXPORT_FAILURES.get_or_init(Counter::default).clone()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("a global tracing subscriber is already set")]
+    AlreadySet,
+    #[error("cannot start the telemetry export runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error(transparent)]
+    Otel(#[from] otel::OtelError),
+}
+
+fn console_filter(meta: &Metadata<'_>) -> bool {
+    if meta.is_event() {
+        meta.target().starts_with("runtime") || meta.target().starts_with("tokio")
+    } else {
+        meta.name().starts_with("runtime.") || meta.target().starts_with("tokio")
+    }
+}
+
+/// Installs the global subscriber. Call once per process.
+///
+/// # Errors
+/// [`TelemetryError`] if a subscriber is already installed or export cannot be set up.
+pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
+    let fmt_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = fmt_layer().with_filter(fmt_filter);
+
+    otel::install_propagator();
+    let (otel_layer, providers, export_runtime) = if otel::export_enabled() {
+        let runtime = OwnedRuntime::start("holdup-otel", 1).map_err(TelemetryError::Runtime)?;
+        let (main, upstream) = {
+            let _enter = runtime.handle().enter();
+            let endpoint = config.otlp_endpoint.as_deref();
+            (
+                otel::tracer_provider(config.service_name, endpoint, export_failures())?,
+                otel::tracer_provider("holdup-upstream", endpoint, export_failures())?,
+            )
+        };
+        let _ = UPSTREAM_TRACER.set(upstream.tracer("holdup-upstream"));
+        let layer = tracing_opentelemetry::layer()
+            .with_tracer(main.tracer("holdup"))
+            .with_filter(Targets::new().with_target("holdup", Level::INFO));
+        (Some(layer), vec![main, upstream], Some(runtime))
+    } else {
+        (None, Vec::new(), None)
+    };
+
+    let console_layer = config.console.map(|addr| {
+        let (layer, server) = console_subscriber::ConsoleLayer::builder()
+            .with_default_env()
+            .server_addr(addr)
+            .retention(config.console_retention)
+            .build();
+        spawn_console_server(addr, server);
+        layer.with_filter(FilterFn::new(console_filter))
+    });
+
+    let watchdog = Watchdog::new(config.long_poll_threshold)
+        .with_filter(Targets::new().with_target("holdup", Level::INFO));
+
+    tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel_layer)
+        .with(console_layer)
+        .with(watchdog)
+        .try_init()
+        .map_err(|_| TelemetryError::AlreadySet)?;
+    Ok(Telemetry {
+        providers,
+        _export_runtime: export_runtime,
+    })
+}
+
+/// Serves the console API on a thread of its own; a port already in use costs a warning, not
+/// the service.
+fn spawn_console_server(addr: SocketAddr, server: console_subscriber::Server) {
+    let spawned = std::thread::Builder::new()
+        .name("holdup-console".into())
+        .spawn(move || {
+            // The console's own work must not show up as tasks in the console.
+            let _quiet =
+                tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    eprintln!("holdup: tokio-console disabled: cannot start its runtime: {e}");
+                    return;
+                }
+            };
+            if let Err(e) = runtime.block_on(server.serve()) {
+                eprintln!("holdup: tokio-console disabled: cannot serve on {addr}: {e}");
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "tokio-console disabled: cannot spawn its thread");
+    }
+}
+
+/// Logs only, for tools and tests that want no exporters.
+pub fn init_logs_only() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_filter(filter);
-    let _ = tracing_subscriber::registry().with(fmt).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(fmt_layer().with_filter(filter))
+        .try_init();
+}
+
+/// Logs to stderr, in colour only on a terminal.
+fn fmt_layer<S>() -> tracing_subscriber::fmt::Layer<
+    S,
+    tracing_subscriber::fmt::format::DefaultFields,
+    tracing_subscriber::fmt::format::Format,
+    fn() -> std::io::Stderr,
+>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr as fn() -> std::io::Stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+}
+
+impl Telemetry {
+    /// Exports every span still buffered. Blocks; call outside async code or at exit.
+    pub fn flush(&self) {
+        for provider in &self.providers {
+            if let Err(e) = provider.force_flush() {
+                tracing::debug!(error = %e, "flushing spans failed");
+            }
+        }
+    }
+
+    /// Flushes and stops the exporters. Blocks; call once, at exit.
+    pub fn shutdown(&self) {
+        for provider in &self.providers {
+            if let Err(e) = provider.shutdown() {
+                eprintln!("holdup: flushing spans at exit failed: {e}");
+            }
+        }
+    }
 }

@@ -3,16 +3,29 @@
 //! `GET /work?latency_ms=&jitter_ms=&error_rate=&stall_rate=` answers after `latency_ms` plus
 //! a uniform `0..=jitter_ms`; a `stall_rate` fraction of calls first hang for the simulator's
 //! stall time, and an `error_rate` fraction answer 503. Parameters left out take the
-//! simulator's flags. `GET /healthz` answers 200.
+//! simulator's flags. `GET /healthz` answers 200. `GET /metrics` is the simulator's own
+//! Prometheus page: what the upstream itself saw of each `/work` call (see [`SimMetrics`]).
 
-use std::{future::Future, io, net::SocketAddr, time::Duration};
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{
     Json, Router,
-    extract::{Query, State},
-    http::StatusCode,
+    extract::{Query, Request, State},
+    http::{HeaderMap, StatusCode, header},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
+};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, prometheus_text},
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::{Registry, Unit},
 };
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -80,7 +93,47 @@ fn fate(config: &SimulatorConfig, params: &WorkParams) -> Result<Fate, String> {
     })
 }
 
-async fn work(State(config): State<SimulatorConfig>, Query(params): Query<WorkParams>) -> Response {
+/// The simulator's server span, made with the OpenTelemetry API and its own tracer so that
+/// it carries the service name `holdup-upstream` even inside `holdup serve`; it continues the
+/// caller's trace from the `traceparent` header.
+fn server_span(headers: &HeaderMap) -> Option<opentelemetry_sdk::trace::Span> {
+    use opentelemetry::trace::{SpanKind, Tracer};
+    let tracer = crate::telemetry::subscriber::upstream_tracer()?;
+    let parent = crate::telemetry::otel::extract_http(headers);
+    let span = tracer
+        .span_builder("GET /work")
+        .with_kind(SpanKind::Server)
+        .with_attributes([
+            opentelemetry::KeyValue::new("http.request.method", "GET"),
+            opentelemetry::KeyValue::new("http.route", "/work"),
+        ])
+        .start_with_context(tracer, &parent);
+    Some(span)
+}
+
+async fn work(
+    State(config): State<SimulatorConfig>,
+    Query(params): Query<WorkParams>,
+    headers: HeaderMap,
+) -> Response {
+    use opentelemetry::trace::Span as _;
+    let mut span = server_span(&headers);
+    let response = simulate(config, params).await;
+    if let Some(span) = span.as_mut() {
+        let status = response.status();
+        span.set_attribute(opentelemetry::KeyValue::new(
+            "http.response.status_code",
+            i64::from(status.as_u16()),
+        ));
+        if status.is_server_error() {
+            span.set_status(opentelemetry::trace::Status::error("simulated failure"));
+        }
+        span.end();
+    }
+    response
+}
+
+async fn simulate(config: SimulatorConfig, params: WorkParams) -> Response {
     let started = std::time::Instant::now();
     let fate = match fate(&config, &params) {
         Ok(fate) => fate,
@@ -103,11 +156,109 @@ async fn work(State(config): State<SimulatorConfig>, Query(params): Query<WorkPa
     (status, Json(reply)).into_response()
 }
 
+/// The simulator's own Prometheus metrics, in a registry of its own (one per simulator), so
+/// that `holdup upstream` can be scraped beside `holdup serve`: the latency the upstream saw
+/// next to the latency holdup measured for the same calls; the difference is the network and
+/// the client. A call is counted when it is answered; one whose caller gave up first is not.
+#[derive(Debug)]
+pub struct SimMetrics {
+    registry: Registry,
+    requests: Family<CodeLabels, Counter>,
+    duration: Family<CodeLabels, Histogram, fn() -> Histogram>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabels {
+    /// The HTTP status of the answer (200, 503, or 400 for bad parameters).
+    code: u16,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(crate::telemetry::metrics::LATENCY_BUCKETS)
+}
+
+impl Default for SimMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SimMetrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<CodeLabels, Counter>::default();
+        registry.register(
+            "holdup_sim_requests",
+            "Calls to /work the upstream simulator answered, by HTTP status",
+            requests.clone(),
+        );
+        let duration: Family<_, _, fn() -> Histogram> =
+            Family::new_with_constructor(duration_histogram);
+        registry.register_with_unit(
+            "holdup_sim_request_duration",
+            "Time the upstream simulator took to answer /work (stall + latency + jitter), by HTTP status",
+            Unit::Seconds,
+            duration.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            duration,
+        }
+    }
+
+    fn observe(&self, status: StatusCode, elapsed: Duration) {
+        let labels = CodeLabels {
+            code: status.as_u16(),
+        };
+        self.requests.get_or_create(&labels).inc();
+        self.duration
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Prometheus text format 0.0.4.
+    ///
+    /// # Errors
+    /// Only if formatting fails, which writing to a `String` does not.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// Times each `/work` call and counts it by the status it was answered with.
+async fn record(State(metrics): State<Arc<SimMetrics>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let response = next.run(request).await;
+    metrics.observe(response.status(), started.elapsed());
+    response
+}
+
+async fn scrape(State(metrics): State<Arc<SimMetrics>>) -> Response {
+    match metrics.encode() {
+        Ok(body) => (
+            [(header::CONTENT_TYPE, prometheus_text::CONTENT_TYPE)],
+            body,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
 pub fn router(config: SimulatorConfig) -> Router {
+    let metrics = Arc::new(SimMetrics::new());
     Router::new()
         .route("/work", get(work))
+        .route_layer(middleware::from_fn_with_state(Arc::clone(&metrics), record))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(config)
+        .merge(
+            Router::new()
+                .route("/metrics", get(scrape))
+                .with_state(metrics),
+        )
 }
 
 /// A bound simulator: its address is known before it serves.
@@ -167,6 +318,85 @@ mod tests {
             fate.stall,
             Some(Duration::from_millis(u64::from(config.stall_ms)))
         );
+    }
+
+    #[tokio::test]
+    async fn metrics_count_each_answer_by_status() {
+        let config = SimulatorConfig {
+            latency_ms: 0,
+            ..SimulatorConfig::default()
+        };
+        let simulator = Simulator::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config)
+            .await
+            .expect("binds a loopback port");
+        let base = format!("http://{}", simulator.local_addr().expect("bound"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(simulator.run_until(async {
+            let _ = stopped.await;
+        }));
+        let client = reqwest::Client::new();
+        for query in ["", "?latency_ms=30", "?error_rate=1", "?error_rate=2"] {
+            client
+                .get(format!("{base}/work{query}"))
+                .send()
+                .await
+                .expect("the simulator answers");
+        }
+        client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .expect("healthz answers");
+
+        let page = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .expect("metrics answer");
+        assert_eq!(
+            page.headers()["content-type"],
+            prometheus_text::CONTENT_TYPE,
+            "Prometheus text format"
+        );
+        let page = page.text().await.expect("metrics body");
+        let value = |series: &str| {
+            page.lines()
+                .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        };
+        assert_eq!(
+            value("holdup_sim_requests_total{code=\"200\"}"),
+            Some(2.0),
+            "{page}"
+        );
+        assert_eq!(
+            value("holdup_sim_requests_total{code=\"503\"}"),
+            Some(1.0),
+            "{page}"
+        );
+        assert_eq!(
+            value("holdup_sim_requests_total{code=\"400\"}"),
+            Some(1.0),
+            "{page}"
+        );
+        assert_eq!(
+            value("holdup_sim_request_duration_seconds_count{code=\"200\"}"),
+            Some(2.0),
+            "{page}"
+        );
+        // The 30 ms call lands above the 25 ms bucket; the immediate one below it.
+        assert_eq!(
+            value("holdup_sim_request_duration_seconds_bucket{code=\"200\",le=\"0.025\"}"),
+            Some(1.0),
+            "{page}"
+        );
+        assert!(!page.contains("/healthz"), "only /work is counted: {page}");
+
+        let _ = stop.send(());
+        serving
+            .await
+            .expect("server task did not panic")
+            .expect("server stopped cleanly");
     }
 
     #[test]

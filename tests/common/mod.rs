@@ -2,6 +2,8 @@
 //! client connected to it.
 #![allow(dead_code)] // each test crate uses a different part of the harness
 
+pub mod collector;
+
 use std::{net::SocketAddr, sync::Once, time::Duration};
 
 use holdup::{
@@ -14,6 +16,7 @@ use tonic::transport::Channel;
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
     pub upstream_url: String,
     pub client: LabClient<Channel>,
     stop: Option<oneshot::Sender<()>>,
@@ -26,7 +29,7 @@ static TRACING: Once = Once::new();
 fn init_tracing() {
     TRACING.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
-            holdup::telemetry::subscriber::init();
+            holdup::telemetry::subscriber::init_logs_only();
         }
     });
 }
@@ -44,6 +47,7 @@ pub async fn spawn_with(adjust: impl FnOnce(&mut ServeConfig)) -> TestApp {
     adjust(&mut config);
     let server = Server::build(config).await.expect("server builds");
     let addr = server.local_addr();
+    let metrics_addr = server.metrics_addr().expect("test servers serve metrics");
     let upstream_url = server.upstream_url().to_owned();
     let (stop, stopped) = oneshot::channel::<()>();
     let serving = tokio::spawn(server.run_until(async {
@@ -51,6 +55,7 @@ pub async fn spawn_with(adjust: impl FnOnce(&mut ServeConfig)) -> TestApp {
     }));
     TestApp {
         addr,
+        metrics_addr,
         upstream_url,
         client: client(addr).await,
         stop: Some(stop),
@@ -82,6 +87,21 @@ impl TestApp {
             .expect("server task did not panic")
     }
 
+    /// The `/metrics` page in Prometheus text format.
+    pub async fn scrape(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.metrics_addr))
+            .await
+            .expect("metrics endpoint answers")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
+    /// The value of one sample (`name{labels}` exactly as exported), 0 when absent.
+    pub async fn sample(&self, series: &str) -> f64 {
+        sample(&self.scrape().await, series)
+    }
+
     /// Signals shutdown without waiting.
     pub fn begin_shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
@@ -98,4 +118,41 @@ pub fn diagnostics<T>(d: &Option<T>) -> &T {
 
 pub fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
+}
+
+/// The value of `series` (`name{labels}` exactly as exported) in a scrape, 0 when absent.
+pub fn sample(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+}
+
+/// The path of an outside tool the test needs. Missing under `CI`: the test fails, naming the
+/// install command. Missing elsewhere: `None`, and the caller skips with a note on stderr.
+#[track_caller]
+pub fn require_tool(tool: &str, install: &str) -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(tool))
+            .find(|candidate| candidate.is_file())
+    });
+    match found {
+        Some(path) => Some(path),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("{tool} is required but not installed; install it with: {install}")
+        }
+        None => {
+            eprintln!("SKIPPED: {tool} not installed (install with: {install})");
+            None
+        }
+    }
 }

@@ -1,0 +1,94 @@
+//! Admission control: every lab call takes a slot of the server-wide limit and, for the costly
+//! RPCs, one of its own RPC's limit. No slot: RESOURCE_EXHAUSTED at once, never an unbounded
+//! queue. The slots are owned permits that travel with the handler task, so a slot frees when
+//! the work really stops, not when the caller stops waiting.
+
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::error::LabError;
+use crate::config::Limits;
+
+/// The RPCs with a limit of their own.
+const COSTLY: [&str; 4] = ["CpuBound", "SlowBackend", "Sleep", "UpstreamCall"];
+
+#[derive(Debug)]
+pub struct Admission {
+    global: Arc<Semaphore>,
+    global_limit: usize,
+    per_rpc: Vec<(&'static str, Arc<Semaphore>)>,
+    per_rpc_limit: usize,
+}
+
+/// The slots a running call holds; dropping it frees them.
+#[derive(Debug)]
+pub struct Admitted {
+    _global: OwnedSemaphorePermit,
+    _rpc: Option<OwnedSemaphorePermit>,
+}
+
+impl Admission {
+    pub fn new(limits: &Limits) -> Self {
+        Self {
+            global: Arc::new(Semaphore::new(limits.max_in_flight)),
+            global_limit: limits.max_in_flight,
+            per_rpc: COSTLY
+                .iter()
+                .map(|rpc| (*rpc, Arc::new(Semaphore::new(limits.max_in_flight_per_rpc))))
+                .collect(),
+            per_rpc_limit: limits.max_in_flight_per_rpc,
+        }
+    }
+
+    /// # Errors
+    /// [`LabError::Overloaded`] when the server or this RPC has no free slot.
+    pub fn admit(&self, rpc: &'static str) -> Result<Admitted, LabError> {
+        let rpc_permit =
+            match self.per_rpc.iter().find(|(name, _)| *name == rpc) {
+                Some((_, slots)) => Some(Arc::clone(slots).try_acquire_owned().map_err(|_| {
+                    LabError::Overloaded {
+                        what: format!("{rpc} calls"),
+                        limit: self.per_rpc_limit,
+                        flag: "--max-in-flight-per-rpc",
+                    }
+                })?),
+                None => None,
+            };
+        let global =
+            Arc::clone(&self.global)
+                .try_acquire_owned()
+                .map_err(|_| LabError::Overloaded {
+                    what: "lab calls".to_owned(),
+                    limit: self.global_limit,
+                    flag: "--max-in-flight",
+                })?;
+        Ok(Admitted {
+            _global: global,
+            _rpc: rpc_permit,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_past_each_limit_and_frees_on_drop() {
+        let admission = Admission::new(&Limits {
+            max_in_flight: 3,
+            max_in_flight_per_rpc: 2,
+            ..Limits::default()
+        });
+        let a = admission.admit("CpuBound").unwrap();
+        let _b = admission.admit("CpuBound").unwrap();
+        let err = admission.admit("CpuBound").unwrap_err();
+        assert!(err.to_string().contains("--max-in-flight-per-rpc"), "{err}");
+        let _c = admission.admit("Fast").unwrap();
+        let err = admission.admit("Fast").unwrap_err();
+        assert!(err.to_string().contains("--max-in-flight)"), "{err}");
+        drop(a);
+        assert!(admission.admit("Fast").is_ok());
+    }
+}

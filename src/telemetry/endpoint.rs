@@ -1,0 +1,97 @@
+//! The `/metrics` HTTP endpoint (`--metrics-addr`, loopback by default).
+//!
+//! Prometheus asks for OpenMetrics and gets exemplars (trace ids on latency buckets);
+//! anything else (curl, promtool) gets the classic text format 0.0.4.
+
+use std::{future::Future, io, net::SocketAddr, sync::Arc};
+
+use axum::{
+    Router,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use tokio::net::TcpListener;
+
+use super::metrics::Metrics;
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Refreshes gauges that mirror live state, just before each scrape.
+pub type Refresh = Arc<dyn Fn(&Metrics) + Send + Sync>;
+
+#[derive(Clone)]
+struct Scrape {
+    metrics: Arc<Metrics>,
+    refresh: Refresh,
+}
+
+async fn scrape(State(scrape): State<Scrape>, headers: HeaderMap) -> Response {
+    (scrape.refresh)(&scrape.metrics);
+    let wants_openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/openmetrics-text"));
+    let (body, content_type) = if wants_openmetrics {
+        (scrape.metrics.encode_openmetrics(), OPENMETRICS)
+    } else {
+        (
+            scrape.metrics.encode_prometheus(),
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        )
+    };
+    match body {
+        Ok(body) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// A bound metrics endpoint.
+pub struct MetricsEndpoint {
+    listener: TcpListener,
+    router: Router,
+}
+
+impl std::fmt::Debug for MetricsEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsEndpoint")
+            .field("listener", &self.listener)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MetricsEndpoint {
+    /// # Errors
+    /// The I/O error if `addr` cannot be bound.
+    pub async fn bind(
+        addr: SocketAddr,
+        metrics: Arc<Metrics>,
+        refresh: Refresh,
+    ) -> io::Result<Self> {
+        let router = Router::new()
+            .route("/metrics", get(scrape))
+            .with_state(Scrape { metrics, refresh });
+        Ok(Self {
+            listener: TcpListener::bind(addr).await?,
+            router,
+        })
+    }
+
+    /// # Errors
+    /// The I/O error if the listener has no local address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// # Errors
+    /// The I/O error that stopped the server.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> io::Result<()> {
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}

@@ -1,0 +1,349 @@
+//! Traces, the long-poll watchdog and tokio-console, checked through their real protocols: an
+//! OTLP collector receives the spans, the console's gRPC API lists the tasks.
+//!
+//! One tracing subscriber per process: every test here shares it and the collector, and picks
+//! its own spans out by trace id.
+
+mod common;
+
+use std::{net::SocketAddr, sync::OnceLock, time::Duration};
+
+use common::{collector::Collector, collector::Received, free_port, ms, spawn_app};
+use holdup::{
+    proto::{
+        CpuBoundRequest, CpuMode, FastRequest, Query, SleepMode, SleepRequest, SlowBackendRequest,
+        UpstreamCallRequest,
+    },
+    telemetry::subscriber::{self, Telemetry, TelemetryConfig},
+};
+use tonic::Request;
+
+struct World {
+    collector: Collector,
+    telemetry: Telemetry,
+    console: SocketAddr,
+}
+
+static WORLD: OnceLock<World> = OnceLock::new();
+
+fn world() -> &'static World {
+    WORLD.get_or_init(|| {
+        let (collector, addr) = Collector::start();
+        let console = free_port();
+        let telemetry = subscriber::init(&TelemetryConfig {
+            console: Some(console),
+            otlp_endpoint: Some(format!("http://{addr}")),
+            ..TelemetryConfig::default()
+        })
+        .expect("telemetry installs");
+        World {
+            collector,
+            telemetry,
+            console,
+        }
+    })
+}
+
+/// Exports every finished span now, then returns the spans of `trace_id`.
+async fn trace(trace_id: &str, min: usize) -> Vec<Received> {
+    tokio::task::spawn_blocking(|| world().telemetry.flush())
+        .await
+        .expect("flush");
+    world()
+        .collector
+        .trace(trace_id, min, Duration::from_secs(10))
+        .await
+}
+
+#[track_caller]
+fn named<'a>(spans: &'a [Received], name: &str) -> &'a Received {
+    spans
+        .iter()
+        .find(|s| s.span.name == name)
+        .unwrap_or_else(|| {
+            let names: Vec<_> = spans.iter().map(|s| s.span.name.as_str()).collect();
+            panic!("no span {name:?} among {names:?}")
+        })
+}
+
+fn random_hex(bytes: usize) -> String {
+    (0..bytes)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
+}
+
+/// SpanKind values of the OTLP protocol.
+const SERVER: i32 = 2;
+const CLIENT: i32 = 3;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_span_continues_the_callers_trace_with_rpc_conventions() {
+    world();
+    let mut app = spawn_app().await;
+    let (trace_id, parent) = (random_hex(16), random_hex(8));
+    let mut request = Request::new(FastRequest {
+        message: "traced".into(),
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-{parent}-01").parse().unwrap(),
+    );
+    let response = app.client.fast(request).await.expect("Fast answers");
+    assert_eq!(
+        response.metadata().get("x-trace-id").unwrap(),
+        trace_id.as_str()
+    );
+    let reply = response.into_inner();
+    assert_eq!(reply.diagnostics.unwrap().trace_id, trace_id);
+
+    let spans = trace(&trace_id, 1).await;
+    let server = named(&spans, "holdup.v1.Lab/Fast");
+    assert_eq!(server.span.kind, SERVER);
+    assert_eq!(server.parent_id(), parent);
+    assert_eq!(server.service, "holdup");
+    assert_eq!(server.attr("rpc.system").as_deref(), Some("grpc"));
+    assert_eq!(server.attr("rpc.service").as_deref(), Some("holdup.v1.Lab"));
+    assert_eq!(server.attr("rpc.method").as_deref(), Some("Fast"));
+    assert_eq!(server.attr("rpc.grpc.status_code").as_deref(), Some("0"));
+    for key in [
+        "holdup.total_us",
+        "holdup.busy_us",
+        "holdup.scheduled_us",
+        "holdup.idle_us",
+        "holdup.queue_us",
+        "holdup.verdict",
+    ] {
+        assert!(server.attr(key).is_some(), "server span lacks {key}");
+    }
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stages_are_children_of_the_server_span() {
+    world();
+    let mut app = spawn_app().await;
+    let reply = app
+        .client
+        .slow_backend(SlowBackendRequest {
+            hold_ms: 20,
+            query: Query::Scan.into(),
+            key: 3,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let trace_id = reply.diagnostics.unwrap().trace_id;
+    let spans = trace(&trace_id, 4).await;
+    let server = named(&spans, "holdup.v1.Lab/SlowBackend");
+    for stage in ["pool.acquire", "db.hold", "db.query"] {
+        let span = named(&spans, stage);
+        assert_eq!(span.parent_id(), server.span_id(), "{stage} is not a child");
+        assert_eq!(span.attr("db.system.name").as_deref(), Some("sqlite"));
+    }
+    assert!(
+        named(&spans, "db.query")
+            .attr("db.query.text")
+            .unwrap()
+            .contains("bucket")
+    );
+
+    let reply = app
+        .client
+        .cpu_bound(CpuBoundRequest {
+            mode: CpuMode::ComputePool.into(),
+            work_ms: 0,
+            iterations: 1_000,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let trace_id = reply.diagnostics.unwrap().trace_id;
+    let spans = trace(&trace_id, 3).await;
+    let server = named(&spans, "holdup.v1.Lab/CpuBound");
+    for stage in ["cpu.queue", "cpu.work"] {
+        assert_eq!(
+            named(&spans, stage).parent_id(),
+            server.span_id(),
+            "{stage}"
+        );
+    }
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_joins_the_same_trace_under_each_attempt() {
+    world();
+    let mut app = spawn_app().await;
+    // Every attempt fails (503), so there are two attempts, each with its upstream span.
+    let (trace_id, parent) = (random_hex(16), random_hex(8));
+    let mut request = Request::new(UpstreamCallRequest {
+        latency_ms: Some(5),
+        error_rate: Some(1.0),
+        max_retries: Some(1),
+        ..Default::default()
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-{parent}-01").parse().unwrap(),
+    );
+    let status = app.client.upstream_call(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+
+    let spans = trace(&trace_id, 5).await;
+    let server = named(&spans, "holdup.v1.Lab/UpstreamCall");
+    assert_eq!(server.attr("rpc.grpc.status_code").as_deref(), Some("14"));
+    let attempts: Vec<_> = spans
+        .iter()
+        .filter(|s| s.service == "holdup" && s.span.kind == CLIENT)
+        .collect();
+    assert_eq!(attempts.len(), 2, "one client span per attempt");
+    let upstream: Vec<_> = spans
+        .iter()
+        .filter(|s| s.service == "holdup-upstream")
+        .collect();
+    assert_eq!(upstream.len(), 2, "one upstream span per attempt");
+    for attempt in &attempts {
+        assert_eq!(attempt.parent_id(), server.span_id());
+        assert_eq!(
+            attempt.attr("http.response.status_code").as_deref(),
+            Some("503")
+        );
+        assert!(
+            upstream
+                .iter()
+                .any(|u| u.parent_id() == attempt.span_id() && u.span.kind == SERVER),
+            "no upstream span under attempt {}",
+            attempt.span_id()
+        );
+    }
+    app.shutdown().await.unwrap();
+}
+
+fn long_poll_events(span: &Received) -> usize {
+    span.span
+        .events
+        .iter()
+        .filter(|e| e.name.contains("long poll"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchdog_flags_inline_work_and_not_an_async_wait() {
+    world();
+    let mut app = spawn_app().await;
+    let counter = "holdup_long_polls_total{grpc_method=\"CpuBound\"}";
+    let before = app.sample(counter).await;
+    let reply = app
+        .client
+        .cpu_bound(CpuBoundRequest {
+            mode: CpuMode::Inline.into(),
+            work_ms: 200,
+            iterations: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let trace_id = reply.diagnostics.unwrap().trace_id;
+    let spans = trace(&trace_id, 2).await;
+    let server = named(&spans, "holdup.v1.Lab/CpuBound");
+    assert_eq!(long_poll_events(server), 1, "{:?}", server.span.events);
+    let event = &server.span.events[0];
+    assert_eq!(
+        common::collector::attr(&event.attributes, "level").as_deref(),
+        Some("WARN")
+    );
+    assert_eq!(app.sample(counter).await, before + 1.0);
+
+    let reply = app
+        .client
+        .sleep(SleepRequest {
+            mode: SleepMode::Async.into(),
+            duration_ms: 200,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let trace_id = reply.diagnostics.unwrap().trace_id;
+    let spans = trace(&trace_id, 1).await;
+    assert_eq!(long_poll_events(named(&spans, "holdup.v1.Lab/Sleep")), 0);
+    assert_eq!(
+        app.sample("holdup_long_polls_total{grpc_method=\"Sleep\"}")
+            .await,
+        0.0
+    );
+    app.shutdown().await.unwrap();
+}
+
+fn is_named(task: &console_api::tasks::Task, name: &str) -> bool {
+    task.fields.iter().any(|f| match &f.value {
+        Some(console_api::field::Value::StrVal(v) | console_api::field::Value::DebugVal(v)) => {
+            v.contains(name)
+        }
+        _ => false,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_console_shows_the_inline_task_by_name_with_its_busy_time() {
+    use console_api::instrument::{InstrumentRequest, instrument_client::InstrumentClient};
+    let console = world().console;
+    let app = spawn_app().await;
+    let mut client = InstrumentClient::connect(format!("http://{console}"))
+        .await
+        .expect("console API answers");
+    let mut updates = client
+        .watch_updates(InstrumentRequest {})
+        .await
+        .expect("watch updates")
+        .into_inner();
+
+    let mut lab = app.client.clone();
+    let call = tokio::spawn(async move {
+        lab.cpu_bound(CpuBoundRequest {
+            mode: CpuMode::Inline.into(),
+            work_ms: 150,
+            iterations: 0,
+        })
+        .await
+    });
+
+    // Updates come once a second: new tasks, then their stats. Watch until the INLINE task
+    // shows its busy time, or give up after 15 s.
+    let mut inline_ids = std::collections::HashSet::new();
+    let mut busiest = Duration::ZERO;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while busiest < ms(150) && tokio::time::Instant::now() < deadline {
+        let Ok(Ok(Some(update))) =
+            tokio::time::timeout(Duration::from_secs(3), updates.message()).await
+        else {
+            continue;
+        };
+        let Some(tasks) = update.task_update else {
+            continue;
+        };
+        for task in &tasks.new_tasks {
+            if is_named(task, "CpuBound INLINE")
+                && let Some(id) = &task.id
+            {
+                inline_ids.insert(id.id);
+            }
+        }
+        for (id, stats) in &tasks.stats_update {
+            if inline_ids.contains(id)
+                && let Some(busy) = stats.poll_stats.as_ref().and_then(|p| p.busy_time)
+            {
+                busiest = busiest.max(Duration::new(busy.seconds as u64, busy.nanos as u32));
+            }
+        }
+    }
+    call.await.unwrap().expect("CpuBound answers");
+    assert!(
+        !inline_ids.is_empty(),
+        "no task named CpuBound INLINE in the console"
+    );
+    assert!(
+        busiest >= ms(150),
+        "console shows only {busiest:?} busy for the INLINE task"
+    );
+    app.shutdown().await.unwrap();
+}

@@ -1,0 +1,150 @@
+//! SIGTERM to the real binary: health turns NOT_SERVING at once, the in-flight request
+//! finishes, the process exits 0; a second signal exits at once.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use holdup::proto::{SleepMode, SleepRequest, lab_client::LabClient};
+use tonic::transport::Channel;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+/// Starts `holdup serve` on a free port and returns it with its address.
+fn start(extra: &[&str]) -> (Child, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_holdup"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-console",
+            "--no-metrics",
+            "--seed-rows",
+            "100",
+        ])
+        .args(extra)
+        .env("OTEL_TRACES_EXPORTER", "none")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("holdup starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = lines
+        .find_map(|line| {
+            let line = line.ok()?;
+            line.strip_prefix("holdup listening on ")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .expect("a listening line");
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, addr)
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+/// Waits up to `limit` for the child to exit.
+fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "holdup did not exit within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+async fn channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connects")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_and_exits_zero() {
+    let (mut child, addr) = start(&["--drain-delay-ms", "500", "--grace-ms", "5000"]);
+    let channel = channel(addr).await;
+    let mut health = HealthClient::new(channel.clone());
+    let serving = health
+        .check(HealthCheckRequest {
+            service: "holdup.v1.Lab".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(serving.status(), ServingStatus::Serving);
+
+    let mut lab = LabClient::new(channel.clone());
+    let in_flight = tokio::spawn(async move {
+        lab.sleep(SleepRequest {
+            mode: SleepMode::Async.into(),
+            duration_ms: 1_000,
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    signal(&child, "TERM");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let draining = health
+        .check(HealthCheckRequest {
+            service: "holdup.v1.Lab".into(),
+        })
+        .await
+        .expect("health answers during the drain delay")
+        .into_inner();
+    assert_eq!(draining.status(), ServingStatus::NotServing);
+
+    let reply = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request completes");
+    assert!(reply.into_inner().slept_us >= 1_000_000);
+    let status =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(10)))
+            .await
+            .unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once() {
+    let (mut child, addr) = start(&["--grace-ms", "30000"]);
+    let mut lab = LabClient::new(channel(addr).await);
+    let _in_flight = tokio::spawn(async move {
+        lab.sleep(SleepRequest {
+            mode: SleepMode::Async.into(),
+            duration_ms: 20_000,
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    signal(&child, "TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sent = Instant::now();
+    signal(&child, "INT");
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert!(sent.elapsed() < Duration::from_secs(3));
+    assert_eq!(status.code(), Some(130), "{status:?}");
+}
