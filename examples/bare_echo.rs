@@ -1,0 +1,106 @@
+//! A bare tonic server for the benchmark (`tests/bench/run.sh`): `holdup.v1.Lab` with `Fast`
+//! answered inline and every other RPC unimplemented. No lab runtime, no delay split, no
+//! telemetry, no limits: what tonic alone costs, so that what holdup's instrumentation adds
+//! can be measured against it under the same load.
+//!
+//! Usage: `cargo run --release --example bare_echo -- [ADDR] [THREADS]`
+//! (default 127.0.0.1:50052, 2 threads).
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use holdup::proto::{
+    self,
+    lab_server::{Lab, LabServer},
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status, transport::Server};
+
+/// Threads of the server's runtime when none are given: as many as `holdup serve` uses for
+/// its handlers by default on the two-core machines this is measured on.
+const DEFAULT_THREADS: usize = 2;
+
+struct Bare;
+
+fn fast_only() -> Status {
+    Status::unimplemented("bare_echo answers Fast only")
+}
+
+#[tonic::async_trait]
+impl Lab for Bare {
+    async fn fast(
+        &self,
+        request: Request<proto::FastRequest>,
+    ) -> Result<Response<proto::FastReply>, Status> {
+        Ok(Response::new(proto::FastReply {
+            message: request.into_inner().message,
+            diagnostics: None,
+        }))
+    }
+
+    async fn slow_backend(
+        &self,
+        _: Request<proto::SlowBackendRequest>,
+    ) -> Result<Response<proto::SlowBackendReply>, Status> {
+        Err(fast_only())
+    }
+
+    async fn cpu_bound(
+        &self,
+        _: Request<proto::CpuBoundRequest>,
+    ) -> Result<Response<proto::CpuBoundReply>, Status> {
+        Err(fast_only())
+    }
+
+    async fn sleep(
+        &self,
+        _: Request<proto::SleepRequest>,
+    ) -> Result<Response<proto::SleepReply>, Status> {
+        Err(fast_only())
+    }
+
+    async fn upstream_call(
+        &self,
+        _: Request<proto::UpstreamCallRequest>,
+    ) -> Result<Response<proto::UpstreamCallReply>, Status> {
+        Err(fast_only())
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let addr: SocketAddr = args
+        .next()
+        .unwrap_or_else(|| "127.0.0.1:50052".into())
+        .parse()
+        .context("the first argument must be a listen address like 127.0.0.1:50052")?;
+    let threads: usize = match args.next() {
+        Some(n) => n
+            .parse()
+            .context("the second argument must be a number of threads")?,
+        None => DEFAULT_THREADS,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        let bound = listener.local_addr().context("reading the bound address")?;
+        println!("bare_echo listening on {bound} ({threads} threads)");
+        Server::builder()
+            .tcp_nodelay(true)
+            .add_service(LabServer::new(Bare))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                holdup::shutdown::signal(),
+            )
+            .await
+            .context("serving")
+    })
+}

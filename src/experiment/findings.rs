@@ -1,0 +1,325 @@
+//! What one experiment found: the headline numbers (probe alone and under pressure, the
+//! pressure's own latency and delay split), the full statistics behind them, and a one-line
+//! conclusion computed from those numbers, never written in advance.
+
+use serde::{Deserialize, Serialize};
+
+use super::catalogue::{Experiment, Role};
+use crate::load::{report::Stats, table::ms};
+
+/// A probe p99 below this is treated as this when dividing: a factor against a few
+/// microseconds would only measure noise.
+pub const P99_FLOOR_MS: f64 = 0.1;
+/// The probe's p99 must grow by at least this factor *and* [`STALL_MIN_MS`] for the
+/// conclusion to say the pressure stalls everyone.
+pub const STALL_FACTOR: f64 = 5.0;
+pub const STALL_MIN_MS: f64 = 10.0;
+/// Below this factor (or below [`SLOWS_MIN_MS`] of added p99) the probe is unaffected: on a
+/// small shared machine a few milliseconds of p99 come and go with the scheduler's mood.
+pub const SLOWS_FACTOR: f64 = 2.0;
+pub const SLOWS_MIN_MS: f64 = 5.0;
+/// Own calls are said to queue when queueing is their dominant component.
+const QUEUE_COMPONENT: &str = "queue";
+
+/// One experiment's result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Finding {
+    pub id: String,
+    pub group: String,
+    pub role: Role,
+    pub title: String,
+    pub question: String,
+    pub fixes: Option<String>,
+    /// The pressure RPC and its schedule.
+    pub pressure_rpc: String,
+    pub pressure_schedule: String,
+
+    pub probe_alone_p50_ms: f64,
+    pub probe_alone_p99_ms: f64,
+    pub probe_p50_ms: f64,
+    pub probe_p99_ms: f64,
+    /// Probe p99 under pressure over probe p99 alone.
+    pub probe_p99_factor: f64,
+    /// The probe's mean wait for a lab worker under pressure.
+    pub probe_scheduled_ms: f64,
+    /// The largest component of the probe's delay split under pressure.
+    pub probe_dominant: String,
+
+    pub pressure_p50_ms: f64,
+    pub pressure_p99_ms: f64,
+    pub pressure_throughput: f64,
+    pub pressure_errors: u64,
+    /// The pressure calls' mean queue time (pool connection, compute slot).
+    pub pressure_queue_ms: f64,
+    pub pressure_dominant: String,
+    pub pressure_verdict: String,
+
+    pub conclusion: String,
+
+    pub probe_alone: Stats,
+    pub probe: Stats,
+    pub pressure: Stats,
+}
+
+impl Finding {
+    /// Assembles a finding from the three measured streams; the conclusion is filled in by
+    /// [`conclude`] once the whole catalogue has run (a fix is compared with its cause).
+    pub fn new(experiment: &Experiment, probe_alone: Stats, probe: Stats, pressure: Stats) -> Self {
+        let alone_p99 = probe_alone.latency.p99_ms;
+        let probe_p99 = probe.latency.p99_ms;
+        let component = |stats: &Stats| {
+            stats
+                .split
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |s| s.dominant.clone())
+        };
+        Self {
+            id: experiment.id.to_owned(),
+            group: experiment.group.to_owned(),
+            role: experiment.role,
+            title: experiment.title.to_owned(),
+            question: experiment.question.to_owned(),
+            fixes: experiment.fixes.map(str::to_owned),
+            pressure_rpc: pressure.rpc.clone(),
+            pressure_schedule: pressure.schedule.clone(),
+            probe_alone_p50_ms: probe_alone.latency.p50_ms,
+            probe_alone_p99_ms: alone_p99,
+            probe_p50_ms: probe.latency.p50_ms,
+            probe_p99_ms: probe_p99,
+            probe_p99_factor: probe_p99 / alone_p99.max(P99_FLOOR_MS),
+            probe_scheduled_ms: probe.split.as_ref().map_or(0.0, |s| s.scheduled_ms),
+            probe_dominant: component(&probe),
+            pressure_p50_ms: pressure.latency.p50_ms,
+            pressure_p99_ms: pressure.latency.p99_ms,
+            pressure_throughput: pressure.throughput,
+            pressure_errors: pressure.errors.values().sum(),
+            pressure_queue_ms: pressure.split.as_ref().map_or(0.0, |s| s.queue_ms),
+            pressure_dominant: component(&pressure),
+            pressure_verdict: pressure
+                .split
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |s| s.verdict.clone()),
+            conclusion: String::new(),
+            probe_alone,
+            probe,
+            pressure,
+        }
+    }
+
+    /// How the pressure affected the probe, in three grades.
+    pub fn effect(&self) -> Effect {
+        let added = self.probe_p99_ms - self.probe_alone_p99_ms;
+        if self.probe_p99_factor >= STALL_FACTOR && added >= STALL_MIN_MS {
+            Effect::Stalls
+        } else if self.probe_p99_factor >= SLOWS_FACTOR && added >= SLOWS_MIN_MS {
+            Effect::Slows
+        } else {
+            Effect::Unaffected
+        }
+    }
+}
+
+/// What the pressure did to the bystander.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    Stalls,
+    Slows,
+    Unaffected,
+}
+
+/// Why the probe waited, in words, from its dominant delay component.
+fn waiting_for(component: &str) -> &'static str {
+    match component {
+        "scheduled" => "waiting for a lab worker another request held (scheduled time)",
+        "outside" => "outside its handler (transport, network, CPU shared with the load)",
+        "busy" => "in its own handler's polls",
+        "queue" => "queued for a bounded resource",
+        "idle" => "parked on I/O or timers",
+        _ => "for no measured reason",
+    }
+}
+
+/// The one-line conclusion of `finding`, compared with `cause` when it is a fix.
+pub fn conclude(finding: &Finding, cause: Option<&Finding>) -> String {
+    let (a, b) = (finding.probe_alone_p99_ms, finding.probe_p99_ms);
+    let mut line = match finding.effect() {
+        Effect::Stalls => format!(
+            "Fast p99 x{:.0} ({} -> {} ms), {}",
+            finding.probe_p99_factor,
+            ms(a),
+            ms(b),
+            waiting_for(&finding.probe_dominant)
+        ),
+        Effect::Slows => format!(
+            "Fast p99 x{:.1} ({} -> {} ms), mostly {}",
+            finding.probe_p99_factor,
+            ms(a),
+            ms(b),
+            waiting_for(&finding.probe_dominant)
+        ),
+        Effect::Unaffected => format!("Fast unaffected (p99 {} -> {} ms)", ms(a), ms(b)),
+    };
+    if finding.pressure_dominant == QUEUE_COMPONENT {
+        line.push_str(&format!(
+            "; own calls queue {} ms on average (p50 {} ms) for a pool slot",
+            ms(finding.pressure_queue_ms),
+            ms(finding.pressure_p50_ms)
+        ));
+    }
+    let completed = finding.pressure.completed.max(1);
+    if finding.pressure_errors * 100 >= completed {
+        let codes: Vec<String> = finding.pressure.errors.keys().cloned().collect();
+        line.push_str(&format!(
+            "; {:.0}% of own calls failed ({})",
+            finding.pressure_errors as f64 * 100.0 / completed as f64,
+            codes.join(", ")
+        ));
+    }
+    if let Some(cause) = cause {
+        line.push_str(&format!(
+            "; vs {}: Fast p99 {} -> {} ms, own p50 {} -> {} ms, own p99 {} -> {} ms",
+            cause.id,
+            ms(cause.probe_p99_ms),
+            ms(b),
+            ms(cause.pressure_p50_ms),
+            ms(finding.pressure_p50_ms),
+            ms(cause.pressure_p99_ms),
+            ms(finding.pressure_p99_ms)
+        ));
+    }
+    line
+}
+
+/// Fills in every finding's conclusion, comparing each fix with its cause.
+pub fn conclude_all(findings: &mut [Finding]) {
+    let lines: Vec<String> = findings
+        .iter()
+        .map(|f| {
+            let cause = f
+                .fixes
+                .as_deref()
+                .and_then(|id| findings.iter().find(|c| c.id == id));
+            conclude(f, cause)
+        })
+        .collect();
+    for (finding, line) in findings.iter_mut().zip(lines) {
+        finding.conclusion = line;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::load::{
+        histogram::Percentiles,
+        report::{SplitSummary, Timeline},
+    };
+
+    fn stats(p50: f64, p99: f64, dominant: &'static str) -> Stats {
+        let mut components = [
+            ("busy", 0.0),
+            ("scheduled", 0.0),
+            ("idle", 0.0),
+            ("queue", 0.0),
+            ("outside", 0.0),
+        ];
+        for c in &mut components {
+            if c.0 == dominant {
+                c.1 = p50;
+            }
+        }
+        Stats {
+            label: "x".into(),
+            rpc: "Fast".into(),
+            schedule: "open".into(),
+            offered_rate: Some(100.0),
+            window_s: 1.0,
+            due: 100,
+            sent: 100,
+            unsent: 0,
+            max_send_lag_ms: 0.0,
+            completed: 100,
+            ok: 100,
+            errors: BTreeMap::new(),
+            throughput: 100.0,
+            latency: Percentiles {
+                p50_ms: p50,
+                p99_ms: p99,
+                ..Percentiles::default()
+            },
+            curve: Vec::new(),
+            timeline: Timeline {
+                bucket_ms: 100.0,
+                rates: Vec::new(),
+                whole: 0,
+                min_rate: 0.0,
+                longest_gap_ms: 0.0,
+            },
+            split: Some(SplitSummary::new(100, components, p50, BTreeMap::new())),
+            warnings: Vec::new(),
+        }
+    }
+
+    fn experiment(id: &'static str, fixes: Option<&'static str>) -> Experiment {
+        Experiment {
+            id,
+            group: "cpu",
+            role: if fixes.is_some() {
+                Role::Fix
+            } else {
+                Role::Cause
+            },
+            title: "t",
+            question: "q",
+            fixes,
+            server: None,
+            pressure: |s| super::super::catalogue::probe(s),
+        }
+    }
+
+    #[test]
+    fn a_blocked_runtime_is_called_a_stall_and_its_fix_is_compared() {
+        let inline = Finding::new(
+            &experiment("cpu-inline", None),
+            stats(0.3, 0.5, "outside"),
+            stats(20.0, 50.0, "scheduled"),
+            stats(50.0, 100.0, "busy"),
+        );
+        assert_eq!(inline.effect(), Effect::Stalls);
+        let line = conclude(&inline, None);
+        assert!(
+            line.starts_with("Fast p99 x100 (0.50 -> 50.0 ms), waiting for a lab worker"),
+            "{line}"
+        );
+
+        let pool = Finding::new(
+            &experiment("cpu-compute-pool", Some("cpu-inline")),
+            stats(0.3, 0.5, "outside"),
+            stats(0.4, 0.6, "outside"),
+            stats(50.0, 60.0, "idle"),
+        );
+        assert_eq!(pool.effect(), Effect::Unaffected);
+        let mut both = vec![inline, pool];
+        conclude_all(&mut both);
+        assert!(
+            both[1]
+                .conclusion
+                .contains("vs cpu-inline: Fast p99 50.0 -> 0.60 ms"),
+            "{}",
+            both[1].conclusion
+        );
+    }
+
+    #[test]
+    fn queueing_pressure_says_so() {
+        let pool = Finding::new(
+            &experiment("pool-size-1", None),
+            stats(0.3, 0.5, "outside"),
+            stats(0.3, 0.6, "outside"),
+            stats(150.0, 200.0, "queue"),
+        );
+        assert!(conclude(&pool, None).contains("own calls queue 150 ms"));
+    }
+}

@@ -1,0 +1,198 @@
+//! The HTML report of a catalogue run: one self-contained page (inline CSS and SVG, nothing
+//! fetched) with a summary chart, the findings table, and per experiment its question,
+//! computed conclusion, latency plot and delay split.
+
+use std::fmt::Write as _;
+
+use super::{
+    findings::Finding,
+    report::ExperimentReport,
+    svg::{Bar, Series, escape, latency_plot, summary_plot},
+};
+use crate::load::{report::Stats, table::ms};
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;\
+padding:0 1em;color:#222}table{border-collapse:collapse;font-size:13px;margin:1em 0}\
+td,th{border:1px solid #ccc;padding:4px 6px;text-align:left;vertical-align:top}\
+th{background:#f4f4f4}.num{text-align:right;white-space:nowrap}.conclusion{font-weight:600}\
+.experiment{border-top:2px solid #eee;margin-top:2em}.meta,.question{color:#555}\
+.cause{color:#b00}.fix{color:#070}.baseline{color:#555}";
+
+/// Renders the whole report.
+pub fn render(report: &ExperimentReport) -> String {
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <title>holdup experiment report</title><style>{STYLE}</style></head><body>\
+         <h1>holdup: why is this response late?</h1>\
+         <p class=\"meta\">{} run against {}, {} lab worker(s), {:.0} s, holdup {}. Latencies in \
+         milliseconds. Every experiment runs a Fast probe (open loop, timed from its intended \
+         send time) alone, then beside the pressure.</p>",
+        if report.quick { "Quick" } else { "Full" },
+        escape(&report.target),
+        report.workers,
+        report.elapsed_s,
+        env!("CARGO_PKG_VERSION")
+    );
+    out.push_str("<h2>Fast probe p99, alone and under pressure</h2>");
+    let bars: Vec<Bar> = report
+        .findings
+        .iter()
+        .map(|f| Bar {
+            label: f.id.clone(),
+            alone_ms: f.probe_alone_p99_ms,
+            under_ms: f.probe_p99_ms,
+        })
+        .collect();
+    out.push_str(&summary_plot(&bars));
+    out.push_str("<h2>Findings</h2>");
+    out.push_str(&findings_table(&report.findings));
+    if !report.skipped.is_empty() {
+        out.push_str("<p>Skipped:</p><ul>");
+        for s in &report.skipped {
+            let _ = write!(out, "<li>{}: {}</li>", escape(&s.id), escape(&s.reason));
+        }
+        out.push_str("</ul>");
+    }
+    for finding in &report.findings {
+        out.push_str(&section(finding));
+    }
+    out.push_str("</body></html>\n");
+    out
+}
+
+fn findings_table(findings: &[Finding]) -> String {
+    let mut out = String::from(
+        "<table><tr><th>experiment</th><th>pressure</th><th>Fast p50 / p99 alone</th>\
+         <th>Fast p50 / p99 under pressure</th><th>Fast p99 &times;</th>\
+         <th>pressure p50 / p99</th><th>pressure ok/s</th><th>Fast delay</th>\
+         <th>pressure delay / verdict</th><th>conclusion</th></tr>",
+    );
+    for f in findings {
+        let _ = write!(
+            out,
+            "<tr><td><a href=\"#{id}\">{id}</a></td><td>{}</td><td class=\"num\">{} / {}</td>\
+             <td class=\"num\">{} / {}</td><td class=\"num\">{:.1}</td><td class=\"num\">{} / {}</td>\
+             <td class=\"num\">{:.0}</td><td>{}</td><td>{} / {}</td><td>{}</td></tr>",
+            escape(&f.pressure_rpc),
+            ms(f.probe_alone_p50_ms),
+            ms(f.probe_alone_p99_ms),
+            ms(f.probe_p50_ms),
+            ms(f.probe_p99_ms),
+            f.probe_p99_factor,
+            ms(f.pressure_p50_ms),
+            ms(f.pressure_p99_ms),
+            f.pressure_throughput,
+            escape(&f.probe_dominant),
+            escape(&f.pressure_dominant),
+            escape(&f.pressure_verdict),
+            escape(&f.conclusion),
+            id = escape(&f.id),
+        );
+    }
+    out.push_str("</table>");
+    out
+}
+
+fn section(f: &Finding) -> String {
+    let role = match f.role {
+        super::catalogue::Role::Baseline => "baseline",
+        super::catalogue::Role::Cause => "cause",
+        super::catalogue::Role::Fix => "fix",
+    };
+    let pressure_name = format!("pressure: {}", f.pressure_rpc);
+    let plot = latency_plot(
+        &format!("{}: latency by percentile", f.id),
+        &[
+            Series {
+                name: "Fast alone",
+                color: "#999",
+                points: &f.probe_alone.curve,
+            },
+            Series {
+                name: "Fast under pressure",
+                color: "#d62728",
+                points: &f.probe.curve,
+            },
+            Series {
+                name: &pressure_name,
+                color: "#1f77b4",
+                points: &f.pressure.curve,
+            },
+        ],
+    );
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "<section class=\"experiment\" id=\"{id}\"><h3>{id}: {title} <span class=\"{role}\">({role})</span></h3>\
+         <p class=\"question\">{question}</p><p class=\"conclusion\">{conclusion}</p>\
+         <p>Pressure: {rpc}, {schedule}; {ok} OK at {rate:.1}/s, {errors} errors.</p>\
+         <figure>{plot}<figcaption>Latency by percentile (log scales). Grey: the Fast probe \
+         alone; red: the same probe beside the pressure; blue: the pressure calls.</figcaption></figure>",
+        id = escape(&f.id),
+        title = escape(&f.title),
+        question = escape(&f.question),
+        conclusion = escape(&f.conclusion),
+        rpc = escape(&f.pressure_rpc),
+        schedule = escape(&f.pressure_schedule),
+        ok = f.pressure.ok,
+        rate = f.pressure_throughput,
+        errors = f.pressure_errors,
+    );
+    out.push_str(&split_table(&[
+        ("Fast alone", &f.probe_alone),
+        ("Fast under pressure", &f.probe),
+        ("pressure", &f.pressure),
+    ]));
+    for stats in [&f.probe, &f.pressure] {
+        for warning in &stats.warnings {
+            let _ = write!(
+                out,
+                "<p class=\"meta\">! {}: {}</p>",
+                escape(&stats.label),
+                escape(warning)
+            );
+        }
+    }
+    out.push_str("</section>");
+    out
+}
+
+/// Latency and mean delay split of each stream.
+fn split_table(rows: &[(&str, &Stats)]) -> String {
+    let mut out = String::from(
+        "<table><tr><th>stream</th><th>calls</th><th>p50</th><th>p99</th><th>max</th>\
+         <th>busy</th><th>scheduled</th><th>idle</th><th>queue</th><th>outside</th>\
+         <th>verdict</th></tr>",
+    );
+    for (name, s) in rows {
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>",
+            escape(name),
+            s.completed,
+            ms(s.latency.p50_ms),
+            ms(s.latency.p99_ms),
+            ms(s.latency.max_ms)
+        );
+        match &s.split {
+            Some(d) => {
+                let _ = write!(
+                    out,
+                    "<td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
+                     <td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
+                    ms(d.busy_ms),
+                    ms(d.scheduled_ms),
+                    ms(d.idle_ms),
+                    ms(d.queue_ms),
+                    ms(d.outside_ms),
+                    escape(&d.verdict)
+                );
+            }
+            None => out.push_str("<td colspan=\"6\">no diagnostics</td></tr>"),
+        }
+    }
+    out.push_str("</table>");
+    out
+}

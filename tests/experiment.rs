@@ -1,0 +1,229 @@
+//! `holdup experiment` as a user runs it: the real binary, in-process servers or a target on a
+//! random loopback port, its JSON findings and HTML report checked.
+//!
+//! The assertions follow the causes, with generous bounds (two shared cores): work that
+//! blocks the lab workers multiplies the probe's p99 and shows as scheduled time; the fixes
+//! leave the probe's scheduled time near zero and its p99 far below the cause's.
+
+mod common;
+
+use std::{process::Output, time::Duration};
+
+use common::spawn_app;
+use holdup::experiment::{findings::Finding, report::ExperimentReport};
+use tokio::process::Command;
+
+/// One run at a time: they measure latency and must not load each other's cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A cause must multiply the probe's p99 by at least this much...
+const LARGE_FACTOR: f64 = 5.0;
+/// ...and make the probe wait for a worker at least this long on average.
+const CAUSE_SCHEDULED_MS: f64 = 5.0;
+/// A fix leaves the probe's mean wait for a worker below this.
+const FIX_SCHEDULED_MS: f64 = 2.0;
+
+async fn experiment(args: &[&str]) -> Output {
+    let run = Command::new(env!("CARGO_BIN_EXE_holdup"))
+        .arg("experiment")
+        .args(args)
+        .env_remove("RUST_LOG")
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(Duration::from_secs(180), run)
+        .await
+        .expect("holdup experiment ends within three minutes")
+        .expect("holdup experiment starts")
+}
+
+#[track_caller]
+fn findings(output: &Output) -> ExperimentReport {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "holdup experiment failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}"))
+}
+
+#[track_caller]
+fn get<'a>(report: &'a ExperimentReport, id: &str) -> &'a Finding {
+    report
+        .finding(id)
+        .unwrap_or_else(|| panic!("no finding {id} in {:?}", report.skipped))
+}
+
+#[track_caller]
+fn assert_blocks_the_runtime(cause: &Finding) {
+    assert!(
+        cause.probe_p99_factor >= LARGE_FACTOR,
+        "{}: Fast p99 only x{:.1} ({} -> {} ms)",
+        cause.id,
+        cause.probe_p99_factor,
+        cause.probe_alone_p99_ms,
+        cause.probe_p99_ms
+    );
+    assert!(
+        cause.probe_scheduled_ms >= CAUSE_SCHEDULED_MS,
+        "{}: the probe waited only {} ms for a worker",
+        cause.id,
+        cause.probe_scheduled_ms
+    );
+    assert_eq!(cause.probe_dominant, "scheduled", "{}", cause.id);
+    assert!(
+        cause.conclusion.starts_with("Fast p99 x"),
+        "{}",
+        cause.conclusion
+    );
+}
+
+#[track_caller]
+fn assert_frees_the_runtime(fix: &Finding, cause: &Finding) {
+    assert!(
+        fix.probe_scheduled_ms < FIX_SCHEDULED_MS,
+        "{}: the probe still waited {} ms for a worker",
+        fix.id,
+        fix.probe_scheduled_ms
+    );
+    assert!(
+        fix.probe_p99_ms * 2.0 < cause.probe_p99_ms,
+        "{}: Fast p99 {} ms is not far below {}'s {} ms",
+        fix.id,
+        fix.probe_p99_ms,
+        cause.id,
+        cause.probe_p99_ms
+    );
+    assert!(
+        fix.probe_p99_factor * 2.0 < cause.probe_p99_factor,
+        "{}: Fast p99 x{:.1} vs {} x{:.1}",
+        fix.id,
+        fix.probe_p99_factor,
+        cause.id,
+        cause.probe_p99_factor
+    );
+    assert!(
+        fix.conclusion.contains(&format!("vs {}", cause.id)),
+        "{}",
+        fix.conclusion
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quick_catalogue_shows_each_cause_and_its_fix() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let html = dir.path().join("report.html");
+    let html_arg = html.to_string_lossy().into_owned();
+
+    let output = experiment(&["--quick", "--json", "--report", &html_arg]).await;
+
+    let report = findings(&output);
+    assert!(report.quick);
+    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+    assert_eq!(
+        report.findings.len(),
+        holdup::experiment::catalogue::catalogue().len()
+    );
+    assert!(
+        report.elapsed_s < 90.0,
+        "quick run took {} s",
+        report.elapsed_s
+    );
+
+    let blocking_sleep = get(&report, "sleep-blocking");
+    let inline = get(&report, "cpu-inline");
+    assert_blocks_the_runtime(blocking_sleep);
+    assert_blocks_the_runtime(inline);
+    assert_frees_the_runtime(get(&report, "sleep-async"), blocking_sleep);
+    assert_frees_the_runtime(get(&report, "cpu-blocking-pool"), inline);
+    assert_frees_the_runtime(get(&report, "cpu-compute-pool"), inline);
+
+    // A pool of one makes the backend's callers queue for most of three holds; a pool as
+    // large as the concurrency removes the queue. Fast is not a backend caller either way.
+    let small = get(&report, "pool-size-1");
+    let enough = get(&report, "pool-size-enough");
+    assert!(
+        small.pressure_queue_ms >= 75.0,
+        "{}",
+        small.pressure_queue_ms
+    );
+    assert!(
+        small.pressure_queue_ms >= 5.0 * enough.pressure_queue_ms.max(1.0),
+        "queue {} vs {} ms",
+        small.pressure_queue_ms,
+        enough.pressure_queue_ms
+    );
+    assert_eq!(small.pressure_verdict, "resource-queue");
+    assert!(small.conclusion.contains("queue"), "{}", small.conclusion);
+
+    // The attempt timeout cuts the stalled upstream calls' tail.
+    let no_timeout = get(&report, "upstream-no-timeout");
+    let timeout = get(&report, "upstream-timeout-retry");
+    assert!(
+        timeout.pressure_p99_ms < no_timeout.pressure_p99_ms,
+        "{} vs {} ms",
+        timeout.pressure_p99_ms,
+        no_timeout.pressure_p99_ms
+    );
+
+    for f in &report.findings {
+        assert!(!f.conclusion.is_empty(), "{} has no conclusion", f.id);
+        assert!(
+            f.probe.ok > 0 && f.probe_alone.ok > 0 && f.pressure.ok > 0,
+            "{}",
+            f.id
+        );
+    }
+
+    let page = std::fs::read_to_string(&html).expect("the HTML report was written");
+    assert!(page.starts_with("<!doctype html>"));
+    assert_eq!(
+        page.matches("<svg class=\"latency-plot\"").count(),
+        report.findings.len(),
+        "one latency plot per experiment"
+    );
+    for f in &report.findings {
+        assert!(
+            page.contains(&format!("id=\"{}\"", f.id)),
+            "no section for {}",
+            f.id
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn against_a_target_the_experiments_needing_their_own_server_are_skipped() {
+    let _serial = SERIAL.lock().await;
+    let app = spawn_app().await;
+    let target = format!("http://{}", app.addr);
+
+    let output = experiment(&[
+        "--quick",
+        "--target",
+        &target,
+        "--only",
+        "pool-size-1,sleep-async",
+        "--json",
+    ])
+    .await;
+
+    let report = findings(&output);
+    assert_eq!(report.target, target);
+    assert_eq!(report.findings.len(), 1);
+    assert_eq!(report.findings[0].id, "sleep-async");
+    assert_eq!(report.skipped.len(), 1);
+    assert_eq!(report.skipped[0].id, "pool-size-1");
+    app.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn the_markdown_table_has_a_row_per_experiment() {
+    let _serial = SERIAL.lock().await;
+    let output = experiment(&["--quick", "--only", "fast-only"]).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.contains("| experiment | pressure |"), "{stdout}");
+    assert_eq!(stdout.matches("\n| fast-only |").count(), 1, "{stdout}");
+}
