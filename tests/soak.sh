@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Soak (not part of the test suite): two minutes of mixed overload against a release
+# `holdup serve`, then RSS at start and end and the calls handled by gRPC status.
+#
+# Usage: tests/soak.sh            (env: SOAK_SECONDS=120, console on as by default)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${SOAK_SECONDS:-120}
+target_dir=${CARGO_TARGET_DIR:-target}
+cargo build --release --quiet
+bin="$target_dir/release/holdup"
+work=$(mktemp -d)
+trap 'kill "$server" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+
+metrics_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+console_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+OTEL_TRACES_EXPORTER=none "$bin" serve --listen 127.0.0.1:0 --workers 2 \
+    --metrics-addr "127.0.0.1:$metrics_port" --console-addr "127.0.0.1:$console_port" \
+    --db-pool-size 4 --db-acquire-timeout-ms 500 --compute-threads 2 --compute-queue 8 \
+    >"$work/serve.out" 2>"$work/serve.err" &
+server=$!
+until grep -q "listening on" "$work/serve.out"; do sleep 0.1; done
+addr=$(grep -o 'listening on [0-9.:]*' "$work/serve.out" | cut -d' ' -f3)
+rss() { awk '/VmRSS/ {print $2 " kB"}' "/proc/$server/status"; }
+echo "holdup at $addr (pid $server); RSS at start: $(rss)"
+
+load() { "$bin" load --target "http://$addr" --duration "${seconds}s" --warmup 0s --json "$@"; }
+# Far more than the compute pool takes (8 queue slots, 2 threads), more sleepers than
+# workers, more pool holders than connections, a failing and stalling upstream, and the probe.
+load --rpc cpu --mode COMPUTE_POOL --work-ms 20 --rate 400 >"$work/cpu.json" &
+load --rpc sleep --mode BLOCKING --duration-ms 5 --rate 100 >"$work/sleep.json" &
+load --rpc backend --hold-ms 50 --query SCAN --key 3 --rate 200 >"$work/backend.json" &
+load --rpc upstream --error-rate 0.3 --stall-rate 0.05 --attempt-timeout-ms 100 --max-retries 2 \
+    --rate 100 >"$work/upstream.json" &
+load --rpc fast --rate 200 >"$work/fast.json" &
+peak=0
+for _ in $(seq "$seconds"); do
+    now=$(awk '/VmRSS/ {print $2}' "/proc/$server/status")
+    (( now > peak )) && peak=$now
+    sleep 1
+done
+wait %2 %3 %4 %5 %6 2>/dev/null || true
+echo "RSS at end: $(rss); peak during the soak: $peak kB"
+echo "calls handled, by method and status:"
+curl -s "http://127.0.0.1:$metrics_port/metrics" \
+    | awk '/^grpc_server_handled_total/ { match($0, /grpc_method="[^"]*"/); m = substr($0, RSTART + 13, RLENGTH - 14);
+                                          match($0, /grpc_code="[^"]*"/); c = substr($0, RSTART + 11, RLENGTH - 12);
+                                          printf "  %-13s %-18s %s\n", m, c, $2 }'
+echo "Fast probe beside it:"
+python3 - "$work/fast.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print("  " + json.dumps({k: r[k] for k in r if k in ("count", "errors", "achieved_rate", "latency_ms", "main")})[:600])
+PY
+kill -TERM "$server"; wait "$server"; echo "holdup exit code after SIGTERM: $?"
