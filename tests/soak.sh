@@ -16,7 +16,7 @@ metrics_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.
 console_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 OTEL_TRACES_EXPORTER=none "$bin" serve --listen 127.0.0.1:0 --workers 2 \
     --metrics-addr "127.0.0.1:$metrics_port" --console-addr "127.0.0.1:$console_port" \
-    --db-pool-size 4 --db-acquire-timeout-ms 500 --compute-threads 2 --compute-queue 8 \
+    --db-pool-size 4 --db-acquire-timeout-ms 500 --compute-threads 2 --compute-queue 8 ${SOAK_SERVE_ARGS:-} \
     >"$work/serve.out" 2>"$work/serve.err" &
 server=$!
 until grep -q "listening on" "$work/serve.out"; do sleep 0.1; done
@@ -46,10 +46,14 @@ curl -s "http://127.0.0.1:$metrics_port/metrics" \
     | awk '/^grpc_server_handled_total/ { match($0, /grpc_method="[^"]*"/); m = substr($0, RSTART + 13, RLENGTH - 14);
                                           match($0, /grpc_code="[^"]*"/); c = substr($0, RSTART + 11, RLENGTH - 12);
                                           printf "  %-13s %-18s %s\n", m, c, $2 }'
-echo "Fast probe beside it:"
-python3 - "$work/fast.json" <<'PY'
+echo "each generator: offered/s, ok, errors by status, p99 ms:"
+for f in cpu sleep backend upstream fast; do
+    python3 - "$work/$f.json" "$f" <<'PY'
 import json, sys
-r = json.load(open(sys.argv[1]))
-print("  " + json.dumps({k: r[k] for k in r if k in ("count", "errors", "achieved_rate", "latency_ms", "main")})[:600])
+m = json.load(open(sys.argv[1]))["main"]
+lat = m.get("latency") or {}
+p99 = lat.get("p99_ms", lat.get("p99"))
+print(f"  {sys.argv[2]:9} {m['offered_rate']}/s ok={m['ok']} errors={m['errors']} p99={p99}")
 PY
+done
 kill -TERM "$server"; wait "$server"; echo "holdup exit code after SIGTERM: $?"
