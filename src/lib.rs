@@ -13,7 +13,8 @@
 //! - [`lab`]: the service, one module per cause: `fast`, `backend`, `cpu` (+ `compute_pool`),
 //!   `sleep`, `upstream` (+ `retry`), and the shared request runner in `lab/mod.rs`.
 //! - [`telemetry`]: the per-request delay split and the one tracing subscriber.
-//! - [`upstream`]: the HTTP upstream simulator (`holdup upstream`).
+//! - [`upstream`]: the HTTP upstream simulator (`holdup upstream`); [`http`]: the small bound
+//!   HTTP server it and the metrics endpoint share.
 //! - [`proto`]: the generated `holdup.v1` code and its descriptor set.
 //! - [`load`]: the load generator (`holdup load`): open and closed loops, HDR histograms,
 //!   a `Fast` probe beside the load, text and JSON reports.
@@ -24,6 +25,7 @@
 pub mod cli;
 pub mod config;
 pub mod experiment;
+pub mod http;
 pub mod lab;
 pub mod load;
 pub mod proto;

@@ -14,8 +14,8 @@ use std::{
 
 use common::{TestApp, client, diagnostics, ms, spawn_app, spawn_with};
 use holdup::proto::{
-    CpuBoundRequest, CpuMode, Diagnostics, FastRequest, Query, SleepMode, SleepRequest,
-    SlowBackendRequest, lab_client::LabClient,
+    CpuBoundRequest, CpuMode, Diagnostics, FastRequest, SleepMode, SleepRequest,
+    lab_client::LabClient,
 };
 use tonic::transport::Channel;
 
@@ -144,41 +144,6 @@ async fn offloaded_cpu_and_async_sleep_leave_fast_alone() {
 async fn full_pool_makes_the_second_caller_queue_for_the_first_ones_hold() {
     let _serial = SERIAL.lock().await;
     let app = spawn_with(|c| c.db.pool_size = 1).await;
-    let hold_ms = 400u32;
-    let calls = (0..2).map(|_| {
-        let addr = app.addr;
-        tokio::spawn(async move {
-            client(addr)
-                .await
-                .slow_backend(SlowBackendRequest {
-                    hold_ms,
-                    query: Query::Point.into(),
-                    key: 1,
-                })
-                .await
-                .expect("SlowBackend answers")
-                .into_inner()
-        })
-    });
-    let mut replies = Vec::new();
-    for call in calls.collect::<Vec<_>>() {
-        replies.push(call.await.expect("call task"));
-    }
-    replies.sort_by_key(|r| r.pool_wait_us);
-    let (first, second) = (&replies[0], &replies[1]);
-    let hold = u64::from(hold_ms) * 1_000;
-    assert!(
-        first.pool_wait_us < hold / 4,
-        "first waited {} us",
-        first.pool_wait_us
-    );
-    assert!(
-        second.pool_wait_us >= hold * 7 / 10,
-        "second waited only {} us for a {hold} us hold",
-        second.pool_wait_us
-    );
-    let d = diagnostics(&second.diagnostics);
-    assert!(d.queue_us.abs_diff(second.pool_wait_us) < 5_000, "{d:?}");
-    assert_eq!(first.rows, 1);
+    common::two_holds_on_one_connection(app.addr, 400).await;
     app.shutdown().await.expect("clean shutdown");
 }

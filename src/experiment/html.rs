@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use super::{
     findings::Finding,
-    report::ExperimentReport,
+    report::{self, ExperimentReport},
     svg::{Bar, Series, escape, latency_plot, summary_plot},
 };
 use crate::load::{report::Stats, table::ms};
@@ -63,33 +63,23 @@ pub fn render(report: &ExperimentReport) -> String {
 }
 
 fn findings_table(findings: &[Finding]) -> String {
-    let mut out = String::from(
-        "<table><tr><th>experiment</th><th>pressure</th><th>Fast p50 / p99 alone</th>\
-         <th>Fast p50 / p99 under pressure</th><th>Fast p99 &times;</th>\
-         <th>pressure p50 / p99</th><th>pressure ok/s</th><th>Fast delay</th>\
-         <th>pressure delay / verdict</th><th>conclusion</th></tr>",
-    );
+    let mut out = String::from("<table><tr>");
+    for column in report::COLUMNS {
+        let _ = write!(out, "<th>{}</th>", escape(column));
+    }
+    out.push_str("</tr>");
     for f in findings {
-        let _ = write!(
-            out,
-            "<tr><td><a href=\"#{id}\">{id}</a></td><td>{}</td><td class=\"num\">{} / {}</td>\
-             <td class=\"num\">{} / {}</td><td class=\"num\">{:.1}</td><td class=\"num\">{} / {}</td>\
-             <td class=\"num\">{:.0}</td><td>{}</td><td>{} / {}</td><td>{}</td></tr>",
-            escape(&f.pressure_rpc),
-            ms(f.probe_alone_p50_ms),
-            ms(f.probe_alone_p99_ms),
-            ms(f.probe_p50_ms),
-            ms(f.probe_p99_ms),
-            f.probe_p99_factor,
-            ms(f.pressure_p50_ms),
-            ms(f.pressure_p99_ms),
-            f.pressure_throughput,
-            escape(&f.probe_dominant),
-            escape(&f.pressure_dominant),
-            escape(&f.pressure_verdict),
-            escape(&f.conclusion),
-            id = escape(&f.id),
-        );
+        out.push_str("<tr>");
+        for (i, (text, numeric)) in report::row(f).iter().zip(report::NUMERIC).enumerate() {
+            let class = if numeric { " class=\"num\"" } else { "" };
+            let text = escape(text);
+            if i == 0 {
+                let _ = write!(out, "<td><a href=\"#{text}\">{text}</a></td>");
+            } else {
+                let _ = write!(out, "<td{class}>{text}</td>");
+            }
+        }
+        out.push_str("</tr>");
     }
     out.push_str("</table>");
     out

@@ -32,6 +32,45 @@ impl ExperimentReport {
     }
 }
 
+/// The findings table's columns, shared by the Markdown and the HTML report.
+pub const COLUMNS: [&str; 10] = [
+    "experiment",
+    "pressure",
+    "Fast p50 / p99 alone",
+    "Fast p50 / p99 under pressure",
+    "Fast p99 x",
+    "pressure p50 / p99",
+    "pressure ok/s",
+    "Fast delay",
+    "pressure delay / verdict",
+    "conclusion",
+];
+
+/// Which of [`COLUMNS`] hold numbers (right-aligned in HTML).
+pub const NUMERIC: [bool; 10] = [
+    false, false, true, true, true, true, true, false, false, false,
+];
+
+/// One finding as the text of each of [`COLUMNS`], unescaped.
+pub fn row(f: &Finding) -> [String; 10] {
+    [
+        f.id.clone(),
+        format!("{} ({})", f.pressure_rpc, f.pressure_schedule),
+        format!(
+            "{} / {}",
+            ms(f.probe_alone_p50_ms),
+            ms(f.probe_alone_p99_ms)
+        ),
+        format!("{} / {}", ms(f.probe_p50_ms), ms(f.probe_p99_ms)),
+        format!("{:.1}", f.probe_p99_factor),
+        format!("{} / {}", ms(f.pressure_p50_ms), ms(f.pressure_p99_ms)),
+        format!("{:.0}", f.pressure_throughput),
+        f.probe_dominant.clone(),
+        format!("{} / {}", f.pressure_dominant, f.pressure_verdict),
+        f.conclusion.clone(),
+    ]
+}
+
 /// Escapes the characters that would break a Markdown table cell.
 fn cell(text: &str) -> String {
     text.replace('|', "\\|")
@@ -49,31 +88,11 @@ pub fn markdown(report: &ExperimentReport) -> String {
         report.workers,
         report.elapsed_s
     );
-    out.push_str(
-        "| experiment | pressure | Fast p50 / p99 alone | Fast p50 / p99 under pressure | Fast p99 x | \
-         pressure p50 / p99 | pressure ok/s | Fast delay | pressure delay / verdict | conclusion |\n",
-    );
-    out.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    let _ = writeln!(out, "| {} |", COLUMNS.join(" | "));
+    let _ = writeln!(out, "|{}", "---|".repeat(COLUMNS.len()));
     for f in &report.findings {
-        let _ = writeln!(
-            out,
-            "| {} | {} ({}) | {} / {} | {} / {} | {:.1} | {} / {} | {:.0} | {} | {} / {} | {} |",
-            cell(&f.id),
-            cell(&f.pressure_rpc),
-            cell(&f.pressure_schedule),
-            ms(f.probe_alone_p50_ms),
-            ms(f.probe_alone_p99_ms),
-            ms(f.probe_p50_ms),
-            ms(f.probe_p99_ms),
-            f.probe_p99_factor,
-            ms(f.pressure_p50_ms),
-            ms(f.pressure_p99_ms),
-            f.pressure_throughput,
-            cell(&f.probe_dominant),
-            cell(&f.pressure_dominant),
-            cell(&f.pressure_verdict),
-            cell(&f.conclusion),
-        );
+        let cells: Vec<String> = row(f).iter().map(|c| cell(c)).collect();
+        let _ = writeln!(out, "| {} |", cells.join(" | "));
     }
     if !report.skipped.is_empty() {
         out.push_str("\nSkipped:\n");

@@ -12,9 +12,9 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use tokio::net::TcpListener;
 
 use super::metrics::Metrics;
+use crate::http::HttpServer;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -48,18 +48,8 @@ async fn scrape(State(scrape): State<Scrape>, headers: HeaderMap) -> Response {
 }
 
 /// A bound metrics endpoint.
-pub struct MetricsEndpoint {
-    listener: TcpListener,
-    router: Router,
-}
-
-impl std::fmt::Debug for MetricsEndpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MetricsEndpoint")
-            .field("listener", &self.listener)
-            .finish_non_exhaustive()
-    }
-}
+#[derive(Debug)]
+pub struct MetricsEndpoint(HttpServer);
 
 impl MetricsEndpoint {
     /// # Errors
@@ -72,16 +62,13 @@ impl MetricsEndpoint {
         let router = Router::new()
             .route("/metrics", get(scrape))
             .with_state(Scrape { metrics, refresh });
-        Ok(Self {
-            listener: TcpListener::bind(addr).await?,
-            router,
-        })
+        HttpServer::bind(addr, router).await.map(Self)
     }
 
     /// # Errors
     /// The I/O error if the listener has no local address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+        self.0.local_addr()
     }
 
     /// # Errors
@@ -90,8 +77,6 @@ impl MetricsEndpoint {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> io::Result<()> {
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
+        self.0.run_until(shutdown).await
     }
 }

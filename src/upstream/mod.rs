@@ -29,9 +29,8 @@ use prometheus_client::{
 };
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
 
-use crate::config::SimulatorConfig;
+use crate::{config::SimulatorConfig, http::HttpServer};
 
 /// Longest latency or jitter one call may ask for.
 pub const MAX_LATENCY_MS: u32 = 60_000;
@@ -263,25 +262,19 @@ pub fn router(config: SimulatorConfig) -> Router {
 
 /// A bound simulator: its address is known before it serves.
 #[derive(Debug)]
-pub struct Simulator {
-    listener: TcpListener,
-    config: SimulatorConfig,
-}
+pub struct Simulator(HttpServer);
 
 impl Simulator {
     /// # Errors
     /// The I/O error if `addr` cannot be bound.
     pub async fn bind(addr: SocketAddr, config: SimulatorConfig) -> io::Result<Self> {
-        Ok(Self {
-            listener: TcpListener::bind(addr).await?,
-            config,
-        })
+        HttpServer::bind(addr, router(config)).await.map(Self)
     }
 
     /// # Errors
     /// The I/O error if the listener has no local address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+        self.0.local_addr()
     }
 
     /// Serves until `shutdown` resolves, then lets in-flight calls finish.
@@ -292,9 +285,7 @@ impl Simulator {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> io::Result<()> {
-        axum::serve(self.listener, router(self.config))
-            .with_graceful_shutdown(shutdown)
-            .await
+        self.0.run_until(shutdown).await
     }
 }
 

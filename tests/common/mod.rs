@@ -156,3 +156,55 @@ pub fn require_tool(tool: &str, install: &str) -> Option<std::path::PathBuf> {
         }
     }
 }
+
+/// Two concurrent `SlowBackend` holds of `hold_ms` (POINT, key 1) on connections of their own,
+/// against a server whose pool has one connection. Checks the shape every backend must show —
+/// the first does not wait, the second waits about the first one's hold and its `queue_us` is
+/// that wait — and returns `(first, second)` for backend-specific checks.
+pub async fn two_holds_on_one_connection(
+    addr: SocketAddr,
+    hold_ms: u32,
+) -> (
+    holdup::proto::SlowBackendReply,
+    holdup::proto::SlowBackendReply,
+) {
+    use holdup::proto::{Query, SlowBackendRequest};
+    let calls: Vec<_> = (0..2)
+        .map(|_| {
+            tokio::spawn(async move {
+                client(addr)
+                    .await
+                    .slow_backend(SlowBackendRequest {
+                        hold_ms,
+                        query: Query::Point.into(),
+                        key: 1,
+                    })
+                    .await
+                    .expect("SlowBackend answers")
+                    .into_inner()
+            })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for call in calls {
+        replies.push(call.await.expect("call task"));
+    }
+    replies.sort_by_key(|r| r.pool_wait_us);
+    let second = replies.pop().expect("two replies");
+    let first = replies.pop().expect("two replies");
+    let hold = u64::from(hold_ms) * 1_000;
+    assert!(
+        first.pool_wait_us < hold / 4,
+        "first waited {} us",
+        first.pool_wait_us
+    );
+    assert!(
+        second.pool_wait_us >= hold * 7 / 10,
+        "second waited only {} us for a {hold} us hold",
+        second.pool_wait_us
+    );
+    let d = diagnostics(&second.diagnostics);
+    assert!(d.queue_us.abs_diff(second.pool_wait_us) < 5_000, "{d:?}");
+    assert_eq!(first.rows, 1);
+    (first, second)
+}
