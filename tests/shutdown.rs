@@ -1,5 +1,5 @@
 //! SIGTERM to the real binary: health turns NOT_SERVING at once, the in-flight request
-//! finishes, the process exits 0; a second signal exits at once.
+//! finishes, buffered spans are flushed, the process exits 0; a second signal exits at once.
 
 use std::{
     io::{BufRead, BufReader},
@@ -8,7 +8,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use holdup::proto::{SleepMode, SleepRequest, lab_client::LabClient};
+mod common;
+
+use common::collector::Collector;
+use holdup::proto::{FastRequest, SleepMode, SleepRequest, lab_client::LabClient};
 use tonic::transport::Channel;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -16,6 +19,11 @@ use tonic_health::pb::{
 
 /// Starts `holdup serve` on a free port and returns it with its address.
 fn start(extra: &[&str]) -> (Child, SocketAddr) {
+    start_with_env(extra, &[("OTEL_TRACES_EXPORTER", "none")])
+}
+
+/// The same, with extra environment variables.
+fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> (Child, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_holdup"))
         .args([
             "serve",
@@ -27,7 +35,7 @@ fn start(extra: &[&str]) -> (Child, SocketAddr) {
             "100",
         ])
         .args(extra)
-        .env("OTEL_TRACES_EXPORTER", "none")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -147,4 +155,36 @@ async fn a_second_signal_exits_at_once() {
         .unwrap();
     assert!(sent.elapsed() < Duration::from_secs(3));
     assert_eq!(status.code(), Some(130), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_still_buffered_are_flushed_at_exit() {
+    let (collector, otlp) = Collector::start();
+    let endpoint = format!("http://{otlp}");
+    // A batch delay of a minute: only the flush at exit can deliver the span in time.
+    let (mut child, addr) = start_with_env(
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "60000"),
+        ],
+    );
+    let reply = LabClient::new(channel(addr).await)
+        .fast(FastRequest::default())
+        .await
+        .expect("Fast answers")
+        .into_inner();
+    let trace_id = reply.diagnostics.expect("diagnostics").trace_id;
+    assert_eq!(trace_id.len(), 32);
+    signal(&child, "TERM");
+    let status =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)))
+            .await
+            .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let spans = collector.trace(&trace_id, 1, Duration::from_secs(2)).await;
+    assert!(
+        spans.iter().any(|s| s.span.name == "holdup.v1.Lab/Fast"),
+        "the Fast span was not flushed at exit: {spans:?}"
+    );
 }
