@@ -141,7 +141,7 @@ async fn slow_backend_every_query() {
         let reply = app
             .client
             .slow_backend(SlowBackendRequest {
-                hold_ms: 20,
+                hold_ms: 50,
                 query: query.into(),
                 key,
             })
@@ -151,7 +151,7 @@ async fn slow_backend_every_query() {
         // 2000 seeded rows in 1000 buckets: two rows per bucket.
         assert_eq!(reply.rows, rows, "{query:?}");
         assert_eq!(reply.backend, "sqlite");
-        assert!(reply.hold_us >= 20_000);
+        assert!(reply.hold_us >= 50_000);
         assert_eq!(diagnostics(&reply.diagnostics).verdict, "backend");
     }
     app.shutdown().await.unwrap();
@@ -164,7 +164,7 @@ async fn upstream_call_shared_and_new_client() {
         let reply = app
             .client
             .upstream_call(UpstreamCallRequest {
-                latency_ms: Some(10),
+                latency_ms: Some(50),
                 error_rate: Some(0.0),
                 new_client,
                 ..Default::default()
@@ -175,7 +175,7 @@ async fn upstream_call_shared_and_new_client() {
         assert_eq!(reply.attempts, 1);
         assert_eq!(reply.upstream_status, 200);
         assert_eq!(reply.client, if new_client { "new" } else { "shared" });
-        assert!(reply.upstream_served_us >= 10_000);
+        assert!(reply.upstream_served_us >= 50_000);
         assert_eq!(diagnostics(&reply.diagnostics).verdict, "upstream");
     }
     app.shutdown().await.unwrap();
