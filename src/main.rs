@@ -10,7 +10,7 @@ use holdup::{
     server::Server,
     shutdown,
     telemetry::subscriber::{self, Telemetry, TelemetryConfig},
-    upstream::Simulator,
+    upstream,
 };
 
 /// sysexits.h EX_USAGE: the configuration was wrong, nothing was started.
@@ -114,7 +114,7 @@ fn upstream(args: &UpstreamArgs) -> Result<(), Failure> {
 fn run_upstream(args: &UpstreamArgs, sim: SimulatorConfig) -> Result<(), Failure> {
     let runtime = transport_runtime(1)?;
     runtime.block_on(async {
-        let simulator = Simulator::bind(args.listen, sim)
+        let simulator = upstream::bind(args.listen, sim)
             .await
             .with_context(|| format!("binding {}", args.listen))?;
         let addr = simulator

@@ -13,6 +13,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     config::{ServeConfig, UpstreamTarget},
+    http::HttpServer,
     lab::{
         Lab, LabState,
         backend::Backend,
@@ -21,8 +22,8 @@ use crate::{
     },
     proto::{self, lab_server::LabServer},
     runtime::OwnedRuntime,
-    telemetry::{endpoint::MetricsEndpoint, lag, metrics::Metrics},
-    upstream::Simulator,
+    telemetry::{endpoint, lag, metrics::Metrics},
+    upstream,
 };
 
 /// Largest request or reply message: lab messages are tiny, so 1 MiB leaves ample room while
@@ -78,9 +79,9 @@ pub struct Server {
     lab: Lab,
     /// Dropped last: handlers must be gone before their runtime.
     lab_runtime: OwnedRuntime,
-    simulator: Option<Simulator>,
+    simulator: Option<HttpServer>,
     upstream_url: String,
-    metrics_endpoint: Option<MetricsEndpoint>,
+    metrics_endpoint: Option<HttpServer>,
 }
 
 impl Server {
@@ -117,7 +118,7 @@ impl Server {
         let (simulator, upstream_url) = match &config.upstream {
             UpstreamTarget::Url(url) => (None, url.clone()),
             UpstreamTarget::InProcess(sim) => {
-                let simulator = Simulator::bind(SocketAddr::from(([127, 0, 0, 1], 0)), *sim)
+                let simulator = upstream::bind(SocketAddr::from(([127, 0, 0, 1], 0)), *sim)
                     .await
                     .map_err(|source| ServeError::Start {
                         what: "upstream simulator",
@@ -164,7 +165,7 @@ impl Server {
                 let state = Arc::clone(lab.state());
                 let refresh = Arc::new(move |m: &Metrics| state.sample_gauges(m));
                 Some(
-                    MetricsEndpoint::bind(addr, metrics, refresh)
+                    endpoint::bind(addr, metrics, refresh)
                         .await
                         .map_err(|source| ServeError::Bind { addr, source })?,
                 )

@@ -3,7 +3,7 @@
 //! Prometheus asks for OpenMetrics and gets exemplars (trace ids on latency buckets);
 //! anything else (curl, promtool) gets the classic text format 0.0.4.
 
-use std::{future::Future, io, net::SocketAddr, sync::Arc};
+use std::{io, net::SocketAddr, sync::Arc};
 
 use axum::{
     Router,
@@ -47,36 +47,18 @@ async fn scrape(State(scrape): State<Scrape>, headers: HeaderMap) -> Response {
     }
 }
 
-/// A bound metrics endpoint.
-#[derive(Debug)]
-pub struct MetricsEndpoint(HttpServer);
-
-impl MetricsEndpoint {
-    /// # Errors
-    /// The I/O error if `addr` cannot be bound.
-    pub async fn bind(
-        addr: SocketAddr,
-        metrics: Arc<Metrics>,
-        refresh: Refresh,
-    ) -> io::Result<Self> {
-        let router = Router::new()
-            .route("/metrics", get(scrape))
-            .with_state(Scrape { metrics, refresh });
-        HttpServer::bind(addr, router).await.map(Self)
-    }
-
-    /// # Errors
-    /// The I/O error if the listener has no local address.
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.0.local_addr()
-    }
-
-    /// # Errors
-    /// The I/O error that stopped the server.
-    pub async fn run_until(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> io::Result<()> {
-        self.0.run_until(shutdown).await
-    }
+/// Binds the metrics endpoint: its address is known before it serves
+/// (`HttpServer::run_until`).
+///
+/// # Errors
+/// The I/O error if `addr` cannot be bound.
+pub async fn bind(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    refresh: Refresh,
+) -> io::Result<HttpServer> {
+    let router = Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(Scrape { metrics, refresh });
+    HttpServer::bind(addr, router).await
 }

@@ -7,7 +7,6 @@
 //! Prometheus page: what the upstream itself saw of each `/work` call (see [`SimMetrics`]).
 
 use std::{
-    future::Future,
     io,
     net::SocketAddr,
     sync::Arc,
@@ -260,33 +259,12 @@ pub fn router(config: SimulatorConfig) -> Router {
         )
 }
 
-/// A bound simulator: its address is known before it serves.
-#[derive(Debug)]
-pub struct Simulator(HttpServer);
-
-impl Simulator {
-    /// # Errors
-    /// The I/O error if `addr` cannot be bound.
-    pub async fn bind(addr: SocketAddr, config: SimulatorConfig) -> io::Result<Self> {
-        HttpServer::bind(addr, router(config)).await.map(Self)
-    }
-
-    /// # Errors
-    /// The I/O error if the listener has no local address.
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.0.local_addr()
-    }
-
-    /// Serves until `shutdown` resolves, then lets in-flight calls finish.
-    ///
-    /// # Errors
-    /// The I/O error that stopped the server.
-    pub async fn run_until(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> io::Result<()> {
-        self.0.run_until(shutdown).await
-    }
+/// Binds the simulator: its address is known before it serves (`HttpServer::run_until`).
+///
+/// # Errors
+/// The I/O error if `addr` cannot be bound.
+pub async fn bind(addr: SocketAddr, config: SimulatorConfig) -> io::Result<HttpServer> {
+    HttpServer::bind(addr, router(config)).await
 }
 
 #[cfg(test)]
@@ -317,7 +295,7 @@ mod tests {
             latency_ms: 0,
             ..SimulatorConfig::default()
         };
-        let simulator = Simulator::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config)
+        let simulator = bind(SocketAddr::from(([127, 0, 0, 1], 0)), config)
             .await
             .expect("binds a loopback port");
         let base = format!("http://{}", simulator.local_addr().expect("bound"));

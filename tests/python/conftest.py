@@ -13,6 +13,7 @@ Install the client side with::
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 import queue
@@ -35,6 +36,17 @@ LAB_PROTO = Path("holdup/v1/lab.proto")
 # The options every test in this suite relies on (bounds such as key <= 2000
 # follow from --seed-rows).
 SEED_ROWS = 2000
+
+# CpuBound's hash chain starts from sha256(b"holdup"); chain() recomputes its digest.
+SEED = hashlib.sha256(b"holdup").digest()
+
+
+def chain(seed: bytes, rounds: int) -> str:
+    """sha256 applied `rounds` times to `seed`, hex: what CpuBound returns as `digest`."""
+    digest = seed
+    for _ in range(rounds):
+        digest = hashlib.sha256(digest).digest()
+    return digest.hex()
 WORKERS = 2
 
 START_TIMEOUT_S = 60

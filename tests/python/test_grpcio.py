@@ -15,7 +15,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import SEED_ROWS
+from conftest import SEED, SEED_ROWS, chain
 
 # Upper bound for any single call, so a hung server fails a test instead of
 # hanging the suite.
@@ -33,14 +33,6 @@ VERDICTS = {
     "timer",
 }
 
-SEED = hashlib.sha256(b"holdup").digest()
-
-
-def chain(seed: bytes, rounds: int) -> str:
-    digest = seed
-    for _ in range(rounds):
-        digest = hashlib.sha256(digest).digest()
-    return digest.hex()
 
 
 @pytest.fixture(scope="module")

@@ -7,17 +7,15 @@ Unavailable 14 -> 78).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import subprocess
 
 import pytest
 
-from conftest import PROTO_ROOT, LAB_PROTO, SEED_ROWS
+from conftest import PROTO_ROOT, LAB_PROTO, SEED, SEED_ROWS, chain
 
 RUN_TIMEOUT_S = 30
-SEED = hashlib.sha256(b"holdup").digest()
 LAB_RPCS = {
     "Fast": ("FastRequest", "FastReply"),
     "SlowBackend": ("SlowBackendRequest", "SlowBackendReply"),
@@ -25,13 +23,6 @@ LAB_RPCS = {
     "Sleep": ("SleepRequest", "SleepReply"),
     "UpstreamCall": ("UpstreamCallRequest", "UpstreamCallReply"),
 }
-
-
-def chain(seed: bytes, rounds: int) -> str:
-    digest = seed
-    for _ in range(rounds):
-        digest = hashlib.sha256(digest).digest()
-    return digest.hex()
 
 
 @pytest.fixture(scope="module")
