@@ -15,8 +15,10 @@ use holdup::proto::{
     lab_server::{Lab, LabServer},
 };
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::{Request, Response, Status, transport::Server};
+use tonic::{
+    Request, Response, Status,
+    transport::{Server, server::TcpIncoming},
+};
 
 /// Threads of the server's runtime when none are given: as many as `holdup serve` uses for
 /// its handlers by default on the two-core machines this is measured on.
@@ -93,13 +95,11 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("binding {addr}"))?;
         let bound = listener.local_addr().context("reading the bound address")?;
         println!("bare_echo listening on {bound} ({threads} threads)");
+        // Nagle off, as holdup does: the comparison is of request paths, not of socket options.
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         Server::builder()
-            .tcp_nodelay(true)
             .add_service(LabServer::new(Bare))
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
-                holdup::shutdown::signal(),
-            )
+            .serve_with_incoming_shutdown(incoming, holdup::shutdown::signal())
             .await
             .context("serving")
     })

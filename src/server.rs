@@ -7,8 +7,7 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server as TonicServer;
+use tonic::transport::{Server as TonicServer, server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
@@ -267,12 +266,11 @@ impl Server {
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
-            .tcp_nodelay(true)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(lab)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async move {
+            .serve_with_incoming_shutdown(accepted(self.listener), async move {
                 let _ = drain_rx.await;
             });
         tokio::pin!(serve);
@@ -319,6 +317,13 @@ impl Server {
         drop(self.lab_runtime);
         result.map_err(ServeError::Transport)
     }
+}
+
+/// The accepted connections, with Nagle's algorithm off. The builder's `tcp_nodelay` applies
+/// only to listeners tonic binds itself; on a listener bound here it is ignored, and a reply
+/// written as more than one segment then waits for the client's delayed ACK (40 ms on Linux).
+fn accepted(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// Reads the PEM identity named by the configuration.
