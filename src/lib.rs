@@ -10,11 +10,12 @@
 //! - [`server`]: binds and assembles the tonic server (Lab, health, reflection) and drains it
 //!   on shutdown; [`shutdown`] turns signals into a future.
 //! - [`runtime`]: the lab runtime the handlers run on, apart from the transport runtime.
-//! - [`lab`]: the service, one module per cause: `fast`, `backend`, `cpu` (+ `compute_pool`),
-//!   `sleep`, `upstream` (+ `retry`), and the shared request runner in `lab/mod.rs`.
+//! - [`lab`]: the service, one module per cause: `fast`, `backend`, `cpu`, `sleep`, `upstream`
+//!   (the HTTP client side); the request runner in `lab/mod.rs`; and in `lab/support` what the
+//!   causes share (admission, deadline, validation, retries, the compute pool, the error type).
 //! - [`telemetry`]: the per-request delay split and the one tracing subscriber.
-//! - [`upstream`]: the HTTP upstream simulator (`holdup upstream`); [`http`]: the small bound
-//!   HTTP server it and the metrics endpoint share.
+//! - [`simulator`]: the HTTP upstream simulator (`holdup upstream`); [`http_server`]: the small
+//!   bound HTTP server it and the metrics endpoint share.
 //! - [`proto`]: the generated `holdup.v1` code and its descriptor set.
 //! - [`load`]: the load generator (`holdup load`): open and closed loops, HDR histograms,
 //!   a `Fast` probe beside the load, text and JSON reports.
@@ -25,12 +26,12 @@
 pub mod cli;
 pub mod config;
 pub mod experiment;
-pub mod http;
+pub mod http_server;
 pub mod lab;
 pub mod load;
 pub mod proto;
 pub mod runtime;
 pub mod server;
 pub mod shutdown;
+pub mod simulator;
 pub mod telemetry;
-pub mod upstream;

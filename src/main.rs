@@ -10,7 +10,7 @@ use holdup::{
     server::Server,
     shutdown,
     telemetry::subscriber::{self, Telemetry, TelemetryConfig},
-    upstream,
+    simulator,
 };
 
 /// sysexits.h EX_USAGE: the configuration was wrong, nothing was started.
@@ -114,7 +114,7 @@ fn upstream(args: &UpstreamArgs) -> Result<(), Failure> {
 fn run_upstream(args: &UpstreamArgs, sim: SimulatorConfig) -> Result<(), Failure> {
     let runtime = transport_runtime(1)?;
     runtime.block_on(async {
-        let simulator = upstream::bind(args.listen, sim)
+        let simulator = simulator::bind(args.listen, sim)
             .await
             .with_context(|| format!("binding {}", args.listen))?;
         let addr = simulator

@@ -12,17 +12,17 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     config::{ServeConfig, UpstreamTarget},
-    http::HttpServer,
+    http_server::HttpServer,
     lab::{
         Lab, LabState,
         backend::Backend,
-        compute_pool::ComputePool,
+        support::compute_pool::ComputePool,
         upstream::{UpstreamClient, UpstreamMetrics},
     },
     proto::{self, lab_server::LabServer},
     runtime::OwnedRuntime,
     telemetry::{endpoint, lag, metrics::Metrics},
-    upstream,
+    simulator,
 };
 
 /// Largest request or reply message: lab messages are tiny, so 1 MiB leaves ample room while
@@ -51,7 +51,7 @@ pub enum ServeError {
         source: std::io::Error,
     },
     #[error("cannot set up the lab database: {0}")]
-    Database(#[source] crate::lab::error::LabError),
+    Database(#[source] crate::lab::support::error::LabError),
     #[error("cannot build the upstream HTTP client: {0}")]
     UpstreamClient(#[source] reqwest::Error),
     #[error("cannot build the reflection service: {0}")]
@@ -117,7 +117,7 @@ impl Server {
         let (simulator, upstream_url) = match &config.upstream {
             UpstreamTarget::Url(url) => (None, url.clone()),
             UpstreamTarget::InProcess(sim) => {
-                let simulator = upstream::bind(SocketAddr::from(([127, 0, 0, 1], 0)), *sim)
+                let simulator = simulator::bind(SocketAddr::from(([127, 0, 0, 1], 0)), *sim)
                     .await
                     .map_err(|source| ServeError::Start {
                         what: "upstream simulator",
@@ -156,7 +156,7 @@ impl Server {
             compute: Arc::new(compute),
             upstream,
             metrics: Arc::clone(&metrics),
-            admission: crate::lab::admission::Admission::new(&config.limits),
+            admission: crate::lab::support::admission::Admission::new(&config.limits),
         });
         let metrics_endpoint = match config.metrics_addr {
             None => None,

@@ -12,7 +12,7 @@ use holdup::{
         CpuBoundRequest, CpuMode, FastRequest, Query, SleepMode, SleepRequest, SlowBackendRequest,
         UpstreamCallRequest,
     },
-    upstream,
+    simulator,
 };
 use tonic::{Code, Request};
 
@@ -209,7 +209,7 @@ async fn the_upstream_can_die_and_come_back() {
         ..SimulatorConfig::default()
     };
     let start_upstream = |addr| async move {
-        let simulator = upstream::bind(addr, sim).await.expect("bind upstream");
+        let simulator = simulator::bind(addr, sim).await.expect("bind upstream");
         let stop = tokio_util::sync::CancellationToken::new();
         let task = tokio::spawn(simulator.run_until(stop.clone().cancelled_owned()));
         (stop, task)

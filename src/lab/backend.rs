@@ -16,7 +16,7 @@ use tempfile::TempDir;
 use tokio::sync::OnceCell;
 use tracing::Instrument;
 
-use super::{error::LabError, validate};
+use super::support::{error::LabError, validate};
 use crate::{
     config::{Database, DatabaseConfig, Limits},
     proto::{Query, SlowBackendReply, SlowBackendRequest},

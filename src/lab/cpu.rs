@@ -14,7 +14,7 @@ use std::{
 use sha2::{Digest, Sha256};
 use tracing::{Instrument, Span};
 
-use super::{compute_pool::ComputePool, error::LabError, validate};
+use super::support::{compute_pool::ComputePool, error::LabError, validate};
 use crate::{
     config::Limits,
     proto::{CpuBoundReply, CpuBoundRequest, CpuMode},

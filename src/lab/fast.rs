@@ -1,6 +1,6 @@
 //! `Fast`: the canary. It does nothing, so any latency it shows was caused by someone else.
 
-use super::error::LabError;
+use super::support::error::LabError;
 use crate::proto::{FastReply, FastRequest};
 
 /// Longest echo accepted: the canary must stay cheap.

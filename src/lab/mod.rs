@@ -2,17 +2,12 @@
 //! validating a request, running its handler on the lab runtime under a monitor of its own,
 //! honouring the caller's deadline, and attaching the delay split to the reply.
 
-pub mod admission;
 pub mod backend;
-pub mod compute_pool;
 pub mod cpu;
-pub mod deadline;
-pub mod error;
 pub mod fast;
-pub mod retry;
 pub mod sleep;
+pub mod support;
 pub mod upstream;
-pub mod validate;
 
 use std::{future::Future, sync::Arc, time::Instant};
 
@@ -34,7 +29,7 @@ use crate::{
         watchdog::{self, LongPollSink},
     },
 };
-use error::LabError;
+use support::{admission, compute_pool, deadline, error::LabError};
 
 /// What every lab handler shares.
 #[derive(Debug)]

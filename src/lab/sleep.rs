@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{error::LabError, validate};
+use super::support::{error::LabError, validate};
 use crate::{
     config::Limits,
     proto::{SleepMode, SleepReply, SleepRequest},

@@ -9,7 +9,7 @@ use prometheus_client::metrics::{counter::Counter, family::Family, histogram::Hi
 use tracing::{Instrument, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::{error::LabError, retry, validate};
+use super::support::{error::LabError, retry, validate};
 use crate::{
     config::Limits,
     proto::{UpstreamAttempt, UpstreamCallReply, UpstreamCallRequest},
@@ -18,7 +18,7 @@ use crate::{
         metrics::{Metrics, OutcomeLabels},
         otel,
     },
-    upstream::{MAX_LATENCY_MS, WorkParams, WorkReply},
+    simulator::{MAX_LATENCY_MS, WorkParams, WorkReply},
 };
 
 /// The attempt metrics the client records into.

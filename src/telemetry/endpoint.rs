@@ -14,7 +14,7 @@ use axum::{
 };
 
 use super::metrics::Metrics;
-use crate::http::HttpServer;
+use crate::http_server::HttpServer;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 

@@ -29,7 +29,7 @@ use prometheus_client::{
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::{config::SimulatorConfig, http::HttpServer};
+use crate::{config::SimulatorConfig, http_server::HttpServer};
 
 /// Longest latency or jitter one call may ask for.
 pub const MAX_LATENCY_MS: u32 = 60_000;
