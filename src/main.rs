@@ -8,9 +8,8 @@ use holdup::{
     cli::{Cli, Command, ServeArgs, UpstreamArgs},
     config::{ServeConfig, SimulatorConfig},
     server::Server,
-    shutdown,
+    shutdown, simulator,
     telemetry::subscriber::{self, Telemetry, TelemetryConfig},
-    simulator,
 };
 
 /// sysexits.h EX_USAGE: the configuration was wrong, nothing was started.

@@ -21,8 +21,8 @@ use crate::{
     },
     proto::{self, lab_server::LabServer},
     runtime::OwnedRuntime,
-    telemetry::{endpoint, lag, metrics::Metrics},
     simulator,
+    telemetry::{endpoint, lag, metrics::Metrics},
 };
 
 /// Largest request or reply message: lab messages are tiny, so 1 MiB leaves ample room while

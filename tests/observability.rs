@@ -4,6 +4,8 @@
 //! One tracing subscriber per process: every test here shares it and the collector, and picks
 //! its own spans out by trace id.
 
+// A binary of its own (it installs the global subscriber) that uses part of the harness.
+#[allow(dead_code)]
 mod common;
 
 use std::{net::SocketAddr, sync::OnceLock, time::Duration};

@@ -3,7 +3,7 @@
 # project's own files (Debian packages, a hash-pinned Python venv), checks formatting and
 # lints, then runs the Rust tests (unit + integration against real servers on loopback) and
 # the Python tests (grpcio and the grpcurl binary against the real holdup binary).
-# PostgreSQL: a throwaway cluster on a loopback port for the Rust tests (tests/postgres.rs),
+# PostgreSQL: a throwaway cluster on a loopback port for the Rust tests (tests/it/postgres.rs),
 # started here and stopped on exit. Deploy files: tests/python/test_deploy.py validates them,
 # tests/python/test_prometheus.py runs every dashboard query against a real Prometheus.
 #
@@ -63,7 +63,7 @@ pg_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0
 pg_opts="-c listen_addresses=127.0.0.1 -p $pg_port -k $pg_dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
 "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/server.log" -w -t 60 -o "$pg_opts" \
     start >/dev/null || { cat "$pg_dir/server.log" >&2; exit 1; }
-# The fault test (tests/postgres_restart.rs) stops and starts this very server:
+# The fault test (tests/it/postgres_restart.rs) stops and starts this very server:
 # `sh -c "$HOLDUP_TEST_PG_CTL stop"` / `… start`.
 export HOLDUP_TEST_PG_CTL="${as_pg[*]} $pg_bin/pg_ctl -D $pg_dir/data -l $pg_dir/server.log -w -t 60 -m fast -o '$pg_opts'"
 "${as_pg[@]}" "$pg_bin/createdb" -h 127.0.0.1 -p "$pg_port" -U postgres holdup_test

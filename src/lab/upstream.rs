@@ -13,12 +13,12 @@ use super::support::{error::LabError, retry, validate};
 use crate::{
     config::Limits,
     proto::{UpstreamAttempt, UpstreamCallReply, UpstreamCallRequest},
+    simulator::{MAX_LATENCY_MS, WorkParams, WorkReply},
     telemetry::{
         diagnostics::micros,
         metrics::{Metrics, OutcomeLabels},
         otel,
     },
-    simulator::{MAX_LATENCY_MS, WorkParams, WorkReply},
 };
 
 /// The attempt metrics the client records into.

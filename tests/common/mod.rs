@@ -1,6 +1,5 @@
 //! Shared test harness: a real holdup server on a random loopback port, and a real tonic
 //! client connected to it.
-#![allow(dead_code)] // each test crate uses a different part of the harness
 
 pub mod collector;
 
@@ -17,13 +16,22 @@ use tonic::transport::Channel;
 pub struct TestApp {
     pub addr: SocketAddr,
     pub metrics_addr: SocketAddr,
-    pub upstream_url: String,
     pub client: LabClient<Channel>,
     stop: Option<oneshot::Sender<()>>,
     serving: Option<JoinHandle<Result<(), ServeError>>>,
 }
 
 static TRACING: Once = Once::new();
+
+/// Held by every test that measures latency or loads the machine: on two shared cores, two
+/// such tests at once would measure each other.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Waits until no other latency-measuring or machine-loading test runs, and keeps it so until
+/// the guard is dropped.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
+}
 
 /// Logs go to the test output only when `TEST_LOG` is set.
 fn init_tracing() {
@@ -48,7 +56,6 @@ pub async fn spawn_with(adjust: impl FnOnce(&mut ServeConfig)) -> TestApp {
     let server = Server::build(config).await.expect("server builds");
     let addr = server.local_addr();
     let metrics_addr = server.metrics_addr().expect("test servers serve metrics");
-    let upstream_url = server.upstream_url().to_owned();
     let (stop, stopped) = oneshot::channel::<()>();
     let serving = tokio::spawn(server.run_until(async {
         let _ = stopped.await;
@@ -56,7 +63,6 @@ pub async fn spawn_with(adjust: impl FnOnce(&mut ServeConfig)) -> TestApp {
     TestApp {
         addr,
         metrics_addr,
-        upstream_url,
         client: client(addr).await,
         stop: Some(stop),
         serving: Some(serving),

@@ -8,9 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-mod common;
-
-use common::collector::Collector;
+use crate::common::collector::Collector;
 use holdup::proto::{FastRequest, SleepMode, SleepRequest, lab_client::LabClient};
 use tonic::transport::Channel;
 use tonic_health::pb::{
@@ -183,8 +181,17 @@ async fn spans_still_buffered_are_flushed_at_exit() {
             .unwrap();
     assert_eq!(status.code(), Some(0));
     let spans = collector.trace(&trace_id, 1, Duration::from_secs(2)).await;
-    assert!(
-        spans.iter().any(|s| s.span.name == "holdup.v1.Lab/Fast"),
-        "the Fast span was not flushed at exit: {spans:?}"
+    let server = spans
+        .iter()
+        .find(|s| s.span.name == "holdup.v1.Lab/Fast")
+        .unwrap_or_else(|| panic!("the Fast span was not flushed at exit: {spans:?}"));
+    // The whole span arrived, from the right process, as the root of its trace.
+    assert_eq!(server.service, "holdup");
+    assert_eq!(server.span_id().len(), 16, "{server:?}");
+    assert_eq!(
+        server.parent_id(),
+        "",
+        "a call without traceparent starts a trace"
     );
+    assert_eq!(server.attr("rpc.method").as_deref(), Some("Fast"));
 }

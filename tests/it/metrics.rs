@@ -1,11 +1,9 @@
 //! The Prometheus endpoint: after every RPC has run, the scrape is valid for `promtool check
 //! metrics` and holds the series that dashboards and alerts rely on.
 
-mod common;
-
 use std::{io::Write, process::Stdio};
 
-use common::{require_tool, sample, spawn_app};
+use crate::common::{require_tool, sample, spawn_app};
 use holdup::proto::{
     CpuBoundRequest, CpuMode, FastRequest, Query, SleepMode, SleepRequest, SlowBackendRequest,
     UpstreamCallRequest,

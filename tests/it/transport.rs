@@ -3,11 +3,9 @@
 //! With Nagle on, a reply written as several small segments waits for the client's delayed
 //! ACK (about 40 ms on Linux) on a fresh connection: every grpcurl call is one.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{client, spawn_app};
+use crate::common::{client, spawn_app};
 use holdup::proto::FastRequest;
 
 /// Fresh connections tried; with Nagle on, a few of 40 first calls stall (2 of 20 when measured).
@@ -17,6 +15,7 @@ const STALL: Duration = Duration::from_millis(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_calls_on_fresh_connections_do_not_wait_for_a_delayed_ack() {
+    let _serial = crate::common::serial().await;
     let app = spawn_app().await;
     let mut slowest = Duration::ZERO;
     let mut stalled = 0;

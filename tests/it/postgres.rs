@@ -7,11 +7,9 @@
 //! `tests/run.sh` starts a throwaway cluster on a loopback port and sets the variable. Without
 //! it the tests skip with a note on stderr, or fail when `CI` is set.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{TestApp, client, diagnostics, ms, spawn_with};
+use crate::common::{TestApp, client, diagnostics, ms, spawn_with};
 use holdup::{
     config::Database,
     proto::{Query, SlowBackendReply, SlowBackendRequest},
@@ -20,9 +18,6 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use tonic::Code;
 
 const URL_VAR: &str = "HOLDUP_TEST_DATABASE_URL";
-
-/// These tests measure waits and holds; one at a time keeps them from loading each other.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A database of its own for one test, on the server `HOLDUP_TEST_DATABASE_URL` points at.
 struct TestDb {
@@ -147,7 +142,7 @@ fn with_database_replaces_only_the_path() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_query_runs_on_postgres_against_the_seeded_rows() {
-    let _serial = SERIAL.lock().await;
+    let _serial = crate::common::serial().await;
     let Some(db) = TestDb::create("queries").await else {
         return;
     };
@@ -185,7 +180,7 @@ async fn every_query_runs_on_postgres_against_the_seeded_rows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hold_is_pg_sleep_in_the_server() {
-    let _serial = SERIAL.lock().await;
+    let _serial = crate::common::serial().await;
     let Some(db) = TestDb::create("hold").await else {
         return;
     };
@@ -245,14 +240,14 @@ async fn the_hold_is_pg_sleep_in_the_server() {
 /// 400 ms holds queues for the first one's hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_pool_makes_the_second_caller_queue_for_the_first_ones_hold() {
-    let _serial = SERIAL.lock().await;
+    let _serial = crate::common::serial().await;
     let Some(db) = TestDb::create("contention").await else {
         return;
     };
     let app = spawn_on(&db, 1, ms(2_000)).await;
     call(&app, request(0, Query::None, 0)).await; // seeded before the race starts
 
-    let (_first, second) = common::two_holds_on_one_connection(app.addr, 400).await;
+    let (_first, second) = crate::common::two_holds_on_one_connection(app.addr, 400).await;
     let d = diagnostics(&second.diagnostics);
     // Its queue (the first one's hold) and its own hold are equally long: either may lead.
     assert!(
@@ -267,7 +262,7 @@ async fn full_pool_makes_the_second_caller_queue_for_the_first_ones_hold() {
 /// Past the acquire timeout the waiting caller is refused with UNAVAILABLE naming the pool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wait_past_the_acquire_timeout_is_unavailable() {
-    let _serial = SERIAL.lock().await;
+    let _serial = crate::common::serial().await;
     let Some(db) = TestDb::create("timeout").await else {
         return;
     };
@@ -310,7 +305,7 @@ async fn a_wait_past_the_acquire_timeout_is_unavailable() {
 /// free for the next caller at once instead of after the rest of the `pg_sleep`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deadline_stops_pg_sleep_in_the_server() {
-    let _serial = SERIAL.lock().await;
+    let _serial = crate::common::serial().await;
     let Some(db) = TestDb::create("deadline").await else {
         return;
     };

@@ -1,9 +1,7 @@
 //! gRPC over TLS (rustls): a client that trusts the server's certificate gets answers; a
 //! plaintext client does not.
 
-mod common;
-
-use common::spawn_with;
+use crate::common::spawn_with;
 use holdup::{
     config::TlsFiles,
     proto::{FastRequest, lab_client::LabClient},

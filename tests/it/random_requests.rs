@@ -2,9 +2,7 @@
 //! of its range, never panic the server, and every refusal is INVALID_ARGUMENT naming a field.
 //! The seed is printed; `HOLDUP_FUZZ_SEED=N` replays a run.
 
-mod common;
-
-use common::spawn_with;
+use crate::common::spawn_with;
 use holdup::proto::{
     CpuBoundRequest, FastRequest, SleepRequest, SlowBackendRequest, UpstreamCallRequest,
 };

@@ -1,11 +1,9 @@
 //! Deadlines, cancellation, overload and faults, against real servers: work stops when its
 //! caller stops waiting, excess is refused at once, dependencies can die and come back.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{TestApp, client, ms, spawn_with};
+use crate::common::{TestApp, client, ms, spawn_with};
 use holdup::{
     config::{Database, SimulatorConfig, UpstreamTarget},
     proto::{
@@ -214,7 +212,7 @@ async fn the_upstream_can_die_and_come_back() {
         let task = tokio::spawn(simulator.run_until(stop.clone().cancelled_owned()));
         (stop, task)
     };
-    let addr = common::free_port();
+    let addr = crate::common::free_port();
     let (stop, task) = start_upstream(addr).await;
     let mut app = spawn_with(|c| c.upstream = UpstreamTarget::Url(format!("http://{addr}"))).await;
     let call = UpstreamCallRequest {
@@ -253,7 +251,7 @@ async fn the_upstream_can_die_and_come_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_database_is_unavailable_not_fatal() {
-    let dead = common::free_port();
+    let dead = crate::common::free_port();
     let mut app = spawn_with(|c| {
         c.db.database = Database::Url(format!("postgres://holdup@{dead}/holdup"));
         c.db.acquire_timeout = ms(500);

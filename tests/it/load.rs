@@ -4,19 +4,14 @@
 //! Bounds are generous (two shared cores): the checks are about counts, and about a one
 //! second stall being impossible to miss, not about milliseconds.
 
-mod common;
-
 use std::{process::Output, time::Duration};
 
-use common::{client, ms, spawn_app};
+use crate::common::{client, ms, spawn_app};
 use holdup::{
     load::report::LoadReport,
     proto::{SleepMode, SleepRequest},
 };
 use tokio::process::Command;
-
-/// One load run at a time: they measure latency and must not load each other's cores.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// How long a stall lasts: both lab workers sleep on their threads this long.
 const STALL_MS: u32 = 1_000;
@@ -73,7 +68,7 @@ async fn stall(addr: std::net::SocketAddr) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_loop_sends_at_the_offered_rate_and_counts_every_call() {
-    let _serial = SERIAL.lock().await;
+    let _serial = crate::common::serial().await;
     let app = spawn_app().await;
     let target = format!("http://{}", app.addr);
 
@@ -127,7 +122,7 @@ async fn open_loop_sends_at_the_offered_rate_and_counts_every_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stall_shows_in_the_open_loop_p99_and_as_a_rate_drop_in_the_closed_loop() {
-    let _serial = SERIAL.lock().await;
+    let _serial = crate::common::serial().await;
     let app = spawn_app().await;
     let target = format!("http://{}", app.addr);
     let base = [
@@ -219,7 +214,7 @@ fn spawn_run(base: &[&str], extra: &[&str]) -> tokio::task::JoinHandle<Output> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_text_table_names_the_rpc_and_its_percentiles() {
-    let _serial = SERIAL.lock().await;
+    let _serial = crate::common::serial().await;
     let app = spawn_app().await;
     let target = format!("http://{}", app.addr);
 

@@ -1,10 +1,8 @@
 //! Every RPC and every mode through the real tonic client, and bad input for every field.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{diagnostics, ms, spawn_app, spawn_with};
+use crate::common::{diagnostics, ms, spawn_app, spawn_with};
 use holdup::proto::{
     CpuBoundRequest, CpuMode, FastRequest, Query, SleepMode, SleepRequest, SlowBackendRequest,
     UpstreamCallRequest,

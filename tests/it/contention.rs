@@ -4,15 +4,13 @@
 //! Bounds are generous on purpose (2 shared cores): the blocked case must cost the probe at
 //! least half the blocking time, the fixed cases well under half.
 
-mod common;
-
 use std::{
     future::Future,
     pin::Pin,
     time::{Duration, Instant},
 };
 
-use common::{TestApp, client, diagnostics, ms, spawn_app, spawn_with};
+use crate::common::{TestApp, client, diagnostics, ms, spawn_app, spawn_with};
 use holdup::proto::{
     CpuBoundRequest, CpuMode, Diagnostics, FastRequest, SleepMode, SleepRequest,
     lab_client::LabClient,
@@ -21,10 +19,6 @@ use tonic::transport::Channel;
 
 type Client = LabClient<Channel>;
 type Call = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-/// These tests measure one server's latency while it is loaded; run them one at a time so
-/// that they do not load each other's cores.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// How long each pressure call blocks or waits.
 const PRESSURE_MS: u64 = 600;
@@ -84,7 +78,7 @@ fn sleep(mode: SleepMode) -> impl Fn(Client) -> Call {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inline_cpu_delays_fast_and_scheduled_time_shows_it() {
-    let _serial = SERIAL.lock().await;
+    let _serial = crate::common::serial().await;
     let app = spawn_app().await;
     let (elapsed, d) = probe_under(&app, cpu(CpuMode::Inline)).await;
     assert!(
@@ -102,7 +96,7 @@ async fn inline_cpu_delays_fast_and_scheduled_time_shows_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocking_sleep_delays_fast() {
-    let _serial = SERIAL.lock().await;
+    let _serial = crate::common::serial().await;
     let app = spawn_app().await;
     let (elapsed, d) = probe_under(&app, sleep(SleepMode::Blocking)).await;
     assert!(
@@ -115,7 +109,7 @@ async fn blocking_sleep_delays_fast() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offloaded_cpu_and_async_sleep_leave_fast_alone() {
-    let _serial = SERIAL.lock().await;
+    let _serial = crate::common::serial().await;
     let app = spawn_app().await;
     for (what, elapsed, d) in [
         {
@@ -142,8 +136,8 @@ async fn offloaded_cpu_and_async_sleep_leave_fast_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_pool_makes_the_second_caller_queue_for_the_first_ones_hold() {
-    let _serial = SERIAL.lock().await;
+    let _serial = crate::common::serial().await;
     let app = spawn_with(|c| c.db.pool_size = 1).await;
-    common::two_holds_on_one_connection(app.addr, 400).await;
+    crate::common::two_holds_on_one_connection(app.addr, 400).await;
     app.shutdown().await.expect("clean shutdown");
 }

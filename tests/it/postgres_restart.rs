@@ -6,14 +6,12 @@
 //! server, without its action), both set by tests/run.sh. Kept in a test binary of its own:
 //! it stops the server that tests/postgres.rs uses, and cargo runs test binaries one at a time.
 
-mod common;
-
 use std::{
     process::Command,
     time::{Duration, Instant},
 };
 
-use common::{ms, spawn_with};
+use crate::common::{ms, spawn_with};
 use holdup::{
     config::Database,
     proto::{FastRequest, Query, SlowBackendRequest},

@@ -5,16 +5,11 @@
 //! blocks the lab workers multiplies the probe's p99 and shows as scheduled time; the fixes
 //! leave the probe's scheduled time near zero and its p99 far below the cause's.
 
-mod common;
-
 use std::{process::Output, time::Duration};
 
-use common::spawn_app;
+use crate::common::spawn_app;
 use holdup::experiment::{findings::Finding, report::ExperimentReport};
 use tokio::process::Command;
-
-/// One run at a time: they measure latency and must not load each other's cores.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A cause must multiply the probe's p99 by at least this much...
 const LARGE_FACTOR: f64 = 5.0;
@@ -112,7 +107,7 @@ fn assert_frees_the_runtime(fix: &Finding, cause: &Finding) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_quick_catalogue_shows_each_cause_and_its_fix() {
-    let _serial = SERIAL.lock().await;
+    let _serial = crate::common::serial().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let html = dir.path().join("report.html");
     let html_arg = html.to_string_lossy().into_owned();
@@ -195,7 +190,7 @@ async fn the_quick_catalogue_shows_each_cause_and_its_fix() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn against_a_target_the_experiments_needing_their_own_server_are_skipped() {
-    let _serial = SERIAL.lock().await;
+    let _serial = crate::common::serial().await;
     let app = spawn_app().await;
     let target = format!("http://{}", app.addr);
 
@@ -220,7 +215,7 @@ async fn against_a_target_the_experiments_needing_their_own_server_are_skipped()
 
 #[tokio::test]
 async fn the_markdown_table_has_a_row_per_experiment() {
-    let _serial = SERIAL.lock().await;
+    let _serial = crate::common::serial().await;
     let output = experiment(&["--quick", "--only", "fast-only"]).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}");
