@@ -158,6 +158,12 @@ pub struct ServeArgs {
     /// How often the runtime lag probe's timer fires.
     #[arg(long, env = "HOLDUP_LAG_PROBE_MS", default_value_t = 25)]
     pub lag_probe_ms: u64,
+    /// A poll of a request longer than this is a long poll (WARN on its span, counted).
+    #[arg(long, env = "HOLDUP_LONG_POLL_MS", default_value_t = crate::diagnose::DEFAULT_LONG_POLL.as_millis() as u64)]
+    pub long_poll_ms: u64,
+    /// Waits for a runtime worker at least this long are blamed on the polls that held them.
+    #[arg(long, env = "HOLDUP_BLAME_FROM_US", default_value_t = crate::diagnose::DEFAULT_BLAME_FROM.as_micros() as u64)]
+    pub blame_from_us: u64,
 }
 
 /// Flags of the tracing subscriber, shared by `serve` and `upstream`.
@@ -172,9 +178,6 @@ pub struct TelemetryArgs {
     /// How long tokio-console keeps finished tasks, in seconds.
     #[arg(long, env = "HOLDUP_CONSOLE_RETENTION_S", default_value_t = 60)]
     pub console_retention_s: u64,
-    /// A poll of a request's handler longer than this is a long poll (WARN on its span, counted).
-    #[arg(long, env = "HOLDUP_LONG_POLL_MS", default_value_t = 10)]
-    pub long_poll_ms: u64,
 }
 
 impl TelemetryArgs {
@@ -189,12 +192,6 @@ impl TelemetryArgs {
                 self.console_retention_s,
                 1,
                 86_400,
-            )?),
-            long_poll_threshold: millis(check_range(
-                "--long-poll-ms",
-                self.long_poll_ms,
-                1,
-                60_000,
             )?),
             otlp_endpoint: None,
         })
@@ -286,6 +283,16 @@ impl ServeArgs {
             },
             metrics_addr: (!self.no_metrics).then_some(self.metrics_addr),
             lag_interval: millis(check_range("--lag-probe-ms", self.lag_probe_ms, 1, 60_000)?),
+            diagnose: crate::diagnose::EngineConfig {
+                long_poll: millis(check_range("--long-poll-ms", self.long_poll_ms, 1, 60_000)?),
+                blame_from: Duration::from_micros(check_range(
+                    "--blame-from-us",
+                    self.blame_from_us,
+                    100,
+                    60_000_000,
+                )?),
+                ..crate::diagnose::EngineConfig::default()
+            },
         })
     }
 }

@@ -146,6 +146,8 @@ pub struct ServeConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// Period of the runtime lag probe.
     pub lag_interval: Duration,
+    /// The diagnosis engine's thresholds (long poll, blame).
+    pub diagnose: crate::diagnose::EngineConfig,
 }
 
 impl ServeConfig {
@@ -171,6 +173,7 @@ impl ServeConfig {
             tls: None,
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             lag_interval: Duration::from_millis(25),
+            diagnose: crate::diagnose::EngineConfig::default(),
         }
     }
 }

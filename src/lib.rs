@@ -9,6 +9,8 @@
 //! - [`cli`], [`config`]: flags and environment variables into a validated [`config::ServeConfig`].
 //! - [`server`]: binds and assembles the tonic server (Lab, health, reflection) and drains it
 //!   on shutdown; [`shutdown`] turns signals into a future.
+//! - [`diagnose`]: the diagnosis engine, a tower layer any tonic server can add: the measured
+//!   split, verdict and blame of every request (the Lab is its first user).
 //! - [`runtime`]: the lab runtime the handlers run on, apart from the transport runtime.
 //! - [`lab`]: the service, one module per cause: `fast`, `backend`, `cpu`, `sleep`, `upstream`
 //!   (the HTTP client side); the request runner in `lab/mod.rs`; and in `lab/support` what the
@@ -25,6 +27,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod diagnose;
 pub mod experiment;
 pub mod http_server;
 pub mod lab;

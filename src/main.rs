@@ -52,7 +52,9 @@ fn usage(error: impl ToString) -> Failure {
 }
 
 fn transport_runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    holdup::diagnose::install_hooks(&mut builder);
+    builder
         .worker_threads(threads)
         .thread_name("holdup-io")
         .enable_all()
@@ -144,11 +146,10 @@ fn load_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Load and experiment runs are quiet unless RUST_LOG asks for logs: a failing call is a
-/// measurement there, counted in the report, not a log line.
+/// measurement there, counted in the report, not a log line. The in-process server they may
+/// start still needs the diagnosis engine's stage layer, and trace ids to name culprits by.
 fn quiet_logs() {
-    if std::env::var_os("RUST_LOG").is_some() {
-        subscriber::init_logs_only();
-    }
+    subscriber::init_local(std::env::var_os("RUST_LOG").is_some(), true);
 }
 
 fn load(args: &holdup::load::args::LoadArgs) -> Result<(), Failure> {

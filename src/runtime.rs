@@ -28,7 +28,10 @@ impl OwnedRuntime {
     /// # Errors
     /// The I/O error if the runtime or its owner thread cannot be created.
     pub fn start(name: &str, workers: usize) -> io::Result<Self> {
-        let rt = runtime::Builder::new_multi_thread()
+        let mut builder = runtime::Builder::new_multi_thread();
+        // The diagnosis engine's poll hooks: blame can then name any task that holds a worker.
+        crate::diagnose::install_hooks(&mut builder);
+        let rt = builder
             .worker_threads(workers)
             .thread_name(name)
             .enable_all()

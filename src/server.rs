@@ -266,6 +266,11 @@ impl Server {
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
+            .layer(
+                crate::diagnose::DiagnoseLayer::new()
+                    .with_config(self.config.diagnose)
+                    .with_metrics(self.lab.state().metrics.diagnose.clone()),
+            )
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

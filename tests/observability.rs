@@ -233,7 +233,8 @@ fn long_poll_events(span: &Received) -> usize {
 async fn the_watchdog_flags_inline_work_and_not_an_async_wait() {
     world();
     let mut app = spawn_app().await;
-    let counter = "holdup_long_polls_total{grpc_method=\"CpuBound\"}";
+    let counter =
+        "holdup_long_polls_total{grpc_service=\"holdup.v1.Lab\",grpc_method=\"CpuBound\"}";
     let before = app.sample(counter).await;
     let reply = app
         .client
@@ -269,7 +270,7 @@ async fn the_watchdog_flags_inline_work_and_not_an_async_wait() {
     let spans = trace(&trace_id, 1).await;
     assert_eq!(long_poll_events(named(&spans, "holdup.v1.Lab/Sleep")), 0);
     assert_eq!(
-        app.sample("holdup_long_polls_total{grpc_method=\"Sleep\"}")
+        app.sample("holdup_long_polls_total{grpc_service=\"holdup.v1.Lab\",grpc_method=\"Sleep\"}")
             .await,
         0.0
     );

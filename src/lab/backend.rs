@@ -19,8 +19,8 @@ use tracing::Instrument;
 use super::support::{error::LabError, validate};
 use crate::{
     config::{Database, DatabaseConfig, Limits},
+    lab::micros,
     proto::{Query, SlowBackendReply, SlowBackendRequest},
-    telemetry::diagnostics::{QueueClock, micros},
 };
 
 /// SCAN counts the rows of one bucket; buckets are `id % BUCKETS`.
@@ -212,15 +212,13 @@ impl Backend {
             .map(|_| ())
     }
 
-    /// Takes a connection, holds it, runs the query. Pool wait goes to `queue`.
+    /// Takes a connection, holds it, runs the query. The wait for a connection is parked inside
+    /// the `pool.acquire` span, a stage of kind `queue`: the diagnosis engine counts it as queue
+    /// time; `db.hold` and `db.query` carry `db.system.name`, so their waits are `backend`.
     ///
     /// # Errors
     /// UNAVAILABLE when no connection frees within the acquire timeout or the database fails.
-    pub async fn run(
-        &self,
-        plan: BackendPlan,
-        queue: QueueClock,
-    ) -> Result<SlowBackendReply, LabError> {
+    pub async fn run(&self, plan: BackendPlan) -> Result<SlowBackendReply, LabError> {
         self.ensure_seeded().await?;
         let asked = Instant::now();
         let acquired = async {
@@ -230,13 +228,13 @@ impl Backend {
         .instrument(tracing::info_span!(
             target: "holdup::db",
             "pool.acquire",
+            holdup.stage = "queue",
             db.system.name = self.system(),
             holdup.pool_size = self.config.pool_size,
             holdup.waiting = self.waiting(),
         ))
         .await;
         let pool_wait = asked.elapsed();
-        queue.add(pool_wait);
         self.wait_histogram.observe(pool_wait.as_secs_f64());
         let mut conn = acquired.map_err(|e| match e {
             sqlx::Error::PoolTimedOut => LabError::PoolTimeout {

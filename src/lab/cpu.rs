@@ -17,8 +17,8 @@ use tracing::{Instrument, Span};
 use super::support::{compute_pool::ComputePool, error::LabError, validate};
 use crate::{
     config::Limits,
+    lab::micros,
     proto::{CpuBoundReply, CpuBoundRequest, CpuMode},
-    telemetry::diagnostics::{Causes, QueueClock, micros},
 };
 
 /// Most rounds one request may ask for: about 10–30 s of hashing on one core.
@@ -190,11 +190,9 @@ impl CpuPlan {
         Ok(Self { mode, budget })
     }
 
-    pub fn causes(&self) -> Causes {
-        match self.mode {
-            CpuMode::BlockingPool | CpuMode::ComputePool => Causes::waiting_on("offloaded-cpu"),
-            _ => Causes::CPU,
-        }
+    /// Whether the work runs on another thread (the handler waits for it).
+    pub fn runs_elsewhere(&self) -> bool {
+        matches!(self.mode, CpuMode::BlockingPool | CpuMode::ComputePool)
     }
 
     pub fn mode_name(&self) -> &'static str {
@@ -213,7 +211,8 @@ impl CpuPlan {
         let budget = self.budget;
         let mode = self.mode_name();
         let parent = Span::current();
-        let queued = tracing::info_span!(target: "holdup::cpu", parent: &parent, "cpu.queue", holdup.mode = mode);
+        // Stages for the diagnosis engine: the handler waits in a queue, then for offloaded work.
+        let queued = tracing::info_span!(target: "holdup::cpu", parent: &parent, "cpu.queue", holdup.stage = "queue", holdup.mode = mode);
         let enqueued = Instant::now();
         move |measured| {
             let waited = if measured.is_zero() {
@@ -222,16 +221,12 @@ impl CpuPlan {
                 measured
             };
             drop(queued);
-            let _work = tracing::info_span!(target: "holdup::cpu", parent: &parent, "cpu.work", holdup.mode = mode).entered();
+            let _work = tracing::info_span!(target: "holdup::cpu", parent: &parent, "cpu.work", holdup.stage = "offloaded", holdup.mode = mode).entered();
             (Job::new(budget).run_to_end(&flag), waited)
         }
     }
 
-    pub async fn run(
-        self,
-        compute: Arc<ComputePool>,
-        queue: QueueClock,
-    ) -> Result<CpuBoundReply, LabError> {
+    pub async fn run(self, compute: Arc<ComputePool>) -> Result<CpuBoundReply, LabError> {
         let cancel = CancelOnDrop::default();
         let mode = self.mode_name();
         let work_span =
@@ -269,7 +264,6 @@ impl CpuPlan {
                 .map_err(|_| LabError::ShuttingDown)?,
             CpuMode::Unspecified => unreachable!("CpuPlan::new refuses an unspecified mode"),
         };
-        queue.add(waited);
         let done = done.ok_or(LabError::ShuttingDown)?;
         Ok(CpuBoundReply {
             digest: done.chain.digest_hex(),

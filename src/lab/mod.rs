@@ -1,9 +1,11 @@
 //! The `holdup.v1.Lab` service: one file per cause of delay, and here the part they share —
-//! validating a request, running its handler on the lab runtime under a monitor of its own,
-//! honouring the caller's deadline, and attaching the delay split to the reply.
+//! validating a request, running its handler as a task of its own on the lab runtime (measured
+//! as the request by the diagnosis engine), honouring the caller's deadline, and putting the
+//! engine's report in the reply.
 
 pub mod backend;
 pub mod cpu;
+mod diagnostics;
 pub mod fast;
 pub mod sleep;
 pub mod support;
@@ -12,24 +14,22 @@ pub mod upstream;
 use std::{future::Future, sync::Arc, time::Instant};
 
 use tokio::{runtime, task::JoinHandle};
-use tokio_metrics::TaskMonitor;
-use tonic::{Code, Request, Response, Status, metadata::MetadataValue};
-use tracing::{Instrument, field::Empty};
+use tonic::{Code, Request, Response, Status};
+use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::{
     config::Limits,
+    diagnose::Diagnosis,
     proto::{self, lab_server},
-    runtime::spawn_named,
-    server::LAB_SERVICE,
-    telemetry::{
-        diagnostics::{Causes, QueueClock, Split, Timed},
-        metrics::{Metrics, RpcLabels, SplitLabels, VerdictLabels},
-        otel,
-        watchdog::{self, LongPollSink},
-    },
+    telemetry::metrics::{Metrics, RpcLabels},
 };
 use support::{admission, compute_pool, deadline, error::LabError};
+
+/// Microseconds of `d`, as replies report durations.
+pub(crate) fn micros(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
 
 /// What every lab handler shares.
 #[derive(Debug)]
@@ -95,45 +95,37 @@ with_diagnostics!(
 struct Call {
     rpc: &'static str,
     mode: &'static str,
-    causes: Causes,
     deadline: Option<Instant>,
-    /// The server span (OpenTelemetry RPC conventions), continuing the caller's trace.
-    span: tracing::Span,
+    /// The request's diagnosis (and server span), from the diagnosis layer.
+    diagnosis: Diagnosis,
 }
 
 impl Call {
-    fn new<T>(rpc: &'static str, mode: &'static str, causes: Causes, request: &Request<T>) -> Self {
+    /// # Errors
+    /// INTERNAL when the server was built without the diagnosis layer, which the Lab needs.
+    fn new<T>(rpc: &'static str, mode: &'static str, request: &Request<T>) -> Result<Self, Status> {
         let deadline =
             deadline::grpc_timeout(request.metadata()).map(|timeout| Instant::now() + timeout);
-        let span = tracing::info_span!(
-            target: "holdup::rpc",
-            "rpc",
-            otel.name = format!("{LAB_SERVICE}/{rpc}"),
-            otel.kind = "server",
-            otel.status_code = Empty,
-            otel.status_message = Empty,
-            rpc.system = "grpc",
-            rpc.service = LAB_SERVICE,
-            rpc.method = rpc,
-            rpc.grpc.status_code = Empty,
-            holdup.mode = mode,
-            holdup.total_us = Empty,
-            holdup.busy_us = Empty,
-            holdup.scheduled_us = Empty,
-            holdup.idle_us = Empty,
-            holdup.queue_us = Empty,
-            holdup.polls = Empty,
-            holdup.max_poll_us = Empty,
-            holdup.verdict = Empty,
-        );
-        // Only fails if the span has already started, which it cannot have.
-        let _ = span.set_parent(otel::extract(request.metadata()));
-        Self {
+        let diagnosis = Diagnosis::of(request)
+            .cloned()
+            .ok_or_else(|| Status::internal("the Lab needs the diagnosis layer"))?;
+        if !mode.is_empty() {
+            diagnosis.span().set_attribute("holdup.mode", mode);
+        }
+        Ok(Self {
             rpc,
             mode,
-            causes,
             deadline,
-            span,
+            diagnosis,
+        })
+    }
+
+    /// The handler task's name: the RPC and its mode, as tokio-console shows it.
+    fn label(&self) -> String {
+        if self.mode.is_empty() {
+            self.rpc.to_owned()
+        } else {
+            format!("{} {}", self.rpc, self.mode)
         }
     }
 }
@@ -178,13 +170,9 @@ impl Lab {
         &self.state
     }
 
-    /// Runs `handler` as a task of its own on the lab runtime, measures it, and reports the
-    /// result on the reply, the span and the metrics.
-    async fn run<R, F>(
-        &self,
-        call: Call,
-        handler: impl FnOnce(QueueClock) -> F,
-    ) -> Result<Response<R>, Status>
+    /// Runs `handler` as a task of its own on the lab runtime, measured as the request by the
+    /// diagnosis engine, and puts the engine's report in the reply.
+    async fn run<R, F>(&self, call: Call, handler: F) -> Result<Response<R>, Status>
     where
         F: Future<Output = Result<R, LabError>> + Send + 'static,
         R: WithDiagnostics + Send + 'static,
@@ -192,14 +180,6 @@ impl Lab {
         let started = Instant::now();
         let metrics = &self.state.metrics;
         metrics.rpc_started(call.rpc);
-        let trace_id = otel::trace_id(&call.span.context());
-        watchdog::attach(
-            &call.span,
-            LongPollSink {
-                counter: metrics.long_polls.clone(),
-                rpc: call.rpc,
-            },
-        );
         let mut unfinished = Unfinished {
             metrics,
             rpc: call.rpc,
@@ -207,40 +187,29 @@ impl Lab {
         };
         let outcome = self.execute(&call, started, handler).await;
         unfinished.finished = true;
-        let elapsed = started.elapsed();
         let code = match &outcome {
             Ok(_) => Code::Ok,
             Err(status) => status.code(),
         };
         metrics.rpc_handled(call.rpc, code);
-        metrics.observe_handling(&RpcLabels::lab(call.rpc), elapsed.as_secs_f64(), &trace_id);
-        call.span.record("rpc.grpc.status_code", code as i32);
-        if let Err(status) = &outcome {
-            if status.code() == Code::DeadlineExceeded || status.code() == Code::Cancelled {
-                metrics.work_cancelled(call.rpc);
-            }
-            call.span.record("otel.status_code", "ERROR");
-            call.span.record("otel.status_message", status.message());
-        }
-        let (mut reply, split) = outcome?;
-        self.report_split(&call, &split);
-        reply.set_diagnostics(split.to_proto(call.causes, trace_id.clone()));
-        let mut response = Response::new(reply);
-        if let Ok(value) = MetadataValue::try_from(trace_id.as_str())
-            && !trace_id.is_empty()
+        let trace_id = call.diagnosis.identity().trace_id();
+        metrics.observe_handling(
+            &RpcLabels::lab(call.rpc),
+            started.elapsed().as_secs_f64(),
+            &trace_id,
+        );
+        if let Err(status) = &outcome
+            && matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled)
         {
-            response.metadata_mut().insert("x-trace-id", value);
+            metrics.work_cancelled(call.rpc);
         }
-        Ok(response)
+        let mut reply = outcome?;
+        reply.set_diagnostics(proto::Diagnostics::from(&call.diagnosis.report()));
+        Ok(Response::new(reply))
     }
 
-    /// Spawns the handler under its monitor and waits for it, within the caller's deadline.
-    async fn execute<R, F>(
-        &self,
-        call: &Call,
-        started: Instant,
-        handler: impl FnOnce(QueueClock) -> F,
-    ) -> Result<(R, Split), Status>
+    /// Spawns the handler, measured, and waits for it within the caller's deadline.
+    async fn execute<R, F>(&self, call: &Call, started: Instant, handler: F) -> Result<R, Status>
     where
         F: Future<Output = Result<R, LabError>> + Send + 'static,
         R: Send + 'static,
@@ -249,21 +218,15 @@ impl Lab {
             log_failure(call.rpc, &e);
             Status::from(e)
         })?;
-        let queue = QueueClock::default();
-        let monitor = TaskMonitor::new();
-        let handler = handler(queue.clone());
         let handler = async move {
             let _slots = admitted;
             handler.await
         }
-        .instrument(call.span.clone());
-        let task = TaskMonitor::instrument(&monitor, Timed::new(handler));
-        let name = if call.mode.is_empty() {
-            call.rpc.to_owned()
-        } else {
-            format!("{} {}", call.rpc, call.mode)
-        };
-        let join = spawn_named(&name, &self.state.runtime, task)
+        .instrument(call.diagnosis.span().clone());
+        let label = call.label();
+        let join = call
+            .diagnosis
+            .spawn(&label, &self.state.runtime, handler)
             .map_err(|_| Status::from(LabError::ShuttingDown))?;
         let mut join = AbortOnDrop(join);
         let joined = match call.deadline {
@@ -271,12 +234,12 @@ impl Lab {
                 .await
                 .map_err(|_| {
                     Status::from(LabError::DeadlineExceeded {
-                        during: format!("in {name} after {} ms", started.elapsed().as_millis()),
+                        during: format!("in {label} after {} ms", started.elapsed().as_millis()),
                     })
                 })?,
             None => (&mut join.0).await,
         };
-        let (result, polls) = joined.map_err(|e| {
+        let result = joined.map_err(|e| {
             if e.is_panic() {
                 tracing::error!(rpc = call.rpc, "handler panicked");
                 Status::internal("handler panicked")
@@ -284,17 +247,10 @@ impl Lab {
                 Status::from(LabError::ShuttingDown)
             }
         })?;
-        let split = Split::from_metrics(
-            started.elapsed(),
-            &monitor.cumulative(),
-            polls,
-            queue.total(),
-        );
-        let reply = result.map_err(|e| {
+        result.map_err(|e| {
             log_failure(call.rpc, &e);
             Status::from(e)
-        })?;
-        Ok((reply, split))
+        })
     }
 
     /// Refuses a request before any work is scheduled; it still counts as handled.
@@ -304,42 +260,6 @@ impl Lab {
         self.state.metrics.rpc_started(rpc);
         self.state.metrics.rpc_handled(rpc, status.code());
         status
-    }
-
-    fn report_split(&self, call: &Call, split: &Split) {
-        let metrics = &self.state.metrics;
-        let verdict = split.verdict(call.causes);
-        for (component, time) in [
-            ("busy", split.busy),
-            ("scheduled", split.scheduled),
-            ("idle", split.idle),
-            ("queue", split.queue),
-        ] {
-            metrics
-                .split
-                .get_or_create(&SplitLabels {
-                    grpc_method: call.rpc,
-                    component,
-                })
-                .observe(time.as_secs_f64());
-        }
-        metrics
-            .verdicts
-            .get_or_create(&VerdictLabels {
-                grpc_method: call.rpc,
-                verdict,
-            })
-            .inc();
-        let us = crate::telemetry::diagnostics::micros;
-        let span = &call.span;
-        span.record("holdup.total_us", us(split.total));
-        span.record("holdup.busy_us", us(split.busy));
-        span.record("holdup.scheduled_us", us(split.scheduled));
-        span.record("holdup.idle_us", us(split.idle));
-        span.record("holdup.queue_us", us(split.queue));
-        span.record("holdup.polls", split.polls);
-        span.record("holdup.max_poll_us", us(split.max_poll));
-        span.record("holdup.verdict", verdict);
     }
 }
 
@@ -357,8 +277,8 @@ impl lab_server::Lab for Lab {
         request: Request<proto::FastRequest>,
     ) -> Result<Response<proto::FastReply>, Status> {
         let message = fast::plan(request.get_ref().clone()).map_err(|e| self.refuse("Fast", e))?;
-        let call = Call::new("Fast", "", Causes::CPU, &request);
-        self.run(call, |_| async move { Ok(fast::reply(message)) })
+        let call = Call::new("Fast", "", &request)?;
+        self.run(call, async move { Ok(fast::reply(message)) })
             .await
     }
 
@@ -370,18 +290,10 @@ impl lab_server::Lab for Lab {
         let mut plan =
             backend::BackendPlan::new(request.get_ref(), &state.limits, state.backend.seed_rows())
                 .map_err(|e| self.refuse("SlowBackend", e))?;
-        let call = Call::new(
-            "SlowBackend",
-            plan.query.as_str_name(),
-            Causes::waiting_on("backend"),
-            &request,
-        );
+        let call = Call::new("SlowBackend", plan.query.as_str_name(), &request)?;
         plan.deadline = call.deadline;
-        self.run(
-            call,
-            |queue| async move { state.backend.run(plan, queue).await },
-        )
-        .await
+        self.run(call, async move { state.backend.run(plan).await })
+            .await
     }
 
     async fn cpu_bound(
@@ -390,13 +302,13 @@ impl lab_server::Lab for Lab {
     ) -> Result<Response<proto::CpuBoundReply>, Status> {
         let plan = cpu::CpuPlan::new(request.get_ref(), &self.state.limits)
             .map_err(|e| self.refuse("CpuBound", e))?;
-        let call = Call::new("CpuBound", plan.mode_name(), plan.causes(), &request);
+        let call = Call::new("CpuBound", plan.mode_name(), &request)?;
         let compute = Arc::clone(&self.state.compute);
         let metrics = Arc::clone(&self.state.metrics);
-        self.run(call, |queue| async move {
-            let result = plan.run(compute, queue).await;
+        self.run(call, async move {
+            let result = plan.run(compute).await;
             match &result {
-                Ok(reply) if plan.causes().idle == "offloaded-cpu" => metrics
+                Ok(reply) if plan.runs_elsewhere() => metrics
                     .compute_queue_wait
                     .observe(reply.queue_us as f64 / 1e6),
                 Err(LabError::ComputeQueueFull { .. }) => {
@@ -415,8 +327,8 @@ impl lab_server::Lab for Lab {
     ) -> Result<Response<proto::SleepReply>, Status> {
         let plan = sleep::SleepPlan::new(request.get_ref(), &self.state.limits)
             .map_err(|e| self.refuse("Sleep", e))?;
-        let call = Call::new("Sleep", plan.mode.as_str_name(), plan.causes(), &request);
-        self.run(call, |_| plan.run()).await
+        let call = Call::new("Sleep", plan.mode.as_str_name(), &request)?;
+        self.run(call, plan.run()).await
     }
 
     async fn upstream_call(
@@ -430,15 +342,10 @@ impl lab_server::Lab for Lab {
         } else {
             "shared-client"
         };
-        let call = Call::new(
-            "UpstreamCall",
-            mode,
-            Causes::waiting_on("upstream"),
-            &request,
-        );
+        let call = Call::new("UpstreamCall", mode, &request)?;
         let deadline = call.deadline;
         let client = self.state.upstream.clone();
-        self.run(call, |_| async move { client.call(plan, deadline).await })
+        self.run(call, async move { client.call(plan, deadline).await })
             .await
     }
 }

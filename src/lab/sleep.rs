@@ -7,11 +7,13 @@
 
 use std::time::{Duration, Instant};
 
+use tracing::Instrument;
+
 use super::support::{error::LabError, validate};
 use crate::{
     config::Limits,
+    lab::micros,
     proto::{SleepMode, SleepReply, SleepRequest},
-    telemetry::diagnostics::{Causes, micros},
 };
 
 #[derive(Debug, Clone, Copy)]
@@ -42,23 +44,22 @@ impl SleepPlan {
         })
     }
 
-    pub fn causes(&self) -> Causes {
-        match self.mode {
-            SleepMode::Blocking => Causes {
-                busy: "blocking-call",
-                idle: "timer",
-            },
-            _ => Causes::waiting_on("timer"),
-        }
-    }
-
     pub async fn run(self) -> Result<SleepReply, LabError> {
         let start = Instant::now();
         match self.mode {
             // DELIBERATELY BLOCKING: this is the mistake the RPC exists to show. The worker
             // thread stops here and every task queued on it waits.
             SleepMode::Blocking => std::thread::sleep(self.duration),
-            _ => tokio::time::sleep(self.duration).await,
+            // A stage of kind `timer`: the diagnosis engine counts this wait as `timer`.
+            _ => {
+                tokio::time::sleep(self.duration)
+                    .instrument(tracing::info_span!(
+                        target: "holdup::sleep",
+                        "sleep",
+                        holdup.stage = "timer"
+                    ))
+                    .await;
+            }
         }
         Ok(SleepReply {
             slept_us: micros(start.elapsed()),

@@ -12,10 +12,10 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use super::support::{error::LabError, retry, validate};
 use crate::{
     config::Limits,
+    lab::micros,
     proto::{UpstreamAttempt, UpstreamCallReply, UpstreamCallRequest},
     simulator::{MAX_LATENCY_MS, WorkParams, WorkReply},
     telemetry::{
-        diagnostics::micros,
         metrics::{Metrics, OutcomeLabels},
         otel,
     },
@@ -117,7 +117,14 @@ impl UpstreamClient {
                 }
                 timeout = timeout.min(left - backoff);
             }
-            tokio::time::sleep(backoff).await;
+            // A stage of kind `timer`: the diagnosis engine counts the backoff as `timer`.
+            tokio::time::sleep(backoff)
+                .instrument(tracing::info_span!(
+                    target: "holdup::upstream",
+                    "upstream.backoff",
+                    holdup.stage = "timer"
+                ))
+                .await;
             let attempt = attempt(&client, &url, timeout, number, backoff).await;
             self.metrics.record(&attempt.log, attempt.outcome);
             let cut_by_deadline =

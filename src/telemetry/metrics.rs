@@ -82,19 +82,6 @@ pub struct HandledLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SplitLabels {
-    pub grpc_method: &'static str,
-    /// busy, scheduled, idle or queue.
-    pub component: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct VerdictLabels {
-    pub grpc_method: &'static str,
-    pub verdict: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabels {
     pub grpc_method: &'static str,
 }
@@ -131,9 +118,8 @@ pub struct Metrics {
         HistogramWithExemplars<TraceExemplar>,
         fn() -> HistogramWithExemplars<TraceExemplar>,
     >,
-    pub split: Family<SplitLabels, Histogram, LatencyHistogram>,
-    pub verdicts: Family<VerdictLabels, Counter>,
-    pub long_polls: Family<MethodLabels, Counter>,
+    /// The diagnosis engine's series (split, verdicts, long polls, blame).
+    pub diagnose: crate::diagnose::DiagnoseMetrics,
     pub cancelled: Family<MethodLabels, Counter>,
     pub db_pool_size: Gauge,
     pub db_pool_in_use: Gauge,
@@ -193,26 +179,8 @@ impl Metrics {
             Unit::Seconds,
             handling.clone(),
         );
-        let split: Family<_, _, LatencyHistogram> = Family::new_with_constructor(latency_histogram);
-        registry.register_with_unit(
-            "holdup_delay",
-            "Where each request's time went: busy (polled), scheduled (waiting for a worker), \
-             idle (waiting on I/O, timers, pools), queue (part of idle spent queued for a bounded resource)",
-            Unit::Seconds,
-            split.clone(),
-        );
-        let verdicts = Family::<VerdictLabels, Counter>::default();
-        registry.register(
-            "holdup_verdicts",
-            "Requests by the dominant cause of their latency",
-            verdicts.clone(),
-        );
-        let long_polls = Family::<MethodLabels, Counter>::default();
-        registry.register(
-            "holdup_long_polls",
-            "Polls of a handler that held a runtime worker longer than the long-poll threshold",
-            long_polls.clone(),
-        );
+        // The split, verdicts, long polls and blame: the diagnosis engine's own series.
+        let diagnose = crate::diagnose::DiagnoseMetrics::register(&mut registry);
         let cancelled = Family::<MethodLabels, Counter>::default();
         registry.register(
             "holdup_cancelled_work",
@@ -343,9 +311,7 @@ impl Metrics {
             started,
             handled,
             handling,
-            split,
-            verdicts,
-            long_polls,
+            diagnose,
             cancelled,
             db_pool_size,
             db_pool_in_use,

@@ -1,16 +1,15 @@
 //! Everything that reports on requests. The subscriber is built here and nowhere else.
 //!
-//! - [`subscriber`]: the one tracing registry and its layers (fmt, OpenTelemetry, console,
-//!   watchdog);
+//! - [`subscriber`]: the one tracing registry and its layers (fmt, OpenTelemetry, console, and
+//!   the diagnosis engine's stage layer);
 //! - [`otel`]: OTLP export and W3C trace-context propagation;
-//! - [`watchdog`]: the long-poll layer; [`lag`]: the runtime lag probe;
-//! - [`diagnostics`]: the per-request delay split returned in every reply;
+//! - [`lag`]: the runtime lag probe;
 //! - [`metrics`], [`endpoint`]: the Prometheus registry and its `/metrics` endpoint.
+//!
+//! The per-request split, verdict and blame are the diagnosis engine's (`crate::diagnose`).
 
-pub mod diagnostics;
 pub mod endpoint;
 pub mod lag;
 pub mod metrics;
 pub mod otel;
 pub mod subscriber;
-pub mod watchdog;

@@ -3,7 +3,8 @@
 //! - fmt: human logs to stderr, filtered by `RUST_LOG` (default `info`);
 //! - OpenTelemetry: holdup's spans and events, exported over OTLP (see `otel.rs`);
 //! - console-subscriber: tokio's task instrumentation, served to tokio-console;
-//! - the long-poll watchdog (see `watchdog.rs`).
+//! - the diagnosis engine's stage layer (`crate::diagnose::StageLayer`): which stage span a
+//!   request waits in.
 //!
 //! Per-layer filters let the console see tokio's trace-level task events while the log
 //! stays quiet.
@@ -21,7 +22,8 @@ use tracing_subscriber::{
     util::SubscriberInitExt,
 };
 
-use super::{otel, watchdog::Watchdog};
+use super::otel;
+use crate::diagnose::{StageFilter, StageLayer};
 use crate::runtime::OwnedRuntime;
 
 /// Completed tasks stay visible in tokio-console this long. The console's default (an hour)
@@ -35,7 +37,6 @@ pub struct TelemetryConfig {
     /// Serve tokio-console's gRPC API here; `None` disables the console.
     pub console: Option<SocketAddr>,
     pub console_retention: Duration,
-    pub long_poll_threshold: Duration,
     /// Export spans here instead of where `OTEL_EXPORTER_OTLP_ENDPOINT` says (for tests).
     pub otlp_endpoint: Option<String>,
 }
@@ -46,7 +47,6 @@ impl Default for TelemetryConfig {
             service_name: "holdup",
             console: None,
             console_retention: DEFAULT_CONSOLE_RETENTION,
-            long_poll_threshold: super::watchdog::DEFAULT_THRESHOLD,
             otlp_endpoint: None,
         }
     }
@@ -130,14 +130,14 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
         layer.with_filter(FilterFn::new(console_filter))
     });
 
-    let watchdog = Watchdog::new(config.long_poll_threshold)
-        .with_filter(Targets::new().with_target("holdup", Level::INFO));
+    // Request task names carry a short trace id only when someone reads them.
+    crate::diagnose::name_tasks(config.console.is_some());
 
     tracing_subscriber::registry()
         .with(fmt)
         .with(otel_layer)
         .with(console_layer)
-        .with(watchdog)
+        .with(StageLayer::new().with_filter(StageFilter))
         .try_init()
         .map_err(|_| TelemetryError::AlreadySet)?;
     Ok(Telemetry {
@@ -174,11 +174,26 @@ fn spawn_console_server(addr: SocketAddr, server: console_subscriber::Server) {
     }
 }
 
-/// Logs only, for tools and tests that want no exporters.
-pub fn init_logs_only() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// No exporters, for tools and tests: the diagnosis engine's stage layer, logs to stderr only
+/// when `logs` (filtered by `RUST_LOG`), and, with `trace_ids`, an OpenTelemetry layer that
+/// exports nothing but gives every request a trace id (so that blame can name culprits by it).
+/// A no-op if a subscriber is already installed.
+pub fn init_local(logs: bool, trace_ids: bool) {
+    let fmt = logs.then(|| {
+        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+        fmt_layer().with_filter(filter)
+    });
+    let otel_layer = trace_ids.then(|| {
+        otel::install_propagator();
+        let provider = SdkTracerProvider::builder().build();
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("holdup"))
+            .with_filter(Targets::new().with_target("holdup", Level::INFO))
+    });
     let _ = tracing_subscriber::registry()
-        .with(fmt_layer().with_filter(filter))
+        .with(fmt)
+        .with(otel_layer)
+        .with(StageLayer::new().with_filter(StageFilter))
         .try_init();
 }
 

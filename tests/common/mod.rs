@@ -33,12 +33,11 @@ pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     SERIAL.lock().await
 }
 
-/// Logs go to the test output only when `TEST_LOG` is set.
+/// The subscriber a server needs (the diagnosis engine's stage layer, and trace ids so that
+/// blame names culprits by them); logs go to the test output only when `TEST_LOG` is set.
 fn init_tracing() {
     TRACING.call_once(|| {
-        if std::env::var_os("TEST_LOG").is_some() {
-            holdup::telemetry::subscriber::init_logs_only();
-        }
+        holdup::telemetry::subscriber::init_local(std::env::var_os("TEST_LOG").is_some(), true);
     });
 }
 

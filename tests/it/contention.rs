@@ -18,16 +18,27 @@ use holdup::proto::{
 use tonic::transport::Channel;
 
 type Client = LabClient<Channel>;
-type Call = Pin<Box<dyn Future<Output = ()> + Send>>;
+/// A pressure call; it returns its reply's diagnostics.
+type Call = Pin<Box<dyn Future<Output = Diagnostics> + Send>>;
+/// Makes a pressure call on a client.
+type Pressure = Box<dyn Fn(Client) -> Call>;
 
 /// How long each pressure call blocks or waits.
-const PRESSURE_MS: u64 = 600;
+const PRESSURE_MS: u64 = 700;
 /// Half of it: the line between "was delayed" and "was not".
 const HALF: Duration = Duration::from_millis(PRESSURE_MS / 2);
 
+/// What one probe saw beside the pressure.
+struct Probed {
+    elapsed: Duration,
+    diagnostics: Diagnostics,
+    /// The pressure calls' own diagnostics.
+    pressure: Vec<Diagnostics>,
+}
+
 /// Starts two pressure calls (one per lab worker) on connections of their own, waits until
 /// they are surely running, then times one `Fast` call.
-async fn probe_under(app: &TestApp, pressure: impl Fn(Client) -> Call) -> (Duration, Diagnostics) {
+async fn probe_under(app: &TestApp, pressure: impl Fn(Client) -> Call) -> Probed {
     let mut running = Vec::new();
     for _ in 0..2 {
         running.push(tokio::spawn(pressure(client(app.addr).await)));
@@ -43,22 +54,30 @@ async fn probe_under(app: &TestApp, pressure: impl Fn(Client) -> Call) -> (Durat
         .expect("Fast answers")
         .into_inner();
     let elapsed = started.elapsed();
+    let mut pressure = Vec::new();
     for task in running {
-        task.await.expect("pressure call finished");
+        pressure.push(task.await.expect("pressure call finished"));
     }
-    (elapsed, diagnostics(&reply.diagnostics).clone())
+    Probed {
+        elapsed,
+        diagnostics: diagnostics(&reply.diagnostics).clone(),
+        pressure,
+    }
 }
 
 fn cpu(mode: CpuMode) -> impl Fn(Client) -> Call {
     move |mut c| {
         Box::pin(async move {
-            c.cpu_bound(CpuBoundRequest {
-                mode: mode.into(),
-                work_ms: PRESSURE_MS as u32,
-                iterations: 0,
-            })
-            .await
-            .expect("CpuBound answers");
+            let reply = c
+                .cpu_bound(CpuBoundRequest {
+                    mode: mode.into(),
+                    work_ms: PRESSURE_MS as u32,
+                    iterations: 0,
+                })
+                .await
+                .expect("CpuBound answers")
+                .into_inner();
+            diagnostics(&reply.diagnostics).clone()
         })
     }
 }
@@ -66,44 +85,85 @@ fn cpu(mode: CpuMode) -> impl Fn(Client) -> Call {
 fn sleep(mode: SleepMode) -> impl Fn(Client) -> Call {
     move |mut c| {
         Box::pin(async move {
-            c.sleep(SleepRequest {
-                mode: mode.into(),
-                duration_ms: PRESSURE_MS as u32,
-            })
-            .await
-            .expect("Sleep answers");
+            let reply = c
+                .sleep(SleepRequest {
+                    mode: mode.into(),
+                    duration_ms: PRESSURE_MS as u32,
+                })
+                .await
+                .expect("Sleep answers")
+                .into_inner();
+            diagnostics(&reply.diagnostics).clone()
         })
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn inline_cpu_delays_fast_and_scheduled_time_shows_it() {
-    let _serial = crate::common::serial().await;
-    let app = spawn_app().await;
-    let (elapsed, d) = probe_under(&app, cpu(CpuMode::Inline)).await;
+/// The probe waited for a worker, and its culprits are exactly the two pressure calls (by trace
+/// id, from their own replies), of method `rpc`, covering at least half of its wait.
+#[track_caller]
+fn blames_the_pressure(probed: &Probed, rpc: &str) {
+    let d = &probed.diagnostics;
     assert!(
-        elapsed >= HALF,
-        "Fast took only {elapsed:?} beside inline CPU work"
+        probed.elapsed >= HALF,
+        "Fast took only {:?} beside two {rpc} calls",
+        probed.elapsed
     );
     assert!(
         Duration::from_micros(d.scheduled_us) >= HALF / 2,
         "scheduled_us {} does not show the wait for a worker",
         d.scheduled_us
     );
-    assert_eq!(d.verdict, "runtime-contention");
+    assert_eq!(d.verdict, "runtime-contention", "{d:?}");
+    let mut blamed: Vec<&str> = d.culprits.iter().map(|c| c.trace_id.as_str()).collect();
+    let mut pressure: Vec<&str> = probed
+        .pressure
+        .iter()
+        .map(|p| p.trace_id.as_str())
+        .collect();
+    blamed.sort_unstable();
+    pressure.sort_unstable();
+    assert_eq!(blamed, pressure, "culprits {:?}", d.culprits);
+    assert!(pressure.iter().all(|t| t.len() == 32), "{pressure:?}");
+    for culprit in &d.culprits {
+        assert_eq!(culprit.rpc, rpc, "{culprit:?}");
+        assert_eq!(culprit.service, "holdup.v1.Lab");
+        assert_eq!(culprit.span_id.len(), 16, "{culprit:?}");
+    }
+    // Both workers were held through the wait: each culprit overlaps most of it.
+    let overlaps: u64 = d.culprits.iter().map(|c| c.overlap_us).sum();
+    assert!(
+        overlaps >= d.scheduled_us / 2,
+        "overlaps {overlaps} us cover less than half of {} us scheduled",
+        d.scheduled_us
+    );
+    assert!(d.blamed_us >= d.scheduled_us / 2, "{d:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_cpu_delays_fast_and_is_blamed_for_it() {
+    let _serial = crate::common::serial().await;
+    let app = spawn_app().await;
+    let probed = probe_under(&app, cpu(CpuMode::Inline)).await;
+    blames_the_pressure(&probed, "CpuBound");
+    for p in &probed.pressure {
+        assert_eq!(p.verdict, "own-cpu", "inline hashing is its own CPU: {p:?}");
+    }
     app.shutdown().await.expect("clean shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn blocking_sleep_delays_fast() {
+async fn blocking_sleep_delays_fast_and_is_blamed_for_it() {
     let _serial = crate::common::serial().await;
     let app = spawn_app().await;
-    let (elapsed, d) = probe_under(&app, sleep(SleepMode::Blocking)).await;
-    assert!(
-        elapsed >= HALF,
-        "Fast took only {elapsed:?} beside blocking sleeps"
-    );
-    assert!(Duration::from_micros(d.scheduled_us) >= HALF / 2, "{d:?}");
+    let probed = probe_under(&app, sleep(SleepMode::Blocking)).await;
+    blames_the_pressure(&probed, "Sleep");
+    for p in &probed.pressure {
+        assert_eq!(
+            p.verdict, "blocking-call",
+            "a thread sleep holds the worker off the CPU: {p:?}"
+        );
+        assert!(p.on_cpu_us < p.busy_us / 10, "{p:?}");
+    }
     app.shutdown().await.expect("clean shutdown");
 }
 
@@ -111,25 +171,35 @@ async fn blocking_sleep_delays_fast() {
 async fn offloaded_cpu_and_async_sleep_leave_fast_alone() {
     let _serial = crate::common::serial().await;
     let app = spawn_app().await;
-    for (what, elapsed, d) in [
-        {
-            let (e, d) = probe_under(&app, cpu(CpuMode::BlockingPool)).await;
-            ("BLOCKING_POOL", e, d)
-        },
-        {
-            let (e, d) = probe_under(&app, cpu(CpuMode::ComputePool)).await;
-            ("COMPUTE_POOL", e, d)
-        },
-        {
-            let (e, d) = probe_under(&app, sleep(SleepMode::Async)).await;
-            ("Sleep ASYNC", e, d)
-        },
-    ] {
-        assert!(elapsed < HALF, "Fast took {elapsed:?} beside {what}");
+    let cases: [(&str, Pressure, &str); 3] = [
+        (
+            "BLOCKING_POOL",
+            Box::new(cpu(CpuMode::BlockingPool)),
+            "offloaded-cpu",
+        ),
+        (
+            "COMPUTE_POOL",
+            Box::new(cpu(CpuMode::ComputePool)),
+            "offloaded-cpu",
+        ),
+        ("Sleep ASYNC", Box::new(sleep(SleepMode::Async)), "timer"),
+    ];
+    for (what, pressure, expected) in cases {
+        let probed = probe_under(&app, pressure).await;
+        let d = &probed.diagnostics;
+        assert!(
+            probed.elapsed < HALF,
+            "Fast took {:?} beside {what}",
+            probed.elapsed
+        );
         assert!(
             Duration::from_micros(d.scheduled_us) < HALF,
             "{what}: {d:?}"
         );
+        assert!(d.culprits.is_empty(), "{what} blocked nobody: {d:?}");
+        for p in &probed.pressure {
+            assert_eq!(p.verdict, expected, "{what}: {p:?}");
+        }
     }
     app.shutdown().await.expect("clean shutdown");
 }

@@ -35,7 +35,9 @@ async fn fast_echoes_and_is_not_late() {
     assert_eq!(reply.message, "hello");
     let d = diagnostics(&reply.diagnostics);
     assert!(d.total_us > 0);
-    assert_eq!(d.polls, 1);
+    // The request's own future is polled to hand the work over and to reply, its handler task
+    // once (twice in all when the handler is done before the hand-over poll ends).
+    assert!((2..=3).contains(&d.polls), "{d:?}");
     assert!(!d.verdict.is_empty());
     app.shutdown().await.unwrap();
 }
@@ -70,8 +72,9 @@ async fn cpu_bound_every_mode_returns_the_verifiable_digest() {
         let d = diagnostics(&reply.diagnostics);
         match mode {
             // Inline work happens in one poll; cooperative work in many.
-            CpuMode::Inline => assert_eq!(d.polls, 1),
-            CpuMode::Cooperative => assert!(d.polls > 1, "{d:?}"),
+            CpuMode::Inline => assert!(d.max_poll_us * 10 >= reply.work_us * 9, "{d:?}"),
+            // Two slices with a yield between, plus the request's own polls.
+            CpuMode::Cooperative => assert!(d.polls >= 4, "{d:?}"),
             _ => assert!(
                 d.busy_us < reply.work_us,
                 "offloaded work is not own CPU: {d:?}"

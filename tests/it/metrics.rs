@@ -100,13 +100,13 @@ async fn scrape_after_every_rpc_passes_promtool_and_has_the_series() {
     assert!(
         sample(
             &scrape,
-            "holdup_delay_seconds_count{grpc_method=\"Sleep\",component=\"busy\"}"
+            "holdup_delay_seconds_count{grpc_service=\"holdup.v1.Lab\",grpc_method=\"Sleep\",component=\"busy\"}"
         ) >= 2.0
     );
     assert_eq!(
         sample(
             &scrape,
-            "holdup_verdicts_total{grpc_method=\"Sleep\",verdict=\"blocking-call\"}"
+            "holdup_verdicts_total{grpc_service=\"holdup.v1.Lab\",grpc_method=\"Sleep\",verdict=\"blocking-call\"}"
         ),
         1.0
     );

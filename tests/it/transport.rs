@@ -13,14 +13,17 @@ const FRESH_CONNECTIONS: usize = 40;
 /// Well under the 40 ms delayed-ACK stall, far above a healthy first call (about 1 ms).
 const STALL: Duration = Duration::from_millis(30);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn first_calls_on_fresh_connections_do_not_wait_for_a_delayed_ack() {
-    let _serial = crate::common::serial().await;
-    let app = spawn_app().await;
+/// Rounds tried: a round with Nagle on stalls nearly always (2 of 20 calls when measured), while
+/// a loaded machine (other builds on two cores) can slow one round's calls past the bound; a
+/// clean round among a few tells the two apart.
+const ROUNDS: usize = 3;
+
+/// How many of `FRESH_CONNECTIONS` first calls took `STALL` or more, and the slowest.
+async fn stalled_first_calls(addr: std::net::SocketAddr) -> (usize, Duration) {
     let mut slowest = Duration::ZERO;
     let mut stalled = 0;
     for _ in 0..FRESH_CONNECTIONS {
-        let mut fresh = client(app.addr).await;
+        let mut fresh = client(addr).await;
         let started = Instant::now();
         fresh
             .fast(FastRequest {
@@ -32,10 +35,25 @@ async fn first_calls_on_fresh_connections_do_not_wait_for_a_delayed_ack() {
         slowest = slowest.max(took);
         stalled += usize::from(took >= STALL);
     }
-    assert_eq!(
-        stalled, 0,
-        "{stalled} of {FRESH_CONNECTIONS} first calls took {STALL:?} or more (slowest {slowest:?}): \
-         is TCP_NODELAY set on accepted connections?"
+    (stalled, slowest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_calls_on_fresh_connections_do_not_wait_for_a_delayed_ack() {
+    let _serial = crate::common::serial().await;
+    let app = spawn_app().await;
+    let mut rounds = Vec::new();
+    for _ in 0..ROUNDS {
+        let round = stalled_first_calls(app.addr).await;
+        rounds.push(round);
+        if round.0 == 0 {
+            break;
+        }
+    }
+    assert!(
+        rounds.iter().any(|(stalled, _)| *stalled == 0),
+        "in every round some of {FRESH_CONNECTIONS} first calls took {STALL:?} or more \
+         ((stalled, slowest) per round: {rounds:?}): is TCP_NODELAY set on accepted connections?"
     );
     app.shutdown().await.expect("clean shutdown");
 }

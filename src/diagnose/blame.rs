@@ -1,0 +1,169 @@
+//! Blame: who held the workers while a request waited for one, and how much of the wait each
+//! is charged.
+//!
+//! Each culprit gets its *overlap* (how long its polls ran during the wait) and its *share*:
+//! every instant of the wait is divided equally among the polls running then, so shares add
+//! up to the part of the wait during which any culprit ran (the blamed time), never more.
+
+use std::sync::Arc;
+
+use super::{
+    identity::Identity,
+    occupancy::{Held, Holder},
+};
+
+/// One culprit of one wait (or, merged, of all a request's waits).
+#[derive(Debug, Clone)]
+pub struct Culprit {
+    pub holder: Holder,
+    /// Time its polls overlapped the victim's waits (ns).
+    pub overlap: u64,
+    /// Its share of the waits (ns): see the module docs.
+    pub share: u64,
+    /// Its polls during the waits, clipped to them (engine ns).
+    pub polls: Vec<(u64, u64)>,
+}
+
+impl Culprit {
+    /// The culprit request, if it is one.
+    pub fn request(&self) -> Option<&Arc<Identity>> {
+        match &self.holder {
+            Holder::Request(identity) => Some(identity),
+            Holder::Task { .. } => None,
+        }
+    }
+}
+
+/// Culprits of one wait from the polls that overlapped it, and the blamed time (the union of
+/// their polls, ns).
+pub(crate) fn blame(held: Vec<Held>) -> (Vec<Culprit>, u64) {
+    let mut culprits: Vec<Culprit> = Vec::new();
+    let mut keys = Vec::with_capacity(held.len());
+    for poll in &held {
+        let i = match culprits.iter().position(|c| c.holder.same_as(&poll.holder)) {
+            Some(i) => i,
+            None => {
+                culprits.push(Culprit {
+                    holder: poll.holder.clone(),
+                    overlap: 0,
+                    share: 0,
+                    polls: Vec::new(),
+                });
+                culprits.len() - 1
+            }
+        };
+        culprits[i].overlap += poll.end - poll.start;
+        culprits[i].polls.push((poll.start, poll.end));
+        keys.push(i);
+    }
+    // Sweep the wait: between consecutive boundaries the same polls run.
+    let mut bounds: Vec<u64> = held.iter().flat_map(|p| [p.start, p.end]).collect();
+    bounds.sort_unstable();
+    bounds.dedup();
+    let mut blamed = 0;
+    for window in bounds.windows(2) {
+        let (a, b) = (window[0], window[1]);
+        let running: Vec<usize> = held
+            .iter()
+            .zip(&keys)
+            .filter(|(p, _)| p.start <= a && p.end >= b)
+            .map(|(_, &k)| k)
+            .collect();
+        if running.is_empty() {
+            continue;
+        }
+        let len = b - a;
+        blamed += len;
+        let n = running.len() as u64;
+        for k in running {
+            culprits[k].share += len / n;
+        }
+    }
+    culprits.sort_by_key(|c| std::cmp::Reverse(c.share));
+    (culprits, blamed)
+}
+
+/// Adds one wait's culprits to a request's running list.
+pub(crate) fn merge(into: &mut Vec<Culprit>, more: Vec<Culprit>) {
+    for culprit in more {
+        match into.iter_mut().find(|c| c.holder.same_as(&culprit.holder)) {
+            Some(known) => {
+                known.overlap += culprit.overlap;
+                known.share += culprit.share;
+                known.polls.extend(culprit.polls);
+            }
+            None => into.push(culprit),
+        }
+    }
+    into.sort_by_key(|c| std::cmp::Reverse(c.share));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A holder of its own (task ids cannot be made outside tokio; requests stand in).
+    fn holder() -> Holder {
+        Holder::Request(Arc::new(Identity::new(
+            http::uri::PathAndQuery::from_static("/s/M"),
+            &opentelemetry::trace::SpanContext::empty_context(),
+        )))
+    }
+
+    #[test]
+    fn two_workers_held_through_the_wait_share_it_equally() {
+        let (a, b) = (holder(), holder());
+        let held = vec![
+            Held {
+                start: 0,
+                end: 100,
+                holder: a.clone(),
+            },
+            Held {
+                start: 0,
+                end: 100,
+                holder: b.clone(),
+            },
+        ];
+        let (culprits, blamed) = blame(held);
+        assert_eq!(blamed, 100);
+        assert_eq!(culprits.len(), 2);
+        assert!(culprits.iter().all(|c| c.overlap == 100 && c.share == 50));
+    }
+
+    #[test]
+    fn shares_add_up_to_the_union_and_merge_by_holder() {
+        let (a, b) = (holder(), holder());
+        let held = vec![
+            Held {
+                start: 0,
+                end: 60,
+                holder: a.clone(),
+            },
+            Held {
+                start: 40,
+                end: 100,
+                holder: b.clone(),
+            },
+            Held {
+                start: 120,
+                end: 150,
+                holder: a.clone(),
+            },
+        ];
+        let (culprits, blamed) = blame(held);
+        assert_eq!(blamed, 130, "the union of 0..100 and 120..150");
+        let total: u64 = culprits.iter().map(|c| c.share).sum();
+        assert_eq!(total, blamed);
+        let first = culprits.iter().find(|c| c.holder.same_as(&a)).unwrap();
+        assert_eq!(first.overlap, 90);
+        assert_eq!(first.share, 40 + 10 + 30, "alone, shared half, alone");
+        assert_eq!(first.polls.len(), 2);
+
+        let mut all = Vec::new();
+        merge(&mut all, culprits.clone());
+        merge(&mut all, culprits);
+        assert_eq!(all.len(), 2);
+        assert_eq!(all.iter().map(|c| c.share).sum::<u64>(), 2 * blamed);
+    }
+}

@@ -1,0 +1,71 @@
+//! A request's handle on its own diagnosis, for handlers that want more than the header: to
+//! hand their work to a task of its own (measured as the request's), or to read the report so
+//! far (the Lab puts it in its reply).
+
+use std::{future::Future, io, sync::Arc};
+
+use tokio::{runtime::Handle, task::JoinHandle};
+
+use super::{
+    clock::now_ns, engine::task_names, identity::Identity, measured::Measured, report::Report,
+    timeline::Timeline,
+};
+
+/// In each request's extensions (`request.extensions().get::<Diagnosis>()`), put there by the
+/// [`DiagnoseLayer`](super::layer::DiagnoseLayer).
+#[derive(Debug, Clone)]
+pub struct Diagnosis(pub(crate) Arc<Timeline>);
+
+impl Diagnosis {
+    /// The diagnosis of a tonic request, if the layer is installed.
+    pub fn of<T>(request: &tonic::Request<T>) -> Option<&Self> {
+        request.extensions().get::<Self>()
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.0.identity
+    }
+
+    /// The request's span: the server span, with the split and verdict recorded on it at the end.
+    pub fn span(&self) -> &tracing::Span {
+        &self.0.span
+    }
+
+    /// What the request measured so far. Taken as a handler builds its reply, it misses only
+    /// the rest of that last poll (microseconds).
+    pub fn report(&self) -> Report {
+        self.0.report(now_ns())
+    }
+
+    /// Runs `future` as a task of its own on `runtime`, measured as this request: its polls,
+    /// its waits for a worker (blamed) and its parked time are the request's. With task names
+    /// on (tokio-console), the task is called `"{label} {short trace id}"`, else `label`.
+    ///
+    /// One handler task per request: the engine accounts for the waits of one task at a time.
+    ///
+    /// # Errors
+    /// The I/O error tokio reports when the runtime is shutting down.
+    pub fn spawn<F>(
+        &self,
+        label: &str,
+        runtime: &Handle,
+        future: F,
+    ) -> io::Result<JoinHandle<F::Output>>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let measured = Measured::handed_over(Arc::clone(&self.0), future);
+        if task_names() {
+            let short = self.0.identity.short_trace_id();
+            let name = if short.is_empty() {
+                label.to_owned()
+            } else {
+                format!("{label} {short}")
+            };
+            crate::runtime::spawn_named(&name, runtime, measured)
+        } else {
+            crate::runtime::spawn_named(label, runtime, measured)
+        }
+    }
+}

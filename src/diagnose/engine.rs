@@ -1,0 +1,157 @@
+//! The engine's settings and what it does when a request ends: the report goes on the span
+//! (attributes and links to the culprits' spans), into Prometheus and, for a long blamed
+//! wait, into the log.
+
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
+
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::{
+    clock::nanos,
+    identity::Identity,
+    intern,
+    metrics::DiagnoseMetrics,
+    report::{Report, culprit_label, micros},
+};
+
+/// Polls longer than this get a WARN event on their request's span: 10 ms is far past a
+/// healthy poll (microseconds) and already a visible delay for every task queued behind it.
+pub const DEFAULT_LONG_POLL: Duration = Duration::from_millis(10);
+/// Waits for a worker at least this long are blamed; shorter ones are the ordinary cost of
+/// sharing workers, and looking them up would cost more than they do.
+pub const DEFAULT_BLAME_FROM: Duration = Duration::from_millis(1);
+/// A request whose blamed wait reaches this is logged at WARN with its culprits.
+pub const DEFAULT_WARN_BLAMED_FROM: Duration = Duration::from_millis(50);
+
+/// Thresholds; see the constants for why each default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineConfig {
+    pub long_poll: Duration,
+    pub blame_from: Duration,
+    pub warn_blamed_from: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            long_poll: DEFAULT_LONG_POLL,
+            blame_from: DEFAULT_BLAME_FROM,
+            warn_blamed_from: DEFAULT_WARN_BLAMED_FROM,
+        }
+    }
+}
+
+/// Whether handler tasks get per-request names (`CpuBound INLINE 4bf92f35`): only worth the
+/// formatting when someone (tokio-console) reads task names.
+static TASK_NAMES: AtomicBool = AtomicBool::new(false);
+
+/// Turns per-request task names on (the telemetry module does, when the console is on).
+pub fn name_tasks(on: bool) {
+    TASK_NAMES.store(on, Ordering::Relaxed);
+}
+
+pub fn task_names() -> bool {
+    TASK_NAMES.load(Ordering::Relaxed)
+}
+
+/// Shared by every request of one layer.
+#[derive(Debug, Clone, Default)]
+pub struct Engine {
+    pub config: EngineConfig,
+    pub metrics: Option<DiagnoseMetrics>,
+}
+
+impl Engine {
+    /// A poll of `who` held its worker `held`: past the threshold, a WARN on its span and a count.
+    pub(crate) fn poll_held(&self, who: &Identity, span: &tracing::Span, held: u64) {
+        if held < nanos(self.config.long_poll) {
+            return;
+        }
+        let method = who.method();
+        tracing::warn!(
+            target: "holdup::diagnose",
+            parent: span,
+            poll_ms = held as f64 / 1e6,
+            threshold_ms = self.config.long_poll.as_secs_f64() * 1e3,
+            rpc = method,
+            "long poll: this request held a runtime worker for {:.1} ms without yielding; \
+             every task queued on that worker waited as long",
+            held as f64 / 1e6
+        );
+        if let Some(metrics) = &self.metrics {
+            metrics.long_poll(intern::labels(who.full_method()));
+        }
+    }
+
+    /// Reports a finished request everywhere but the reply and header: span, metrics, log.
+    /// `answered` is false for a method the server does not have (`UNIMPLEMENTED`): it is not
+    /// counted under its made-up name.
+    pub(crate) fn finish(&self, report: &Report, span: &tracing::Span, answered: bool) {
+        record_on_span(report, span);
+        if answered && let Some(metrics) = &self.metrics {
+            metrics.observe(intern::labels(report.identity.full_method()), report);
+        }
+        if report.split.blamed >= nanos(self.config.warn_blamed_from) {
+            let culprits: Vec<String> = report
+                .culprits
+                .iter()
+                .map(|c| format!("{} ({:.1} ms)", culprit_label(c), c.share as f64 / 1e6))
+                .collect();
+            tracing::warn!(
+                target: "holdup::diagnose",
+                parent: span,
+                rpc = report.identity.method(),
+                waited_ms = report.split.scheduled as f64 / 1e6,
+                blamed_ms = report.split.blamed as f64 / 1e6,
+                culprits = culprits.join(", "),
+                "waited {:.1} ms for a runtime worker held by {}",
+                report.split.scheduled as f64 / 1e6,
+                culprits.join(", ")
+            );
+        }
+    }
+}
+
+/// The split and verdict as attributes of the request's span, and a link to each culprit
+/// request's span (Jaeger shows them as references).
+fn record_on_span(report: &Report, span: &tracing::Span) {
+    if span.is_disabled() {
+        return;
+    }
+    let s = &report.split;
+    span.record("holdup.total_us", micros(s.total));
+    span.record("holdup.busy_us", micros(s.busy));
+    span.record("holdup.on_cpu_us", micros(s.on_cpu));
+    span.record("holdup.cpu_wait_us", micros(s.cpu_wait));
+    span.record("holdup.scheduled_us", micros(s.scheduled));
+    span.record("holdup.idle_us", micros(s.idle_total()));
+    span.record("holdup.queue_us", micros(s.queue()));
+    span.record("holdup.blamed_us", micros(s.blamed));
+    span.record("holdup.polls", s.polls);
+    span.record("holdup.max_poll_us", micros(s.max_poll));
+    span.record("holdup.verdict", report.verdict().as_str());
+    if let Some(wait) = report.longest_wait() {
+        span.record("holdup.waited_in", wait.stage);
+    }
+    if !report.culprits.is_empty() {
+        let names: Vec<String> = report.culprits.iter().map(culprit_label).collect();
+        span.record("holdup.culprits", names.join(",").as_str());
+    }
+    for culprit in &report.culprits {
+        if let Some(context) = culprit.request().and_then(|c| c.span_context()) {
+            span.add_link_with_attributes(
+                context,
+                vec![
+                    opentelemetry::KeyValue::new("holdup.link", "culprit"),
+                    opentelemetry::KeyValue::new(
+                        "holdup.share_us",
+                        i64::try_from(micros(culprit.share)).unwrap_or(i64::MAX),
+                    ),
+                ],
+            );
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The wrapper that measures a request's future: it times every poll (and its on-CPU part),
+//! wraps the waker to learn when the future became ready, and writes both into the request's
+//! [`Timeline`]. This one mechanism replaces the three that timed polls before (a poll timer,
+//! a tracing enter/exit watchdog and a tokio-metrics `TaskMonitor` per request).
+//!
+//! The waker wrapping is what tokio-console and tokio-metrics do per task: a wake records the
+//! time, so the next poll knows how long the future was ready but unpolled (scheduled) and how
+//! long it was parked before that (idle).
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll, Wake, Waker},
+};
+
+use atomic_waker::AtomicWaker;
+
+use super::{
+    clock::{self, now_ns},
+    occupancy,
+    timeline::Timeline,
+};
+
+/// The waker the measured future sees: it notes when it was first woken since the last poll
+/// began, ends the request's parked stretch, and wakes the real task.
+#[derive(Debug)]
+struct WakeFlag {
+    /// Engine time of the first wake since the last poll began; 0 when none.
+    woken_at: AtomicU64,
+    task: AtomicWaker,
+    /// Weak: a waker kept by some resource must not keep a finished request's record alive.
+    timeline: Weak<Timeline>,
+    depth: usize,
+}
+
+impl Wake for WakeFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let now = now_ns();
+        if self
+            .woken_at
+            .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+            && let Some(timeline) = self.timeline.upgrade()
+        {
+            timeline.woken(self.depth, now);
+        }
+        self.task.wake();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's future (or one of its handler tasks), measured into its timeline.
+    pub struct Measured<F> {
+        #[pin]
+        inner: F,
+        timeline: Arc<Timeline>,
+        flag: Arc<WakeFlag>,
+        waker: Waker,
+        // 0 for the request's first wrapper; 1 for a handler task it handed the work to.
+        depth: usize,
+        // When the future became ready for its first poll (created or handed over).
+        ready_since: u64,
+        polled: bool,
+        done: bool,
+    }
+
+    impl<F> PinnedDrop for Measured<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if *this.depth > 0 && !*this.done {
+                this.timeline.delegate_finished();
+            }
+        }
+    }
+}
+
+impl<F> Measured<F> {
+    /// The request's own future, ready now.
+    pub(crate) fn outer(timeline: Arc<Timeline>, inner: F, ready_since: u64) -> Self {
+        Self::new(timeline, inner, 0, ready_since)
+    }
+
+    /// A handler task the request hands its work to: its polls, waits and parked time are the
+    /// request's from now on, and the request's own wrapper stops counting its parked time.
+    pub(crate) fn handed_over(timeline: Arc<Timeline>, inner: F) -> Self {
+        let depth = timeline.delegate_started();
+        Self::new(timeline, inner, depth, now_ns())
+    }
+
+    fn new(timeline: Arc<Timeline>, inner: F, depth: usize, ready_since: u64) -> Self {
+        let flag = Arc::new(WakeFlag {
+            woken_at: AtomicU64::new(0),
+            task: AtomicWaker::new(),
+            timeline: Arc::downgrade(&timeline),
+            depth,
+        });
+        let waker = Waker::from(Arc::clone(&flag));
+        Self {
+            inner,
+            timeline,
+            flag,
+            waker,
+            depth,
+            ready_since,
+            polled: false,
+            done: false,
+        }
+    }
+}
+
+impl<F: Future> Future for Measured<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let start = now_ns();
+        let woken = this.flag.woken_at.swap(0, Ordering::AcqRel);
+        let ready_since = if !*this.polled {
+            *this.polled = true;
+            *this.ready_since
+        } else if woken == 0 {
+            // Polled without a wake of ours (the task was woken for something else).
+            start
+        } else {
+            woken
+        };
+        let timeline = &**this.timeline;
+        timeline.poll_started(*this.depth, ready_since, start);
+        this.flag.task.register(cx.waker());
+        let own_mark = occupancy::request_poll_started(&timeline.identity, start);
+        let cpu = clock::mark(start);
+
+        let polled = this.inner.poll(&mut Context::from_waker(this.waker));
+
+        let end = now_ns();
+        let used = clock::poll_cpu(cpu, start, end);
+        occupancy::request_poll_ended(own_mark, end);
+        timeline.poll_ended(*this.depth, start, end, used);
+        timeline
+            .engine
+            .poll_held(&timeline.identity, &timeline.span, end - start);
+        match polled {
+            Poll::Pending => {
+                timeline.park(*this.depth, end, &this.flag.woken_at);
+                Poll::Pending
+            }
+            Poll::Ready(output) => {
+                *this.done = true;
+                if *this.depth > 0 {
+                    timeline.delegate_finished();
+                }
+                Poll::Ready(output)
+            }
+        }
+    }
+}

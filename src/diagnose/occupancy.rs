@@ -1,0 +1,296 @@
+//! Who holds each runtime worker: the poll running on every worker thread now, and its recent
+//! long polls. A request that waited for a worker asks this who ran during its wait.
+//!
+//! Each worker thread has a slot, written only by that thread (an uncontended lock) and read
+//! only by a request that actually waited ([`holders_during`]). Requests mark their own polls
+//! (the [`Measured`](super::measured::Measured) wrapper does it); the runtime's poll hooks
+//! ([`install_hooks`], `tokio_unstable`) add every other task, so that a background task that
+//! hogs a worker is named too (by name and spawn location).
+
+use std::{
+    collections::{HashMap, VecDeque},
+    panic::Location,
+    sync::{Arc, Mutex, PoisonError, Weak},
+    time::Duration,
+};
+
+use super::{
+    clock::{nanos, now_ns},
+    identity::Identity,
+};
+
+/// Polls at least this long are remembered: shorter ones cannot make a wait worth blaming.
+pub const RECORD_POLLS_FROM: Duration = Duration::from_micros(200);
+/// Long polls remembered per worker: enough for seconds of back-to-back long polls.
+pub const RECENT_POLLS: usize = 128;
+/// Names of non-request tasks remembered (holdup names its few long-lived tasks).
+const MAX_TASK_NAMES: usize = 1_024;
+
+/// What held a worker.
+#[derive(Debug, Clone)]
+pub enum Holder {
+    /// A request measured by the engine.
+    Request(Arc<Identity>),
+    /// Any other task, seen by the runtime's poll hooks.
+    Task {
+        id: tokio::task::Id,
+        spawned_at: &'static Location<'static>,
+    },
+}
+
+impl Holder {
+    /// Same holder (for merging one culprit's polls).
+    pub fn same_as(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Request(a), Self::Request(b)) => Arc::ptr_eq(a, b),
+            (Self::Task { id: a, .. }, Self::Task { id: b, .. }) => a == b,
+            _ => false,
+        }
+    }
+
+    /// A task's name as given to [`name_task`], if any.
+    pub fn task_name(&self) -> Option<String> {
+        match self {
+            Self::Request(_) => None,
+            Self::Task { id, .. } => NAMES
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(id)
+                .cloned(),
+        }
+    }
+}
+
+/// One poll: when it ran and who ran it.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub start: u64,
+    pub end: u64,
+    pub holder: Holder,
+}
+
+#[derive(Debug)]
+struct InProgress {
+    start: u64,
+    holder: Option<Holder>,
+    /// Begun by a runtime hook (which will also end it), not by a request's wrapper.
+    hooked: bool,
+}
+
+#[derive(Debug, Default)]
+struct SlotState {
+    current: Option<InProgress>,
+    recent: VecDeque<Held>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    runtime: u64,
+    /// A runtime worker (it parked in the scheduler), not a blocking-pool thread: tokio's poll
+    /// hooks run for `spawn_blocking` jobs too, which hold no worker.
+    worker: std::sync::atomic::AtomicBool,
+    state: Mutex<SlotState>,
+}
+
+impl Slot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl SlotState {
+    fn end(&mut self, end: u64) {
+        let Some(poll) = self.current.take() else {
+            return;
+        };
+        let Some(holder) = poll.holder else { return };
+        if end.saturating_sub(poll.start) < nanos(RECORD_POLLS_FROM) {
+            return;
+        }
+        if self.recent.len() == RECENT_POLLS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(Held {
+            start: poll.start,
+            end,
+            holder,
+        });
+    }
+}
+
+static SLOTS: Mutex<Vec<Weak<Slot>>> = Mutex::new(Vec::new());
+static NAMES: std::sync::LazyLock<Mutex<HashMap<tokio::task::Id, String>>> =
+    std::sync::LazyLock::new(|| Mutex::new(HashMap::new()));
+
+thread_local! {
+    static SLOT: Arc<Slot> = register();
+}
+
+fn register() -> Arc<Slot> {
+    let slot = Arc::new(Slot {
+        runtime: runtime_key(),
+        worker: std::sync::atomic::AtomicBool::new(false),
+        state: Mutex::new(SlotState::default()),
+    });
+    let mut slots = SLOTS.lock().unwrap_or_else(PoisonError::into_inner);
+    slots.retain(|s| s.strong_count() > 0);
+    slots.push(Arc::downgrade(&slot));
+    slot
+}
+
+/// The runtime this thread works for (0 where tokio cannot say: all one runtime then).
+pub fn runtime_key() -> u64 {
+    #[cfg(tokio_unstable)]
+    {
+        use std::hash::{Hash, Hasher};
+        tokio::runtime::Handle::try_current().map_or(0, |handle| {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            handle.id().hash(&mut hasher);
+            hasher.finish().max(1)
+        })
+    }
+    #[cfg(not(tokio_unstable))]
+    {
+        0
+    }
+}
+
+/// Marks the start of a request's poll on this worker. Returns whether the mark is the
+/// request's own (no hook began this task's poll), in which case [`request_poll_ended`] ends it.
+pub(crate) fn request_poll_started(who: &Arc<Identity>, now: u64) -> bool {
+    SLOT.with(|slot| {
+        let mut state = slot.lock();
+        match &mut state.current {
+            Some(poll) if poll.hooked => {
+                poll.holder = Some(Holder::Request(Arc::clone(who)));
+                false
+            }
+            _ => {
+                state.current = Some(InProgress {
+                    start: now,
+                    holder: Some(Holder::Request(Arc::clone(who))),
+                    hooked: false,
+                });
+                true
+            }
+        }
+    })
+}
+
+pub(crate) fn request_poll_ended(own: bool, end: u64) {
+    if own {
+        SLOT.with(|slot| slot.lock().end(end));
+    }
+}
+
+/// Remembers `name` for a task that is not a request, so that blame can name it.
+pub fn name_task(id: tokio::task::Id, name: &str) {
+    let mut names = NAMES.lock().unwrap_or_else(PoisonError::into_inner);
+    if names.len() < MAX_TASK_NAMES {
+        names.insert(id, name.to_owned());
+    }
+}
+
+fn forget_task(id: tokio::task::Id) {
+    NAMES
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(&id);
+}
+
+/// Adds the engine's poll hooks to a runtime builder: every task's polls are then seen, not
+/// only requests'. Needs `--cfg tokio_unstable`; without it this does nothing, and blame names
+/// requests only. It sets the builder's `on_thread_park` callback (to tell workers from
+/// blocking-pool threads), replacing any other.
+pub fn install_hooks(builder: &mut tokio::runtime::Builder) -> &mut tokio::runtime::Builder {
+    #[cfg(tokio_unstable)]
+    {
+        builder
+            .on_thread_park(|| {
+                SLOT.with(|slot| {
+                    slot.worker
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                });
+            })
+            .on_before_task_poll(|meta| {
+                let holder = Holder::Task {
+                    id: meta.id(),
+                    spawned_at: meta.spawned_at(),
+                };
+                let now = now_ns();
+                SLOT.with(|slot| {
+                    if !slot.worker.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
+                    slot.lock().current = Some(InProgress {
+                        start: now,
+                        holder: Some(holder),
+                        hooked: true,
+                    });
+                });
+            })
+            .on_after_task_poll(|_| {
+                let end = now_ns();
+                SLOT.with(|slot| slot.lock().end(end));
+            })
+            .on_task_terminate(|meta| forget_task(meta.id()))
+    }
+    #[cfg(not(tokio_unstable))]
+    {
+        let _ = forget_task;
+        builder
+    }
+}
+
+/// The polls that held a worker of `runtime` between `from` and `to`, clipped to that window,
+/// other than the victim's own. The poll now running on this thread is the victim's and is left
+/// out.
+pub(crate) fn holders_during(
+    runtime: u64,
+    from: u64,
+    to: u64,
+    victim: &Arc<Identity>,
+) -> Vec<Held> {
+    let mine = SLOT.with(Arc::clone);
+    let slots: Vec<Arc<Slot>> = SLOTS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .filter_map(Weak::upgrade)
+        .filter(|slot| slot.runtime == runtime)
+        .collect();
+    let is_victim =
+        |holder: &Holder| matches!(holder, Holder::Request(id) if Arc::ptr_eq(id, victim));
+    let mut held = Vec::new();
+    for slot in slots {
+        let state = slot.lock();
+        for poll in &state.recent {
+            if poll.end > from && poll.start < to && !is_victim(&poll.holder) {
+                held.push(Held {
+                    start: poll.start.max(from),
+                    end: poll.end.min(to),
+                    holder: poll.holder.clone(),
+                });
+            }
+        }
+        if Arc::ptr_eq(&slot, &mine) {
+            continue;
+        }
+        // A poll that began only just now is not what the victim waited for.
+        if let Some(InProgress {
+            start,
+            holder: Some(holder),
+            ..
+        }) = &state.current
+            && to.saturating_sub(*start) >= nanos(RECORD_POLLS_FROM)
+            && !is_victim(holder)
+        {
+            held.push(Held {
+                start: (*start).max(from),
+                end: to,
+                holder: holder.clone(),
+            });
+        }
+    }
+    held
+}

@@ -1,0 +1,306 @@
+//! What the engine says about one request: its split, its verdict, its waits by stage, its
+//! culprits, and (on request) its timeline. Read on the reply, in the `holdup-diagnosis`
+//! header, on the span, in Prometheus and in the log.
+
+use std::{fmt::Write as _, sync::Arc, time::Duration};
+
+use super::{
+    blame::Culprit,
+    identity::Identity,
+    occupancy::Holder,
+    stage::StageKind,
+    verdict::{NOT_LATE_BELOW, Verdict},
+};
+
+/// Culprits the header names; the reply and the span carry them all.
+pub const HEADER_CULPRITS: usize = 4;
+
+/// One request's time, in nanoseconds. `idle` is split by the kind of the stage open while the
+/// request was parked (index 0: no kind); `queue` is `idle[queue]`, part of idle.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Split {
+    pub total: u64,
+    /// Polled: the request's code ran on a runtime worker.
+    pub busy: u64,
+    /// The part of `busy` the worker thread was on the CPU.
+    pub on_cpu: u64,
+    /// The part of `busy` the worker thread was runnable but the machine ran something else:
+    /// the handler was computing, slowed by other processes.
+    pub cpu_wait: u64,
+    /// Ready (woken or handed over) but waiting for a worker.
+    pub scheduled: u64,
+    /// The part of `scheduled` during which culprits' polls ran.
+    pub blamed: u64,
+    pub idle: [u64; 6],
+    pub polls: u64,
+    pub max_poll: u64,
+}
+
+impl Split {
+    /// All parked time, whatever the stage: `queue` is part of it.
+    pub fn idle_total(&self) -> u64 {
+        self.idle.iter().sum()
+    }
+
+    pub fn idle_in(&self, kind: Option<StageKind>) -> u64 {
+        self.idle[StageKind::slot(kind)]
+    }
+
+    /// Parked in a stage of kind `queue`.
+    pub fn queue(&self) -> u64 {
+        self.idle_in(Some(StageKind::Queue))
+    }
+
+    /// Polled and computing: on the CPU, or runnable and waiting for one.
+    pub fn computing(&self) -> u64 {
+        self.on_cpu + self.cpu_wait
+    }
+
+    /// Polled but neither on the CPU nor waiting for one: a blocking call held the worker.
+    pub fn blocked(&self) -> u64 {
+        self.busy.saturating_sub(self.computing())
+    }
+
+    /// Each component with the verdict it stands for, in [`Verdict::ALL`] order.
+    pub fn components(&self) -> [(Verdict, u64); 9] {
+        let idle = |kind| self.idle_in(Some(kind));
+        [
+            (Verdict::OwnCpu, self.computing()),
+            (Verdict::BlockingCall, self.blocked()),
+            (Verdict::RuntimeContention, self.scheduled),
+            (Verdict::ResourceQueue, idle(StageKind::Queue)),
+            (Verdict::Backend, idle(StageKind::Backend)),
+            (Verdict::Upstream, idle(StageKind::Upstream)),
+            (Verdict::OffloadedCpu, idle(StageKind::Offloaded)),
+            (Verdict::Timer, idle(StageKind::Timer)),
+            (Verdict::Waiting, self.idle_in(None)),
+        ]
+    }
+
+    /// The largest component (the first of equals), or `none` for a request that was not late.
+    pub fn verdict(&self) -> Verdict {
+        if self.total < super::clock::nanos(NOT_LATE_BELOW) {
+            return Verdict::None;
+        }
+        let mut best = (Verdict::None, 0);
+        for (verdict, ns) in self.components() {
+            if ns > best.1 {
+                best = (verdict, ns);
+            }
+        }
+        best.0
+    }
+}
+
+/// Parked time under one stage name (empty: no stage open).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wait {
+    pub stage: &'static str,
+    pub kind: Option<StageKind>,
+    pub ns: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Poll,
+    Scheduled,
+    Idle,
+}
+
+/// One stretch of the timeline (engine ns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Event {
+    pub kind: EventKind,
+    pub from: u64,
+    pub to: u64,
+    /// For a poll: its on-CPU part.
+    pub on_cpu: u64,
+    /// For an idle stretch: the stage open (empty: none).
+    pub stage: &'static str,
+}
+
+/// The engine's account of one request.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub identity: Arc<Identity>,
+    /// Engine time the request started (for relative timeline offsets).
+    pub started: u64,
+    pub split: Split,
+    pub waits: Vec<Wait>,
+    pub culprits: Vec<Culprit>,
+    pub events: Vec<Event>,
+    pub events_dropped: u64,
+}
+
+/// Microseconds, for replies and attributes.
+pub fn micros(ns: u64) -> u64 {
+    ns / 1_000
+}
+
+/// Milliseconds with one decimal, for people.
+fn ms(ns: u64) -> String {
+    format!("{:.1}ms", ns as f64 / 1e6)
+}
+
+impl Report {
+    pub fn verdict(&self) -> Verdict {
+        self.split.verdict()
+    }
+
+    pub fn total(&self) -> Duration {
+        Duration::from_nanos(self.split.total)
+    }
+
+    /// Microseconds from the request's start to `ns` (negative before it).
+    pub fn offset_us(&self, ns: u64) -> i64 {
+        let d = i128::from(ns) - i128::from(self.started);
+        i64::try_from(d / 1_000).unwrap_or(if d < 0 { i64::MIN } else { i64::MAX })
+    }
+
+    /// The stage with the longest wait, if any stage was waited in.
+    pub fn longest_wait(&self) -> Option<&Wait> {
+        self.waits
+            .iter()
+            .filter(|w| !w.stage.is_empty())
+            .max_by_key(|w| w.ns)
+    }
+
+    /// The `holdup-diagnosis` header: space-separated `key=value`, durations in ms.
+    ///
+    /// `verdict=runtime-contention total=412.3ms busy=0.2ms on_cpu=0.2ms blocked=0.0ms
+    /// scheduled=410.1ms idle=2.0ms queue=0.0ms culprits=SayHello@4bf9…4736/205.0ms,…`
+    ///
+    /// `waited_in=<stage>` names the stage of the longest wait when there is one; each culprit is
+    /// `<method>[@<trace id>]/<share>`, or `task:<name or id>/<share>` for a task that is not a
+    /// request, largest share first, at most [`HEADER_CULPRITS`] (then `+N`).
+    pub fn header_value(&self) -> String {
+        let s = &self.split;
+        let mut out = format!(
+            "verdict={} total={} busy={} on_cpu={} blocked={} scheduled={} idle={} queue={}",
+            self.verdict(),
+            ms(s.total),
+            ms(s.busy),
+            ms(s.on_cpu),
+            ms(s.blocked()),
+            ms(s.scheduled),
+            ms(s.idle_total()),
+            ms(s.queue()),
+        );
+        if let Some(wait) = self.longest_wait() {
+            let _ = write!(out, " waited_in={}", visible(wait.stage));
+        }
+        if !self.culprits.is_empty() {
+            out.push_str(" culprits=");
+            for (i, culprit) in self.culprits.iter().take(HEADER_CULPRITS).enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                let _ = write!(out, "{}/{}", culprit_label(culprit), ms(culprit.share));
+            }
+            if self.culprits.len() > HEADER_CULPRITS {
+                let _ = write!(out, ",+{}", self.culprits.len() - HEADER_CULPRITS);
+            }
+        }
+        out
+    }
+}
+
+/// How a culprit is named in the header and the log.
+pub fn culprit_label(culprit: &Culprit) -> String {
+    match &culprit.holder {
+        Holder::Request(identity) => {
+            let trace = identity.trace_id();
+            let method = visible(identity.method());
+            if trace.is_empty() {
+                method
+            } else {
+                format!("{method}@{trace}")
+            }
+        }
+        Holder::Task { id, .. } => match culprit.holder.task_name() {
+            Some(name) => format!("task:{}", visible(&name).replace(' ', "_")),
+            None => format!("task:{id}"),
+        },
+    }
+}
+
+/// A description of a non-request culprit: its name if known, its id and where it was spawned.
+pub fn task_description(holder: &Holder) -> String {
+    match holder {
+        Holder::Request(identity) => identity.to_string(),
+        Holder::Task { id, spawned_at } => {
+            let name = holder
+                .task_name()
+                .map(|n| format!("{n} "))
+                .unwrap_or_default();
+            format!("{name}(task {id}, spawned at {spawned_at})")
+        }
+    }
+}
+
+/// Only visible ASCII, as a header value allows.
+fn visible(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(total_ms: u64) -> Split {
+        Split {
+            total: total_ms * 1_000_000,
+            ..Split::default()
+        }
+    }
+
+    #[test]
+    fn the_largest_component_decides() {
+        let mut s = split(500);
+        s.busy = 10_000_000;
+        s.on_cpu = 10_000_000;
+        s.scheduled = 480_000_000;
+        assert_eq!(s.verdict(), Verdict::RuntimeContention);
+
+        let mut blocked = split(200);
+        blocked.busy = 200_000_000;
+        blocked.on_cpu = 1_000_000;
+        assert_eq!(blocked.verdict(), Verdict::BlockingCall);
+
+        let mut queued = split(300);
+        queued.idle[StageKind::slot(Some(StageKind::Queue))] = 200_000_000;
+        queued.idle[StageKind::slot(Some(StageKind::Backend))] = 99_000_000;
+        assert_eq!(queued.verdict(), Verdict::ResourceQueue);
+        assert_eq!(queued.queue(), 200_000_000);
+        assert_eq!(queued.idle_total(), 299_000_000);
+
+        let mut nowhere = split(50);
+        nowhere.idle[0] = 49_000_000;
+        assert_eq!(nowhere.verdict(), Verdict::Waiting);
+    }
+
+    #[test]
+    fn a_quick_request_is_not_late() {
+        let mut s = Split {
+            total: 300_000,
+            ..Split::default()
+        };
+        s.scheduled = 250_000;
+        assert_eq!(s.verdict(), Verdict::None);
+    }
+
+    #[test]
+    fn every_verdict_but_none_is_a_component() {
+        let split = Split::default();
+        let named: Vec<_> = split.components().iter().map(|(v, _)| *v).collect();
+        for verdict in Verdict::ALL {
+            assert_eq!(
+                named.contains(&verdict),
+                verdict != Verdict::None,
+                "{verdict}"
+            );
+        }
+    }
+}

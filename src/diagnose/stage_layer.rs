@@ -1,0 +1,112 @@
+//! The `tracing` layer that tells the engine which stage spans a request has open, so that its
+//! parked time is charged to the innermost one. Add it to the subscriber beside the others
+//! (`registry().with(StageLayer::new())`); without it every wait is `waiting`.
+//!
+//! A request's span carries its timeline in the span's extensions (put there by the
+//! [`DiagnoseLayer`](super::layer::DiagnoseLayer)); every span opened under it inherits it, so a
+//! new span finds its request by looking at its parent only.
+
+use std::sync::{Arc, Weak};
+
+use tracing::{Metadata, Subscriber, span};
+use tracing_subscriber::{
+    Layer,
+    layer::{Context, Filter},
+    registry::LookupSpan,
+};
+
+use super::{stage::KindVisitor, timeline::Timeline};
+
+/// In a span's extensions: the request it belongs to. Weak: the timeline holds the request's
+/// span, which must close when the request is done.
+#[derive(Debug, Clone)]
+pub(crate) struct InRequest {
+    pub(crate) timeline: Weak<Timeline>,
+    /// The request's own span, not a stage of it.
+    pub(crate) root: bool,
+}
+
+/// See the module docs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StageLayer;
+
+impl StageLayer {
+    pub fn new() -> Self {
+        Self
+    }
+
+    /// Spans the layer needs to see: not tokio's own task and resource instrumentation, which
+    /// is the console's and never a stage.
+    pub fn wants(meta: &Metadata<'_>) -> bool {
+        meta.is_span()
+            && !meta.target().starts_with("tokio")
+            && !meta.name().starts_with("runtime.")
+    }
+}
+
+impl<S> Layer<S> for StageLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        let Some(parent) = span.parent() else { return };
+        let Some(request) = parent.extensions().get::<InRequest>().cloned() else {
+            return;
+        };
+        let Some(timeline) = request.timeline.upgrade() else {
+            return;
+        };
+        let mut kind = KindVisitor::default();
+        attrs.record(&mut kind);
+        timeline.stage_opened(id.into_u64(), attrs.metadata().name(), kind.kind());
+        span.extensions_mut().insert(InRequest {
+            timeline: request.timeline,
+            root: false,
+        });
+    }
+
+    fn on_close(&self, id: span::Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(&id) else { return };
+        let request = span.extensions_mut().remove::<InRequest>();
+        if let Some(request) = request
+            && !request.root
+            && let Some(timeline) = request.timeline.upgrade()
+        {
+            timeline.stage_closed(id.into_u64());
+        }
+    }
+}
+
+/// The per-layer filter that goes with [`StageLayer`]: see [`StageLayer::wants`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StageFilter;
+
+impl<S> Filter<S> for StageFilter {
+    fn enabled(&self, meta: &Metadata<'_>, _: &Context<'_, S>) -> bool {
+        StageLayer::wants(meta)
+    }
+
+    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> tracing::subscriber::Interest {
+        if StageLayer::wants(meta) {
+            tracing::subscriber::Interest::always()
+        } else {
+            tracing::subscriber::Interest::never()
+        }
+    }
+}
+
+/// Puts `timeline` in the extensions of its request's span (a no-op when the subscriber is not
+/// a `tracing_subscriber` registry, or the span is disabled).
+pub(crate) fn attach(span: &tracing::Span, timeline: &Arc<Timeline>) {
+    span.with_subscriber(|(id, dispatch)| {
+        if let Some(registry) = dispatch.downcast_ref::<tracing_subscriber::Registry>()
+            && let Some(span) = registry.span(id)
+        {
+            span.extensions_mut().insert(InRequest {
+                timeline: Arc::downgrade(timeline),
+                root: true,
+            });
+        }
+    });
+}
