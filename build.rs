@@ -1,5 +1,6 @@
 //! Compiles `proto/holdup/v1/lab.proto` into Rust, plus a file descriptor set that the
-//! reflection service serves (grpcurl needs it to list and describe the service).
+//! reflection service serves (grpcurl needs it to list and describe the service); and the same
+//! for `proto/helloworld/helloworld.proto`, the service of `examples/diagnosed_greeter.rs`.
 //!
 //! `protoc` comes from the `protoc-bin-vendored` crate unless `PROTOC` is set, so a fresh
 //! machine builds with no manual step.
@@ -16,6 +17,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("holdup_descriptor.bin"))
         .compile_protos(&["proto/holdup/v1/lab.proto"], &["proto"])?;
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out_dir.join("helloworld_descriptor.bin"))
+        .compile_protos(&["proto/helloworld/helloworld.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -350,3 +350,70 @@ async fn tokio_console_shows_the_inline_task_by_name_with_its_busy_time() {
     );
     app.shutdown().await.unwrap();
 }
+
+/// The victim's server span links to each culprit's server span (Jaeger shows these links as
+/// references), and carries the verdict and blame as attributes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_victims_span_links_to_its_culprits_spans() {
+    world();
+    let app = spawn_app().await;
+    let inline = |addr| async move {
+        common::client(addr)
+            .await
+            .cpu_bound(CpuBoundRequest {
+                mode: CpuMode::Inline.into(),
+                work_ms: 400,
+                iterations: 0,
+            })
+            .await
+            .expect("CpuBound answers")
+            .into_inner()
+    };
+    // One inline call per lab worker, then a probe that must wait for one of them.
+    let pressure = [
+        tokio::spawn(inline(app.addr)),
+        tokio::spawn(inline(app.addr)),
+    ];
+    tokio::time::sleep(ms(100)).await;
+    let probe = common::client(app.addr)
+        .await
+        .fast(FastRequest::default())
+        .await
+        .expect("Fast answers")
+        .into_inner()
+        .diagnostics
+        .expect("diagnostics");
+    let mut culprit_spans = Vec::new();
+    for call in pressure {
+        let reply = call.await.expect("pressure call");
+        let trace_id = reply.diagnostics.expect("diagnostics").trace_id;
+        let spans = trace(&trace_id, 2).await;
+        culprit_spans.push(named(&spans, "holdup.v1.Lab/CpuBound").span_id());
+    }
+    assert_eq!(probe.verdict, "runtime-contention", "{probe:?}");
+    let mut blamed: Vec<String> = probe.culprits.iter().map(|c| c.span_id.clone()).collect();
+    blamed.sort();
+    culprit_spans.sort();
+    assert_eq!(blamed, culprit_spans, "the reply names the culprits' spans");
+
+    let spans = trace(&probe.trace_id, 1).await;
+    let victim = named(&spans, "holdup.v1.Lab/Fast");
+    let mut linked: Vec<String> = victim
+        .span
+        .links
+        .iter()
+        .map(|l| hex::encode(&l.span_id))
+        .collect();
+    linked.sort();
+    assert_eq!(linked, culprit_spans, "links of the victim's span");
+    assert_eq!(
+        victim.attr("holdup.verdict").as_deref(),
+        Some("runtime-contention")
+    );
+    let blamed_us: u64 = victim
+        .attr("holdup.blamed_us")
+        .and_then(|v| v.parse().ok())
+        .expect("holdup.blamed_us");
+    assert!(blamed_us >= 100_000, "blamed {blamed_us} us");
+    app.shutdown().await.unwrap();
+}

@@ -35,7 +35,7 @@ pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
 
 /// The subscriber a server needs (the diagnosis engine's stage layer, and trace ids so that
 /// blame names culprits by them); logs go to the test output only when `TEST_LOG` is set.
-fn init_tracing() {
+pub fn init_tracing() {
     TRACING.call_once(|| {
         holdup::telemetry::subscriber::init_local(std::env::var_os("TEST_LOG").is_some(), true);
     });

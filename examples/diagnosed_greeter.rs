@@ -1,0 +1,207 @@
+//! A service that is not the Lab: the hello-world greeter of tonic's own examples, diagnosed by
+//! holdup's engine exactly as the README's "Diagnose your own service" tells you to add it.
+//!
+//! Its handler misbehaves on purpose according to the name it greets, written as ordinary code
+//! is written (plain `tracing` spans, nothing that names a verdict):
+//!
+//! - `spin`: about 200 ms of CPU inline;
+//! - `block`: `std::thread::sleep` for 200 ms;
+//! - `mutex`: takes a `std::sync::Mutex` and keeps it 200 ms: a second `mutex` call waits for it;
+//! - `wait`: `tokio::time::sleep` for 200 ms inside a `cache.refresh` span;
+//! - anything else: answers at once.
+//!
+//! ```sh
+//! cargo run --example diagnosed_greeter -- --listen 127.0.0.1:50061
+//! grpcurl -plaintext -v -d '{"name":"spin"}' 127.0.0.1:50061 helloworld.Greeter/SayHello
+//! ```
+//!
+//! Flags: `--listen ADDR` (default 127.0.0.1:50061), `--workers N` (handler threads, default 2),
+//! `--single-runtime` (handlers on the connection runtime: see what one runtime cannot see).
+#![forbid(unsafe_code)]
+
+use std::{
+    future::Future,
+    io::IsTerminal,
+    net::SocketAddr,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use clap::Parser;
+use holdup::diagnose::{DiagnoseLayer, StageFilter, StageLayer, install_hooks};
+use opentelemetry::trace::TracerProvider as _;
+use tokio::{net::TcpListener, runtime::Handle};
+use tonic::{
+    Request, Response, Status,
+    transport::{Server, server::TcpIncoming},
+};
+use tracing::Instrument;
+use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
+
+pub mod pb {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    tonic::include_proto!("helloworld");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("helloworld_descriptor");
+}
+
+use pb::{
+    HelloReply, HelloRequest,
+    greeter_server::{Greeter, GreeterServer},
+};
+
+/// How long each misbehaviour lasts.
+pub const MISBEHAVE: Duration = Duration::from_millis(200);
+
+#[derive(Debug, Default, Clone)]
+pub struct MyGreeter {
+    /// Shared state behind a blocking lock, as in many services.
+    cache: Arc<Mutex<u64>>,
+}
+
+#[tonic::async_trait]
+impl Greeter for MyGreeter {
+    async fn say_hello(
+        &self,
+        request: Request<HelloRequest>,
+    ) -> Result<Response<HelloReply>, Status> {
+        let name = request.into_inner().name;
+        match name.as_str() {
+            "spin" => {
+                let _render = tracing::info_span!("render").entered();
+                spin(MISBEHAVE);
+            }
+            "block" => std::thread::sleep(MISBEHAVE),
+            "mutex" => {
+                let mut hits = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+                std::thread::sleep(MISBEHAVE);
+                *hits += 1;
+            }
+            "wait" => {
+                tokio::time::sleep(MISBEHAVE)
+                    .instrument(tracing::info_span!("cache.refresh"))
+                    .await;
+            }
+            _ => {}
+        }
+        Ok(Response::new(HelloReply {
+            message: format!("Hello {name}!"),
+        }))
+    }
+}
+
+/// Busy arithmetic for `time`: the CPU-heavy code a handler should not run inline.
+fn spin(time: Duration) -> u64 {
+    let until = Instant::now() + time;
+    let mut x = 1u64;
+    while Instant::now() < until {
+        for _ in 0..1_000 {
+            x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+        }
+    }
+    x
+}
+
+/// Serves the greeter (and reflection) on `listener` until `shutdown`, diagnosed. With
+/// `handlers`, request handlers run there, apart from the runtime that reads the sockets.
+///
+/// # Errors
+/// The transport error that stopped the server.
+pub async fn serve(
+    listener: TcpListener,
+    handlers: Option<Handle>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    // Reflection, both versions: grpcurl before 1.9 speaks only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().context("building reflection")?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .context("building reflection")?;
+    // The diagnosis layer: one line (two with the separate handler runtime).
+    let mut diagnose = DiagnoseLayer::new();
+    if let Some(handlers) = handlers {
+        diagnose = diagnose.handlers_on(handlers);
+    }
+    Server::builder()
+        .layer(diagnose)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(GreeterServer::new(MyGreeter::default()))
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
+        .await
+        .context("serving")
+}
+
+/// A runtime with the diagnosis engine's poll hooks, so that blame can name any task.
+///
+/// # Errors
+/// The I/O error if the runtime cannot start.
+pub fn runtime(name: &str, workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    install_hooks(&mut builder);
+    builder
+        .worker_threads(workers)
+        .thread_name(name)
+        .enable_all()
+        .build()
+}
+
+#[derive(Debug, Parser)]
+struct Args {
+    #[arg(long, default_value = "127.0.0.1:50061")]
+    listen: SocketAddr,
+    /// Threads that run the handlers.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Run handlers on the runtime that serves the connections (what most services do).
+    #[arg(long)]
+    single_runtime: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    // Logs, trace ids for every request (no exporter: add your own), and the engine's stage layer.
+    let tracer = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .build()
+        .tracer("greeter");
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_filter(EnvFilter::new("info")),
+        )
+        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .with(StageLayer::new().with_filter(StageFilter))
+        .init();
+    let (connections, handlers) = if args.single_runtime {
+        (runtime("greeter", args.workers.max(1))?, None)
+    } else {
+        (
+            runtime("greeter-io", 1)?,
+            Some(runtime("greeter-handler", args.workers.max(1))?),
+        )
+    };
+    connections.block_on(async {
+        let listener = TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("binding {}", args.listen))?;
+        println!("greeter listening on {}", listener.local_addr()?);
+        serve(
+            listener,
+            handlers.as_ref().map(|r| r.handle().clone()),
+            async {
+                let _ = tokio::signal::ctrl_c().await;
+            },
+        )
+        .await
+    })
+}
