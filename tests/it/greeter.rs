@@ -10,9 +10,9 @@ use crate::common::ms;
 
 #[allow(dead_code)] // the example's `main` and flags are not used here
 #[path = "../../examples/diagnosed_greeter.rs"]
-mod greeter;
+mod example;
 
-use greeter::pb::{HelloRequest, greeter_client::GreeterClient};
+use example::pb::{HelloRequest, greeter_client::GreeterClient};
 
 /// A running greeter: handlers on a 2-worker runtime of their own, as the README advises.
 struct Greeter {
@@ -24,7 +24,7 @@ struct Greeter {
 impl Greeter {
     async fn start() -> Self {
         crate::common::init_tracing();
-        let handlers = greeter::runtime("greeter-handler", 2).expect("handler runtime");
+        let handlers = example::runtime("greeter-handler", 2).expect("handler runtime");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -32,7 +32,7 @@ impl Greeter {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let handle = handlers.handle().clone();
         tokio::spawn(async move {
-            greeter::serve(listener, Some(handle), async {
+            example::serve(listener, Some(handle), async {
                 let _ = stopped.await;
             })
             .await
