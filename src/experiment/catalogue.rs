@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{ServeConfig, SimulatorConfig, UpstreamTarget},
+    diagnose::Verdict,
     load::{
         Plan,
         args::DEFAULT_MAX_IN_FLIGHT,
@@ -96,6 +97,20 @@ pub struct Experiment {
     /// against a `--target`, whose configuration holdup cannot change.
     pub server: Option<fn(&mut ServeConfig)>,
     pub pressure: fn(&Scale) -> Plan,
+    /// What a correct diagnosis says: the answer key the measured verdicts are scored against.
+    pub expect: Expect,
+}
+
+/// The verdicts a correct diagnosis gives: every pressure call's, and every late probe's
+/// (`none` for a probe: it should not be late at all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expect {
+    pub pressure: Verdict,
+    pub probe: Verdict,
+}
+
+const fn expect(pressure: Verdict, probe: Verdict) -> Expect {
+    Expect { pressure, probe }
 }
 
 /// The configuration every in-process experiment server starts from.
@@ -211,6 +226,7 @@ pub fn catalogue() -> Vec<Experiment> {
             fixes: None,
             server: None,
             pressure: |_| open(RpcSpec::fast(), 500.0),
+            expect: expect(Verdict::None, Verdict::None),
         },
         Experiment {
             id: "sleep-blocking",
@@ -221,6 +237,7 @@ pub fn catalogue() -> Vec<Experiment> {
             fixes: None,
             server: None,
             pressure: |s| closed(RpcSpec::sleep(SleepMode::Blocking, SLEEP_MS), s.workers),
+            expect: expect(Verdict::BlockingCall, Verdict::RuntimeContention),
         },
         Experiment {
             id: "sleep-async",
@@ -231,6 +248,7 @@ pub fn catalogue() -> Vec<Experiment> {
             fixes: Some("sleep-blocking"),
             server: None,
             pressure: |s| closed(RpcSpec::sleep(SleepMode::Async, SLEEP_MS), s.workers),
+            expect: expect(Verdict::Timer, Verdict::None),
         },
         Experiment {
             id: "cpu-inline",
@@ -241,6 +259,7 @@ pub fn catalogue() -> Vec<Experiment> {
             fixes: None,
             server: None,
             pressure: |s| cpu(CpuMode::Inline, s),
+            expect: expect(Verdict::OwnCpu, Verdict::RuntimeContention),
         },
         Experiment {
             id: "cpu-blocking-pool",
@@ -251,6 +270,7 @@ pub fn catalogue() -> Vec<Experiment> {
             fixes: Some("cpu-inline"),
             server: None,
             pressure: |s| cpu(CpuMode::BlockingPool, s),
+            expect: expect(Verdict::OffloadedCpu, Verdict::None),
         },
         Experiment {
             id: "cpu-compute-pool",
@@ -261,6 +281,7 @@ pub fn catalogue() -> Vec<Experiment> {
             fixes: Some("cpu-inline"),
             server: None,
             pressure: |s| cpu(CpuMode::ComputePool, s),
+            expect: expect(Verdict::OffloadedCpu, Verdict::None),
         },
         Experiment {
             id: "cpu-cooperative",
@@ -271,6 +292,7 @@ pub fn catalogue() -> Vec<Experiment> {
             fixes: Some("cpu-inline"),
             server: None,
             pressure: |s| cpu(CpuMode::Cooperative, s),
+            expect: expect(Verdict::OwnCpu, Verdict::None),
         },
         Experiment {
             id: "pool-size-1",
@@ -281,6 +303,7 @@ pub fn catalogue() -> Vec<Experiment> {
             fixes: None,
             server: Some(|c| c.db.pool_size = 1),
             pressure: |_| closed(RpcSpec::backend(HOLD_MS, Query::Point, 1), BACKEND_CALLERS),
+            expect: expect(Verdict::ResourceQueue, Verdict::None),
         },
         Experiment {
             id: "pool-size-enough",
@@ -291,6 +314,7 @@ pub fn catalogue() -> Vec<Experiment> {
             fixes: Some("pool-size-1"),
             server: Some(|c| c.db.pool_size = BACKEND_CALLERS),
             pressure: |_| closed(RpcSpec::backend(HOLD_MS, Query::Point, 1), BACKEND_CALLERS),
+            expect: expect(Verdict::Backend, Verdict::None),
         },
         Experiment {
             id: "upstream-no-timeout",
@@ -313,6 +337,7 @@ pub fn catalogue() -> Vec<Experiment> {
                     40.0,
                 )
             },
+            expect: expect(Verdict::Upstream, Verdict::None),
         },
         Experiment {
             id: "upstream-timeout-retry",
@@ -335,6 +360,7 @@ pub fn catalogue() -> Vec<Experiment> {
                     40.0,
                 )
             },
+            expect: expect(Verdict::Upstream, Verdict::None),
         },
         Experiment {
             id: "upstream-new-client",
@@ -345,6 +371,7 @@ pub fn catalogue() -> Vec<Experiment> {
             fixes: None,
             server: None,
             pressure: |_| open(upstream(CLIENT_LATENCY_MS, 0, 0.0, 1_000, 0, true), 100.0),
+            expect: expect(Verdict::Upstream, Verdict::None),
         },
         Experiment {
             id: "upstream-shared-client",
@@ -355,6 +382,7 @@ pub fn catalogue() -> Vec<Experiment> {
             fixes: Some("upstream-new-client"),
             server: None,
             pressure: |_| open(upstream(CLIENT_LATENCY_MS, 0, 0.0, 1_000, 0, false), 100.0),
+            expect: expect(Verdict::Upstream, Verdict::None),
         },
     ]
 }

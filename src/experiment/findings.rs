@@ -5,7 +5,10 @@
 use serde::{Deserialize, Serialize};
 
 use super::catalogue::{Experiment, Role};
-use crate::load::{report::Stats, table::ms};
+use crate::{
+    diagnose::Verdict,
+    load::{report::Stats, table::ms},
+};
 
 /// A probe p99 below this is treated as this when dividing: a factor against a few
 /// microseconds would only measure noise.
@@ -54,6 +57,20 @@ pub struct Finding {
     pub pressure_dominant: String,
     pub pressure_verdict: String,
 
+    /// The diagnosis scored against the catalogue's answer key (see [`Expect`]): the share of
+    /// pressure calls whose measured verdict is the expected one.
+    pub pressure_expected: String,
+    pub pressure_verdict_share: f64,
+    /// For the probe: the share of late probes (verdict other than `none`) whose verdict is
+    /// the expected one, or, where it is `none`, the share of probes that were not late.
+    pub probe_expected: String,
+    pub probe_verdict_share: f64,
+    /// The share of the probe's scheduled time blamed on the pressure's RPC (`None`: the probe
+    /// never waited for a worker).
+    pub blame_precision: Option<f64>,
+    /// The probe's largest delay component under pressure was its wait for a worker.
+    pub probe_scheduled_dominates: bool,
+
     pub conclusion: String,
 
     pub probe_alone: Stats,
@@ -99,6 +116,14 @@ impl Finding {
                 .split
                 .as_ref()
                 .map_or_else(|| "-".to_owned(), |s| s.verdict.clone()),
+            pressure_expected: experiment.expect.pressure.to_string(),
+            pressure_verdict_share: verdict_share(&pressure, experiment.expect.pressure, false),
+            probe_expected: experiment.expect.probe.to_string(),
+            probe_verdict_share: verdict_share(&probe, experiment.expect.probe, true),
+            blame_precision: probe.split.as_ref().and_then(|s| {
+                (s.scheduled_ms > 0.0).then(|| s.blame.get(&pressure.rpc).copied().unwrap_or(0.0))
+            }),
+            probe_scheduled_dominates: component(&probe) == "scheduled",
             conclusion: String::new(),
             probe_alone,
             probe,
@@ -117,6 +142,26 @@ impl Finding {
             Effect::Unaffected
         }
     }
+}
+
+/// The share of `stats`' replies whose verdict is `expected`. For a probe (`late_only`), only
+/// late replies count unless `expected` is `none`: a probe is expected to be late only now and
+/// then, and then for the expected reason.
+fn verdict_share(stats: &Stats, expected: Verdict, late_only: bool) -> f64 {
+    let Some(split) = &stats.split else {
+        return 0.0;
+    };
+    let count = |word: &str| split.verdicts.get(word).copied().unwrap_or(0);
+    let all: u64 = split.verdicts.values().sum();
+    let considered = if late_only && expected != Verdict::None {
+        all - count(Verdict::None.as_str())
+    } else {
+        all
+    };
+    if considered == 0 {
+        return 1.0;
+    }
+    count(expected.as_str()) as f64 / considered as f64
 }
 
 /// What the pressure did to the bystander.
@@ -276,6 +321,10 @@ mod tests {
             fixes,
             server: None,
             pressure: |s| super::super::catalogue::probe(s),
+            expect: super::super::catalogue::Expect {
+                pressure: Verdict::OwnCpu,
+                probe: Verdict::RuntimeContention,
+            },
         }
     }
 

@@ -8,7 +8,9 @@ use super::{
     findings::Finding,
     report::{self, ExperimentReport},
     svg::{Bar, Series, escape, latency_plot, summary_plot},
+    waterfall::waterfall,
 };
+use crate::diagnose::Verdict;
 use crate::load::{report::Stats, table::ms};
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;\
@@ -48,6 +50,7 @@ pub fn render(report: &ExperimentReport) -> String {
     out.push_str(&summary_plot(&bars));
     out.push_str("<h2>Findings</h2>");
     out.push_str(&findings_table(&report.findings));
+    out.push_str(&confusion_matrices(&report.findings));
     if !report.skipped.is_empty() {
         out.push_str("<p>Skipped:</p><ul>");
         for s in &report.skipped {
@@ -135,6 +138,17 @@ fn section(f: &Finding) -> String {
         ("Fast under pressure", &f.probe),
         ("pressure", &f.pressure),
     ]));
+    if let Some(slowest) = f.probe.split.as_ref().and_then(|s| s.slowest.as_ref()) {
+        let _ = write!(
+            out,
+            "<figure>{}<figcaption>The slowest Fast probe under pressure (trace {}), as the \
+             diagnosis engine recorded it: its polls, its waits for a worker and its parked \
+             stretches, and below, the culprits' polls that held the workers meanwhile.\
+             </figcaption></figure>",
+            waterfall(&format!("{}: the slowest Fast probe", f.id), slowest),
+            escape(&slowest.trace_id)
+        );
+    }
     for stats in [&f.probe, &f.pressure] {
         for warning in &stats.warnings {
             let _ = write!(
@@ -146,6 +160,69 @@ fn section(f: &Finding) -> String {
         }
     }
     out.push_str("</section>");
+    out
+}
+
+/// The measured verdicts against the expected ones, per experiment: one matrix for the pressure
+/// calls and one for the probe. Rows are experiments with their expected verdict, columns the
+/// verdicts measured, cells the share of replies; the expected cell is outlined.
+fn confusion_matrices(findings: &[Finding]) -> String {
+    let mut out = String::from(
+        "<h2>Verdicts: expected against measured</h2><p class=\"meta\">The diagnosis engine's \
+         verdict of every reply, against the catalogue's answer key. Each row sums to 100%; \
+         the expected cell is outlined.</p>",
+    );
+    for (title, expected, stats) in [
+        (
+            "Pressure calls",
+            (|f: &Finding| f.pressure_expected.clone()) as fn(&Finding) -> String,
+            (|f: &Finding| &f.pressure) as fn(&Finding) -> &Stats,
+        ),
+        (
+            "Fast probe under pressure",
+            |f: &Finding| f.probe_expected.clone(),
+            |f: &Finding| &f.probe,
+        ),
+    ] {
+        let _ = write!(
+            out,
+            "<h3>{title}</h3><table><tr><th>experiment</th><th>expected</th>"
+        );
+        for verdict in Verdict::ALL {
+            let _ = write!(out, "<th>{verdict}</th>");
+        }
+        out.push_str("</tr>");
+        for f in findings {
+            let want = expected(f);
+            let _ = write!(
+                out,
+                "<tr><td>{}</td><td>{}</td>",
+                escape(&f.id),
+                escape(&want)
+            );
+            let counts = stats(f).split.as_ref().map(|s| &s.verdicts);
+            let all: u64 = counts.map_or(0, |c| c.values().sum());
+            for verdict in Verdict::ALL {
+                let n = counts
+                    .and_then(|c| c.get(verdict.as_str()))
+                    .copied()
+                    .unwrap_or(0);
+                let style = if verdict.as_str() == want {
+                    " style=\"outline:2px solid #070\""
+                } else {
+                    ""
+                };
+                let text = if n == 0 {
+                    String::new()
+                } else {
+                    format!("{:.0}%", n as f64 * 100.0 / all.max(1) as f64)
+                };
+                let _ = write!(out, "<td class=\"num\"{style}>{text}</td>");
+            }
+            out.push_str("</tr>");
+        }
+        out.push_str("</table>");
+    }
     out
 }
 

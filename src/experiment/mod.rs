@@ -16,6 +16,7 @@ pub mod html;
 pub mod report;
 pub mod runner;
 pub mod svg;
+pub mod waterfall;
 
 use std::{path::PathBuf, time::Instant};
 

@@ -33,7 +33,7 @@ impl ExperimentReport {
 }
 
 /// The findings table's columns, shared by the Markdown and the HTML report.
-pub const COLUMNS: [&str; 10] = [
+pub const COLUMNS: [&str; 13] = [
     "experiment",
     "pressure",
     "Fast p50 / p99 alone",
@@ -43,16 +43,19 @@ pub const COLUMNS: [&str; 10] = [
     "pressure ok/s",
     "Fast delay",
     "pressure delay / verdict",
+    "pressure verdict: expected (measured share)",
+    "late Fast verdict: expected (measured share)",
+    "Fast wait blamed on pressure",
     "conclusion",
 ];
 
 /// Which of [`COLUMNS`] hold numbers (right-aligned in HTML).
-pub const NUMERIC: [bool; 10] = [
-    false, false, true, true, true, true, true, false, false, false,
+pub const NUMERIC: [bool; 13] = [
+    false, false, true, true, true, true, true, false, false, false, false, true, false,
 ];
 
 /// One finding as the text of each of [`COLUMNS`], unescaped.
-pub fn row(f: &Finding) -> [String; 10] {
+pub fn row(f: &Finding) -> [String; 13] {
     [
         f.id.clone(),
         format!("{} ({})", f.pressure_rpc, f.pressure_schedule),
@@ -67,6 +70,18 @@ pub fn row(f: &Finding) -> [String; 10] {
         format!("{:.0}", f.pressure_throughput),
         f.probe_dominant.clone(),
         format!("{} / {}", f.pressure_dominant, f.pressure_verdict),
+        format!(
+            "{} ({:.0}%)",
+            f.pressure_expected,
+            f.pressure_verdict_share * 100.0
+        ),
+        format!(
+            "{} ({:.0}%)",
+            f.probe_expected,
+            f.probe_verdict_share * 100.0
+        ),
+        f.blame_precision
+            .map_or_else(|| "-".to_owned(), |p| format!("{:.0}%", p * 100.0)),
         f.conclusion.clone(),
     ]
 }
@@ -103,7 +118,10 @@ pub fn markdown(report: &ExperimentReport) -> String {
     out.push_str(
         "\nFast delay / pressure delay: the largest mean component of the replies' delay split \
          (busy = own polls, scheduled = waiting for a lab worker, idle = awaiting I/O or timers, \
-         queue = waiting for a pool slot, outside = client latency not spent in the handler).\n",
+         queue = waiting for a pool slot, outside = client latency not spent in the handler).\n\
+         Expected verdicts are the catalogue's answer key; the measured share is of pressure calls, \
+         and of late Fast calls (or of all, where the answer is none). Blamed: the share of the \
+         Fast probe's wait for a worker that the engine blamed on the pressure's RPC.\n",
     );
     out
 }

@@ -77,6 +77,8 @@ async fn measure(
         label: "probe".into(),
         plan: probe(scale),
         channels: probe_channels,
+        // The slowest probe's timeline is drawn in the report.
+        timeline: true,
     };
     let quiet = Progress::hidden();
 
@@ -94,6 +96,7 @@ async fn measure(
         label: "pressure".into(),
         plan: (experiment.pressure)(scale),
         channels: pressure_channels,
+        timeline: false,
     };
     let mut under = load::run(pressure_window, vec![pressure_stream, probe_stream], &quiet)
         .await

@@ -82,6 +82,8 @@ pub struct Stream {
     pub label: String,
     pub plan: Plan,
     pub channels: Vec<Channel>,
+    /// Ask for each reply's whole timeline (`holdup-timeline: 1`), and keep the slowest.
+    pub timeline: bool,
 }
 
 /// Everything `holdup load` needs, validated.
@@ -109,10 +111,11 @@ pub async fn run(window: Window, streams: Vec<Stream>, progress: &Progress) -> V
     for stream in &streams {
         let recorder = Recorder::shared(clock);
         recorders.push(Arc::clone(&recorder));
-        let caller = stream
-            .plan
-            .call
-            .caller(stream.channels.clone(), stream.plan.timeout);
+        let caller = stream.plan.call.caller(
+            stream.channels.clone(),
+            stream.plan.timeout,
+            stream.timeline,
+        );
         drivers.spawn(worker::drive(caller, stream.plan.schedule, clock, recorder));
     }
     let mut ticker = tokio::time::interval(progress::REFRESH);
@@ -178,12 +181,14 @@ async fn run_against(
         label: "main".into(),
         plan: config.main.clone(),
         channels: target::connect(url, config.connections).await?,
+        timeline: false,
     }];
     if let Some(probe) = &config.probe {
         streams.push(Stream {
             label: "probe".into(),
             plan: probe.clone(),
             channels: target::connect(url, 1).await?,
+            timeline: false,
         });
     }
     let progress = Progress::new(config.window.warmup + config.window.duration, show_progress);

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::{
     histogram::Latencies,
-    report::{SplitSummary, Stats, Timeline},
+    report::{SlowestRequest, SplitSummary, Stats, Timeline},
     rpc::{Outcome, code_name},
     schedule::{Clock, Schedule},
 };
@@ -69,6 +69,10 @@ struct SplitSums {
     idle_us: u128,
     queue_us: u128,
     verdicts: BTreeMap<String, u64>,
+    /// Culprits' shares of the waits, by culprit method (`task` for other tasks).
+    blame_us: BTreeMap<String, u128>,
+    /// The slowest reply that carried its timeline.
+    slowest: Option<Diagnostics>,
 }
 
 impl Recorder {
@@ -226,6 +230,21 @@ impl SplitSums {
         if !d.verdict.is_empty() {
             *self.verdicts.entry(d.verdict.clone()).or_default() += 1;
         }
+        for culprit in &d.culprits {
+            let method = if culprit.rpc.is_empty() {
+                "task"
+            } else {
+                culprit.rpc.as_str()
+            };
+            *self.blame_us.entry(method.to_owned()).or_default() += u128::from(culprit.share_us);
+        }
+        let slower = self
+            .slowest
+            .as_ref()
+            .is_none_or(|s| d.total_us > s.total_us);
+        if !d.timeline.is_empty() && slower {
+            self.slowest = Some(d.clone());
+        }
     }
 
     fn summary(&self) -> Option<SplitSummary> {
@@ -235,7 +254,12 @@ impl SplitSums {
         let mean = |sum: u128| sum as f64 / self.replies as f64 / 1_000.0;
         let waiting = self.idle_us.saturating_sub(self.queue_us);
         let outside = self.client_us.saturating_sub(self.total_us);
-        Some(SplitSummary::new(
+        let blame = self
+            .blame_us
+            .iter()
+            .map(|(method, us)| (method.clone(), *us as f64 / self.scheduled_us.max(1) as f64))
+            .collect();
+        let mut summary = SplitSummary::new(
             self.replies,
             [
                 ("busy", mean(self.busy_us)),
@@ -246,7 +270,10 @@ impl SplitSums {
             ],
             mean(self.total_us),
             self.verdicts.clone(),
-        ))
+        );
+        summary.blame = blame;
+        summary.slowest = self.slowest.as_ref().map(SlowestRequest::from_reply);
+        Some(summary)
     }
 }
 

@@ -107,6 +107,86 @@ pub struct SplitSummary {
     pub verdicts: BTreeMap<String, u64>,
     /// The most frequent verdict.
     pub verdict: String,
+    /// Of all the replies' scheduled time, the share blamed on each culprit method (`task` for
+    /// a task that is not a request): how precisely the waits were explained.
+    #[serde(default)]
+    pub blame: BTreeMap<String, f64>,
+    /// The slowest reply that carried its timeline (streams that asked for timelines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slowest: Option<SlowestRequest>,
+}
+
+/// One request's timeline, as the report draws it: microseconds from its start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SlowestRequest {
+    pub trace_id: String,
+    pub total_us: u64,
+    pub verdict: String,
+    /// Its polls (`poll`), waits for a worker (`scheduled`) and parked stretches (`idle`).
+    pub stretches: Vec<Stretch>,
+    /// Who held the workers while it waited, with their polls during the waits.
+    pub culprits: Vec<CulpritPolls>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stretch {
+    pub kind: String,
+    pub from_us: i64,
+    pub to_us: i64,
+    #[serde(default)]
+    pub on_cpu_us: u64,
+    /// For an idle stretch: the stage span it was parked in.
+    #[serde(default)]
+    pub stage: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CulpritPolls {
+    /// `<method> <short trace id>`, or the task's description.
+    pub name: String,
+    pub share_us: u64,
+    pub polls: Vec<(i64, i64)>,
+}
+
+impl SlowestRequest {
+    pub fn from_reply(d: &crate::proto::Diagnostics) -> Self {
+        use crate::proto::timeline_event::Kind;
+        Self {
+            trace_id: d.trace_id.clone(),
+            total_us: d.total_us,
+            verdict: d.verdict.clone(),
+            stretches: d
+                .timeline
+                .iter()
+                .map(|e| Stretch {
+                    kind: match e.kind() {
+                        Kind::Poll => "poll",
+                        Kind::Scheduled => "scheduled",
+                        Kind::Idle => "idle",
+                        Kind::Unspecified => "?",
+                    }
+                    .to_owned(),
+                    from_us: e.from_us,
+                    to_us: e.to_us,
+                    on_cpu_us: e.on_cpu_us,
+                    stage: e.stage.clone(),
+                })
+                .collect(),
+            culprits: d
+                .culprits
+                .iter()
+                .map(|c| CulpritPolls {
+                    name: if c.rpc.is_empty() {
+                        c.task.clone()
+                    } else {
+                        format!("{} {}", c.rpc, c.trace_id.get(..8).unwrap_or(""))
+                    },
+                    share_us: c.share_us,
+                    polls: c.polls.iter().map(|p| (p.from_us, p.to_us)).collect(),
+                })
+                .collect(),
+        }
+    }
 }
 
 impl SplitSummary {
@@ -138,6 +218,8 @@ impl SplitSummary {
             dominant: dominant.to_owned(),
             verdicts,
             verdict,
+            blame: BTreeMap::new(),
+            slowest: None,
         }
     }
 }

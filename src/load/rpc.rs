@@ -105,42 +105,43 @@ impl RpcSpec {
         }
     }
 
-    /// Sends the call once with `timeout` as its gRPC deadline.
-    pub async fn invoke(&self, channel: Channel, timeout: Duration) -> Outcome {
+    /// Sends the call once with `timeout` as its gRPC deadline; with `timeline`, asks for the
+    /// reply's whole timeline.
+    pub async fn invoke(&self, channel: Channel, timeout: Duration, timeline: bool) -> Outcome {
         let mut client = LabClient::new(channel);
         let call = async {
             let diagnostics = match self {
                 Self::Fast(r) => {
                     client
-                        .fast(with_deadline(r, timeout))
+                        .fast(with_deadline(r, timeout, timeline))
                         .await?
                         .into_inner()
                         .diagnostics
                 }
                 Self::Sleep(r) => {
                     client
-                        .sleep(with_deadline(r, timeout))
+                        .sleep(with_deadline(r, timeout, timeline))
                         .await?
                         .into_inner()
                         .diagnostics
                 }
                 Self::Cpu(r) => {
                     client
-                        .cpu_bound(with_deadline(r, timeout))
+                        .cpu_bound(with_deadline(r, timeout, timeline))
                         .await?
                         .into_inner()
                         .diagnostics
                 }
                 Self::Backend(r) => {
                     client
-                        .slow_backend(with_deadline(r, timeout))
+                        .slow_backend(with_deadline(r, timeout, timeline))
                         .await?
                         .into_inner()
                         .diagnostics
                 }
                 Self::Upstream(r) => {
                     client
-                        .upstream_call(with_deadline(r, timeout))
+                        .upstream_call(with_deadline(r, timeout, timeline))
                         .await?
                         .into_inner()
                         .diagnostics
@@ -156,7 +157,7 @@ impl RpcSpec {
     }
 
     /// A [`Caller`] that sends this call over `channels`, round robin.
-    pub fn caller(&self, channels: Vec<Channel>, timeout: Duration) -> Caller {
+    pub fn caller(&self, channels: Vec<Channel>, timeout: Duration, timeline: bool) -> Caller {
         let spec = Arc::new(self.clone());
         let channels = Arc::new(channels);
         Arc::new(move |n| {
@@ -166,7 +167,7 @@ impl RpcSpec {
                 let Some(channel) = pick(&channels, n) else {
                     return Outcome::Failed(Code::Unavailable);
                 };
-                spec.invoke(channel, timeout).await
+                spec.invoke(channel, timeout, timeline).await
             })
         })
     }
@@ -178,9 +179,15 @@ fn pick(channels: &[Channel], n: u64) -> Option<Channel> {
     channels.get(index).cloned()
 }
 
-fn with_deadline<T: Clone>(message: &T, timeout: Duration) -> Request<T> {
+fn with_deadline<T: Clone>(message: &T, timeout: Duration, timeline: bool) -> Request<T> {
     let mut request = Request::new(message.clone());
     request.set_timeout(timeout);
+    if timeline {
+        request.metadata_mut().insert(
+            crate::diagnose::TIMELINE_HEADER,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+    }
     request
 }
 
