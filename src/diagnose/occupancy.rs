@@ -207,6 +207,7 @@ pub fn install_hooks(builder: &mut tokio::runtime::Builder) -> &mut tokio::runti
     {
         builder
             .on_thread_park(|| {
+                super::clock::forget_mark();
                 SLOT.with(|slot| {
                     slot.worker
                         .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -242,11 +243,11 @@ pub fn install_hooks(builder: &mut tokio::runtime::Builder) -> &mut tokio::runti
     }
 }
 
-/// The polls that held a worker of `runtime` between `from` and `to`, clipped to that window,
-/// other than the victim's own. The poll now running on this thread is the victim's and is left
-/// out.
+/// The polls that held a worker of `runtime` (of any runtime of the process, with `None`)
+/// between `from` and `to`, clipped to that window, other than the victim's own. The poll now
+/// running on this thread is the victim's and is left out.
 pub(crate) fn holders_during(
-    runtime: u64,
+    runtime: Option<u64>,
     from: u64,
     to: u64,
     victim: &Arc<Identity>,
@@ -257,7 +258,7 @@ pub(crate) fn holders_during(
         .unwrap_or_else(PoisonError::into_inner)
         .iter()
         .filter_map(Weak::upgrade)
-        .filter(|slot| slot.runtime == runtime)
+        .filter(|slot| runtime.is_none_or(|r| slot.runtime == r))
         .collect();
     let is_victim =
         |holder: &Holder| matches!(holder, Holder::Request(id) if Arc::ptr_eq(id, victim));

@@ -159,13 +159,24 @@ impl Timeline {
         let waited = now.saturating_sub(ready_since);
         // Blame outside the lock: it reads every worker's slot.
         let blamed = (waited >= super::clock::nanos(self.engine.config.blame_from)).then(|| {
-            let held = occupancy::holders_during(
-                occupancy::runtime_key(),
-                ready_since,
-                now,
-                &self.identity,
-            );
-            blame::blame(held)
+            let during = |runtime| {
+                blame::blame(occupancy::holders_during(
+                    runtime,
+                    ready_since,
+                    now,
+                    &self.identity,
+                ))
+            };
+            let own = during(Some(occupancy::runtime_key()));
+            // A wait its own runtime does not explain was a wait for a CPU: the worker was free
+            // but the cores ran other threads, such as another runtime's long polls.
+            if own.1 * 2 < waited {
+                let any = during(None);
+                if any.1 > own.1 {
+                    return any;
+                }
+            }
+            own
         });
         let mut state = self.lock();
         if state.parked.is_some_and(|p| p.depth == depth) {

@@ -58,7 +58,10 @@ pub struct Finding {
     pub pressure_verdict: String,
 
     /// The diagnosis scored against the catalogue's answer key (see [`Expect`]): the share of
-    /// pressure calls whose measured verdict is the expected one.
+    /// pressure calls whose measured verdict is the expected one. Where the pressure holds
+    /// workers itself (`own-cpu`, `blocking-call`), a call that mostly waited behind another
+    /// pressure call is right to say `runtime-contention` blamed on the pressure's own RPC, and
+    /// counts as right.
     pub pressure_expected: String,
     pub pressure_verdict_share: f64,
     /// For the probe: the share of late probes (verdict other than `none`) whose verdict is
@@ -117,11 +120,13 @@ impl Finding {
                 .as_ref()
                 .map_or_else(|| "-".to_owned(), |s| s.verdict.clone()),
             pressure_expected: experiment.expect.pressure.to_string(),
-            pressure_verdict_share: verdict_share(&pressure, experiment.expect.pressure, false),
+            pressure_verdict_share: pressure_share(&pressure, experiment.expect.pressure),
             probe_expected: experiment.expect.probe.to_string(),
             probe_verdict_share: verdict_share(&probe, experiment.expect.probe, true),
             blame_precision: probe.split.as_ref().and_then(|s| {
-                (s.scheduled_ms > 0.0).then(|| s.blame.get(&pressure.rpc).copied().unwrap_or(0.0))
+                // The pressure's description starts with its method: `CpuBound INLINE …`.
+                let method = pressure.rpc.split_whitespace().next().unwrap_or_default();
+                (s.scheduled_ms > 0.0).then(|| s.blame.get(method).copied().unwrap_or(0.0))
             }),
             probe_scheduled_dominates: component(&probe) == "scheduled",
             conclusion: String::new(),
@@ -142,6 +147,25 @@ impl Finding {
             Effect::Unaffected
         }
     }
+}
+
+/// The share of pressure replies diagnosed right: see [`Finding::pressure_verdict_share`].
+fn pressure_share(stats: &Stats, expected: Verdict) -> f64 {
+    let Some(split) = &stats.split else {
+        return 0.0;
+    };
+    let all: u64 = split.verdicts.values().sum();
+    if all == 0 {
+        return 1.0;
+    }
+    let count = |word: &str| split.verdicts.get(word).copied().unwrap_or(0);
+    let method = stats.rpc.split_whitespace().next().unwrap_or_default();
+    let behind_itself = if matches!(expected, Verdict::OwnCpu | Verdict::BlockingCall) {
+        split.contention_by.get(method).copied().unwrap_or(0)
+    } else {
+        0
+    };
+    (count(expected.as_str()) + behind_itself) as f64 / all as f64
 }
 
 /// The share of `stats`' replies whose verdict is `expected`. For a probe (`late_only`), only

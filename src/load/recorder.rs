@@ -71,6 +71,8 @@ struct SplitSums {
     verdicts: BTreeMap<String, u64>,
     /// Culprits' shares of the waits, by culprit method (`task` for other tasks).
     blame_us: BTreeMap<String, u128>,
+    /// Replies whose verdict is `runtime-contention`, by their largest culprit's method.
+    contention_by: BTreeMap<String, u64>,
     /// The slowest reply that carried its timeline.
     slowest: Option<Diagnostics>,
 }
@@ -230,13 +232,20 @@ impl SplitSums {
         if !d.verdict.is_empty() {
             *self.verdicts.entry(d.verdict.clone()).or_default() += 1;
         }
-        for culprit in &d.culprits {
-            let method = if culprit.rpc.is_empty() {
-                "task"
+        let method = |c: &crate::proto::Culprit| {
+            if c.rpc.is_empty() {
+                "task".to_owned()
             } else {
-                culprit.rpc.as_str()
-            };
-            *self.blame_us.entry(method.to_owned()).or_default() += u128::from(culprit.share_us);
+                c.rpc.clone()
+            }
+        };
+        for culprit in &d.culprits {
+            *self.blame_us.entry(method(culprit)).or_default() += u128::from(culprit.share_us);
+        }
+        if d.verdict == crate::diagnose::Verdict::RuntimeContention.as_str()
+            && let Some(top) = d.culprits.iter().max_by_key(|c| c.share_us)
+        {
+            *self.contention_by.entry(method(top)).or_default() += 1;
         }
         let slower = self
             .slowest
@@ -272,6 +281,7 @@ impl SplitSums {
             self.verdicts.clone(),
         );
         summary.blame = blame;
+        summary.contention_by = self.contention_by.clone();
         summary.slowest = self.slowest.as_ref().map(SlowestRequest::from_reply);
         Some(summary)
     }

@@ -111,6 +111,9 @@ pub struct SplitSummary {
     /// a task that is not a request): how precisely the waits were explained.
     #[serde(default)]
     pub blame: BTreeMap<String, f64>,
+    /// Replies that said `runtime-contention`, by the method of their largest culprit.
+    #[serde(default)]
+    pub contention_by: BTreeMap<String, u64>,
     /// The slowest reply that carried its timeline (streams that asked for timelines).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slowest: Option<SlowestRequest>,
@@ -219,6 +222,7 @@ impl SplitSummary {
             verdicts,
             verdict,
             blame: BTreeMap::new(),
+            contention_by: BTreeMap::new(),
             slowest: None,
         }
     }

@@ -163,6 +163,32 @@ async fn the_quick_catalogue_shows_each_cause_and_its_fix() {
         no_timeout.pressure_p99_ms
     );
 
+    // The diagnosis, scored against the catalogue's answer key: the pressure's verdicts, and
+    // where the probe mostly waited for a worker, how much of that wait was blamed on the
+    // pressure's RPC.
+    for f in &report.findings {
+        let said = f.pressure.split.as_ref().map(|s| &s.verdicts);
+        assert!(
+            f.pressure_verdict_share >= 0.95,
+            "{}: {:.0}% of pressure calls said {}; they said {said:?}",
+            f.id,
+            f.pressure_verdict_share * 100.0,
+            f.pressure_expected
+        );
+        if f.probe_scheduled_dominates {
+            let precision = f.blame_precision.unwrap_or(0.0);
+            assert!(
+                precision >= 0.9,
+                "{}: only {:.0}% of the probe's wait was blamed on {} ({:?})",
+                f.id,
+                precision * 100.0,
+                f.pressure_rpc,
+                f.probe.split.as_ref().map(|s| &s.blame)
+            );
+        }
+    }
+    assert!(blocking_sleep.probe_scheduled_dominates && inline.probe_scheduled_dominates);
+
     for f in &report.findings {
         assert!(!f.conclusion.is_empty(), "{} has no conclusion", f.id);
         assert!(
@@ -186,6 +212,13 @@ async fn the_quick_catalogue_shows_each_cause_and_its_fix() {
             f.id
         );
     }
+    // The verdict matrices, and the slowest probe's waterfall where a probe carried a timeline.
+    assert!(page.contains("Verdicts: expected against measured"));
+    assert!(page.contains("the slowest Fast probe"), "no waterfall");
+    assert!(
+        page.contains("a culprit&#x27;s poll during the wait")
+            || page.contains("a culprit's poll during the wait")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

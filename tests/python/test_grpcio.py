@@ -7,6 +7,7 @@ bad input in every field, deadlines, health checking and server reflection.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 import math
 import re
 import time
@@ -21,17 +22,18 @@ from conftest import SEED, SEED_ROWS, chain
 # hanging the suite.
 CALL_TIMEOUT_S = 10
 
-VERDICTS = {
-    "none",
-    "own-cpu",
-    "blocking-call",
-    "runtime-contention",
-    "resource-queue",
-    "backend",
-    "upstream",
-    "offloaded-cpu",
-    "timer",
-}
+def proto_verdicts() -> set[str]:
+    """The verdict words, as the proto comment on Diagnostics.verdict lists them (a Rust unit
+    test keeps that comment equal to the engine's Verdict enum): comma-separated, each maybe
+    followed by an explanation in parentheses."""
+    proto = (Path(__file__).parents[2] / "proto/holdup/v1/lab.proto").read_text()
+    comment = proto[proto.index("in one word:") + len("in one word:") : proto.index("string verdict = 7;")]
+    text = " ".join(line.strip().removeprefix("//") for line in comment.splitlines())
+    text = re.sub(r"\([^)]*\)", "", text)
+    return {word.strip(" .") for word in text.split(",") if word.strip(" .")}
+
+
+VERDICTS = proto_verdicts()
 
 
 
@@ -162,11 +164,14 @@ def test_cpu_bound_iterations(lab, pb, mode):
     assert reply.work_us > 0
     d = check_diagnostics(reply)
     if mode == "INLINE":
-        assert d.polls == 1, d  # never yields
+        # One poll for the whole chain: the longest poll is the work.
+        assert d.max_poll_us * 10 >= reply.work_us * 9, d
     elif mode == "COOPERATIVE":
-        assert d.polls > 1, d  # yields between slices
+        # Three slices with yields between, besides the request's own two polls.
+        assert d.polls >= 5, d
     else:
-        assert d.queue_us == reply.queue_us, (d, reply.queue_us)
+        # The engine measures the wait in the cpu.queue stage; the pool measures it too.
+        assert abs(d.queue_us - reply.queue_us) < 2_000, (d, reply.queue_us)
 
 
 @pytest.mark.parametrize(
