@@ -129,12 +129,14 @@ impl InFlight {
         let ticket = self.conn.next_ticket.fetch_add(1, Ordering::Relaxed);
         self.conn.unsent().insert(ticket, Instant::now());
         self.ticket = Some(ticket);
+        tracing::trace!(ticket, "reply frame handed over");
     }
 
     /// HTTP/2 came back for the next frame: the last one was sent.
     pub fn frame_taken(&mut self) {
         if let Some(ticket) = self.ticket.take() {
             self.conn.unsent().remove(&ticket);
+            tracing::trace!(ticket, "reply frame sent");
         }
     }
 }
@@ -186,7 +188,15 @@ impl Connection {
             local_addr: io.local_addr().ok(),
             remote_addr: io.peer_addr().ok(),
         };
-        let first_check = tokio::time::Instant::from_std(state.accepted + limits.handshake_timeout);
+        // The first look comes at the earliest deadline any limit could have; each look sets
+        // the next.
+        let first_check = tokio::time::Instant::from_std(
+            state.accepted
+                + limits
+                    .handshake_timeout
+                    .min(limits.idle_timeout)
+                    .min(limits.reply_send_timeout),
+        );
         metrics.opened(listener);
         Self {
             io,
@@ -220,7 +230,9 @@ impl Connection {
                 if self.watchdog.as_mut().poll(cx).is_pending() {
                     break None;
                 }
-                match self.state.check(Instant::now()) {
+                let verdict = self.state.check(Instant::now());
+                tracing::trace!(?verdict, "connection watchdog");
+                match verdict {
                     Ok(next) => self
                         .watchdog
                         .as_mut()

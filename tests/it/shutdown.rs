@@ -2,13 +2,15 @@
 //! finishes, buffered spans are flushed, the process exits 0; a second signal exits at once.
 
 use std::{
-    io::{BufRead, BufReader},
     net::SocketAddr,
-    process::{Child, Command, Stdio},
+    process::Child,
     time::{Duration, Instant},
 };
 
-use crate::common::collector::Collector;
+use crate::common::{
+    collector::Collector,
+    process::{self, signal, wait_exit},
+};
 use holdup::proto::{FastRequest, SleepMode, SleepRequest, lab_client::LabClient};
 use tonic::transport::Channel;
 use tonic_health::pb::{
@@ -17,65 +19,13 @@ use tonic_health::pb::{
 
 /// Starts `holdup serve` on a free port and returns it with its address.
 fn start(extra: &[&str]) -> (Child, SocketAddr) {
-    start_with_env(extra, &[("OTEL_TRACES_EXPORTER", "none")])
+    start_with_env(extra, &[])
 }
 
 /// The same, with extra environment variables.
 fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_holdup"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-console",
-            "--no-metrics",
-            "--seed-rows",
-            "100",
-        ])
-        .args(extra)
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("holdup starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = lines
-        .find_map(|line| {
-            let line = line.ok()?;
-            line.strip_prefix("holdup listening on ")?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .expect("a listening line");
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    (child, addr)
-}
-
-fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{name}"), &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-}
-
-/// Waits up to `limit` for the child to exit.
-fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "holdup did not exit within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (holdup, addr) = process::serve(extra, env);
+    (holdup.child, addr)
 }
 
 async fn channel(addr: SocketAddr) -> Channel {
