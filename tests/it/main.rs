@@ -11,6 +11,7 @@ mod common;
 
 mod contention;
 mod experiment;
+mod exposed;
 mod lab_rpcs;
 mod load;
 mod metrics;

@@ -145,3 +145,111 @@ async fn spans_still_buffered_are_flushed_at_exit() {
     );
     assert_eq!(server.attr("rpc.method").as_deref(), Some("Fast"));
 }
+
+/// Issue 11, item 3: calls that are still running when the grace is over (here: upstream
+/// calls stalled in the in-process simulator for 30 s) get UNAVAILABLE "server shutting down",
+/// and the process exits within the grace plus a small margin instead of waiting for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_calls_are_answered_unavailable_and_do_not_outlive_the_grace() {
+    use holdup::proto::UpstreamCallRequest;
+    let grace = Duration::from_millis(1_000);
+    let (mut child, addr) = start(&["--grace-ms", "1000", "--sim-stall-ms", "30000"]);
+    let channel = channel(addr).await;
+    let calls: Vec<_> = (0..5)
+        .map(|_| {
+            let mut lab = LabClient::new(channel.clone());
+            tokio::spawn(async move {
+                lab.upstream_call(UpstreamCallRequest {
+                    stall_rate: Some(1.0),
+                    attempt_timeout_ms: Some(60_000),
+                    max_retries: Some(0),
+                    ..UpstreamCallRequest::default()
+                })
+                .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = Instant::now();
+    signal(&child, "TERM");
+    let status =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(10)))
+            .await
+            .unwrap();
+    let took = sent.elapsed();
+    eprintln!("exited {took:?} after SIGTERM with 5 stalled calls in flight (grace {grace:?})");
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(
+        took < grace + Duration::from_secs(2),
+        "exited {took:?} after SIGTERM; the grace was {grace:?}"
+    );
+    for call in calls {
+        let status = call
+            .await
+            .unwrap()
+            .expect_err("a stalled call cannot succeed");
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert_eq!(status.message(), "server shutting down", "{status:?}");
+    }
+}
+
+/// `holdup upstream`, started on a free port; its base URL.
+fn start_upstream(grace_ms: &str) -> (Child, String) {
+    let upstream = process::start(
+        &[
+            "upstream",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-console",
+            "--grace-ms",
+            grace_ms,
+        ],
+        &[],
+        None,
+    );
+    let addr = upstream.addr_after("holdup upstream simulator listening on ");
+    (upstream.child, format!("http://{addr}"))
+}
+
+/// Issue 11, item 3: the standalone simulator honours SIGTERM with a grace period: a 40 s
+/// request in flight does not keep it alive past the grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_simulator_stops_within_its_grace() {
+    let (mut child, url) = start_upstream("500");
+    let in_flight = tokio::spawn(reqwest::get(format!("{url}/work?latency_ms=40000")));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent = Instant::now();
+    signal(&child, "TERM");
+    let status =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(10)))
+            .await
+            .unwrap();
+    let took = sent.elapsed();
+    eprintln!("holdup upstream exited {took:?} after SIGTERM with a 40 s request in flight");
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(
+        took < Duration::from_secs(3),
+        "exited {took:?} after SIGTERM (grace 500 ms)"
+    );
+    assert!(
+        in_flight.await.unwrap().is_err(),
+        "the 40 s request was cut at the end of the grace"
+    );
+}
+
+/// Issue 11, item 3: like `serve`, a second signal ends `holdup upstream` at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_ends_the_upstream_simulator_at_once() {
+    let (mut child, url) = start_upstream("30000");
+    let _in_flight = tokio::spawn(reqwest::get(format!("{url}/work?latency_ms=40000")));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(&child, "TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sent = Instant::now();
+    signal(&child, "INT");
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert!(sent.elapsed() < Duration::from_secs(3));
+    assert_eq!(status.code(), Some(130), "{status:?}");
+}
