@@ -8,13 +8,13 @@ use std::time::Duration;
 
 /// Connections one listener keeps open at once; more are accepted and closed at once (counted
 /// in `holdup_transport_connections_refused_total`). A lab is called by a few clients, load
-/// generators (one to a few connections each) and probes: 256 leaves ample room, and with
-/// [`DEFAULT_MAX_CONCURRENT_STREAMS`] it keeps the memory a hostile client can pin bounded
-/// (README, "Transport limits").
-pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+/// generators (one to a few connections each) and probes: 128 leaves ample room, and with
+/// [`DEFAULT_MAX_CONCURRENT_STREAMS`] it keeps what clients that never read can pin to about
+/// 230 MiB, inside the 512 MiB the Kubernetes manifest allows (README, "Transport limits").
+pub const DEFAULT_MAX_CONNECTIONS: usize = 128;
 /// HTTP/2 streams one connection may have open at once. 256 is above RFC 9113's advice of at
 /// least 100 and above what `holdup load` keeps in flight per connection in its experiments,
-/// and a quarter of the earlier 1 024, which let 40 stalled-reader connections pin 500 MB.
+/// and a quarter of the earlier 1 024, which let 40 stalled-reader connections pin 250 MB.
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 256;
 /// A connection that has sent no byte (no HTTP/2 preface, no TLS hello, no HTTP/1 request
 /// line) this long after it was accepted is closed: a real client sends its preface at once,

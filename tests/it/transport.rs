@@ -474,3 +474,140 @@ async fn a_non_grpc_content_type_is_refused_with_415() {
     }
     app.shutdown().await.expect("clean shutdown");
 }
+
+/// The attack of issue 11 item 1 at full size, for the numbers in the README and the issue
+/// note; not part of the suite (it runs for a minute and loads the machine). Run with
+/// `cargo test --test it transport::stalled_reader_attack -- --ignored --nocapture`;
+/// `ATTACK_BIN` picks another binary (an older build, to compare), `ATTACK_CONNECTIONS` and
+/// `ATTACK_STREAMS` the size (default 40 × 1 000, as reported), `ATTACK_ARGS` extra server
+/// flags (`--reply-send-timeout-ms 600000` holds every stream at once, to measure the bound).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a test: about a minute of load"]
+async fn stalled_reader_attack() {
+    let _serial = crate::common::serial().await;
+    let env_usize = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let connections = env_usize("ATTACK_CONNECTIONS", 40);
+    let streams = env_usize("ATTACK_STREAMS", 1_000);
+    let bin = std::env::var("ATTACK_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_holdup").into());
+    let mut child = std::process::Command::new(&bin)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-console",
+            "--no-metrics",
+            "--seed-rows",
+            "100",
+        ])
+        .args(
+            std::env::var("ATTACK_ARGS")
+                .unwrap_or_default()
+                .split_whitespace(),
+        )
+        .env("OTEL_TRACES_EXPORTER", "none")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the binary starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let addr: SocketAddr = lines
+        .by_ref()
+        .find_map(|l| {
+            l.ok()?
+                .strip_prefix("holdup listening on ")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .expect("a listening line");
+    std::thread::spawn(move || lines.for_each(drop));
+    let pid = child.id();
+    let _guard = KillOnDrop(Some(child));
+    client(addr)
+        .await
+        .fast(FastRequest::default())
+        .await
+        .expect("Fast");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_before = process::rss_bytes(pid);
+
+    let started = Instant::now();
+    let (mut opened, mut refused) = (0usize, 0usize);
+    let mut attackers = Vec::new();
+    for _ in 0..connections {
+        let Ok(Ok(raw)) = tokio::time::timeout(Duration::from_secs(2), raw_h2(addr, 0)).await
+        else {
+            refused += 1;
+            continue;
+        };
+        let mut held = Vec::new();
+        for _ in 0..streams {
+            let request = grpc_request(addr, "Fast", Some("application/grpc"))
+                .body(())
+                .expect("request");
+            let body = grpc_frame(&FastRequest {
+                message: "never read".into(),
+            });
+            match tokio::time::timeout(
+                Duration::from_millis(300),
+                send_unary(&raw.send, request, body),
+            )
+            .await
+            {
+                Ok(Ok(reply)) => held.push(reply),
+                _ => break,
+            }
+        }
+        let mut replies = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        for reply in held {
+            if let Ok(Ok(reply)) = tokio::time::timeout_at(deadline, reply).await {
+                replies.push(reply);
+            }
+        }
+        if replies.is_empty() && raw.driver.is_finished() {
+            refused += 1;
+            continue;
+        }
+        opened += replies.len();
+        attackers.push((raw, replies));
+    }
+    let rss_peak = process::rss_bytes(pid);
+    let setup = started.elapsed();
+    let fast_started = Instant::now();
+    let fast = tokio::time::timeout(Duration::from_secs(3), async {
+        client(addr).await.fast(FastRequest::default()).await
+    })
+    .await;
+    let fast_took = fast_started.elapsed();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let still_open = attackers
+        .iter()
+        .filter(|(raw, _)| !raw.driver.is_finished())
+        .count();
+    let rss_30s = process::rss_bytes(pid);
+    eprintln!(
+        "attack on {bin}: {connections} connections × {streams} streams asked, {} connections kept \
+         ({refused} refused), {opened} stalled streams, set up in {setup:?}\n\
+         RSS before {} MiB, at peak {} MiB (+{} B per stream), 30 s later {} MiB; \
+         {still_open} of {} connections still open 30 s later; a fresh Fast during the attack: {} in {fast_took:?}",
+        attackers.len(),
+        rss_before >> 20,
+        rss_peak >> 20,
+        rss_peak.saturating_sub(rss_before) / opened.max(1) as u64,
+        rss_30s >> 20,
+        attackers.len(),
+        match fast {
+            Ok(Ok(_)) => "answered".to_owned(),
+            Ok(Err(e)) => format!("failed ({})", e.code()),
+            Err(_) => "no answer within 3 s".to_owned(),
+        },
+    );
+}
