@@ -86,6 +86,13 @@ pub fn start(args: &[&str], env: &[(&str, &str)], nofile: Option<u32>) -> Holdup
 
 /// `holdup serve` on free loopback ports, quiet, with a small seed; `extra` adds flags.
 pub fn serve(extra: &[&str], env: &[(&str, &str)]) -> (Holdup, SocketAddr) {
+    let holdup = start(&serve_args(extra), env, None);
+    let addr = holdup.addr_after("holdup listening on ");
+    (holdup, addr)
+}
+
+/// The arguments of [`serve`].
+pub fn serve_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "serve",
         "--listen",
@@ -97,9 +104,7 @@ pub fn serve(extra: &[&str], env: &[(&str, &str)]) -> (Holdup, SocketAddr) {
         "100",
     ];
     args.extend_from_slice(extra);
-    let holdup = start(&args, env, None);
-    let addr = holdup.addr_after("holdup listening on ");
-    (holdup, addr)
+    args
 }
 
 pub fn signal(child: &Child, name: &str) {

@@ -84,7 +84,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_exits_at_once() {
-    let (mut child, addr) = start(&["--grace-ms", "30000"]);
+    let (child, addr) = start(&["--grace-ms", "30000"]);
     let mut lab = LabClient::new(channel(addr).await);
     let _in_flight = tokio::spawn(async move {
         lab.sleep(SleepRequest {
@@ -94,15 +94,7 @@ async fn a_second_signal_exits_at_once() {
         .await
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    signal(&child, "TERM");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let sent = Instant::now();
-    signal(&child, "INT");
-    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(5)))
-        .await
-        .unwrap();
-    assert!(sent.elapsed() < Duration::from_secs(3));
-    assert_eq!(status.code(), Some(130), "{status:?}");
+    assert_second_signal_exits_at_once(child).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,7 +145,7 @@ async fn spans_still_buffered_are_flushed_at_exit() {
 async fn stalled_calls_are_answered_unavailable_and_do_not_outlive_the_grace() {
     use holdup::proto::UpstreamCallRequest;
     let grace = Duration::from_millis(1_000);
-    let (mut child, addr) = start(&["--grace-ms", "1000", "--sim-stall-ms", "30000"]);
+    let (child, addr) = start(&["--grace-ms", "1000", "--sim-stall-ms", "30000"]);
     let channel = channel(addr).await;
     let calls: Vec<_> = (0..5)
         .map(|_| {
@@ -170,13 +162,7 @@ async fn stalled_calls_are_answered_unavailable_and_do_not_outlive_the_grace() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let sent = Instant::now();
-    signal(&child, "TERM");
-    let status =
-        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(10)))
-            .await
-            .unwrap();
-    let took = sent.elapsed();
+    let (status, took) = terminate(child).await;
     eprintln!("exited {took:?} after SIGTERM with 5 stalled calls in flight (grace {grace:?})");
     assert_eq!(status.code(), Some(0), "{status:?}");
     assert!(
@@ -191,6 +177,30 @@ async fn stalled_calls_are_answered_unavailable_and_do_not_outlive_the_grace() {
         assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
         assert_eq!(status.message(), "server shutting down", "{status:?}");
     }
+}
+
+/// SIGTERM, then SIGINT while the first is still draining: the process exits at once, 130.
+async fn assert_second_signal_exits_at_once(mut child: Child) {
+    signal(&child, "TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sent = Instant::now();
+    signal(&child, "INT");
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(5)))
+        .await
+        .expect("the waiting thread does not panic");
+    assert!(sent.elapsed() < Duration::from_secs(3));
+    assert_eq!(status.code(), Some(130), "{status:?}");
+}
+
+/// Sends SIGTERM and waits (10 s at most) for the exit; the status and how long it took.
+async fn terminate(mut child: Child) -> (std::process::ExitStatus, Duration) {
+    let sent = Instant::now();
+    signal(&child, "TERM");
+    let status =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(10)))
+            .await
+            .expect("the waiting thread does not panic");
+    (status, sent.elapsed())
 }
 
 /// `holdup upstream`, started on a free port; its base URL.
@@ -215,16 +225,10 @@ fn start_upstream(grace_ms: &str) -> (Child, String) {
 /// request in flight does not keep it alive past the grace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_upstream_simulator_stops_within_its_grace() {
-    let (mut child, url) = start_upstream("500");
+    let (child, url) = start_upstream("500");
     let in_flight = tokio::spawn(reqwest::get(format!("{url}/work?latency_ms=40000")));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let sent = Instant::now();
-    signal(&child, "TERM");
-    let status =
-        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(10)))
-            .await
-            .unwrap();
-    let took = sent.elapsed();
+    let (status, took) = terminate(child).await;
     eprintln!("holdup upstream exited {took:?} after SIGTERM with a 40 s request in flight");
     assert_eq!(status.code(), Some(0), "{status:?}");
     assert!(
@@ -240,16 +244,8 @@ async fn the_upstream_simulator_stops_within_its_grace() {
 /// Issue 11, item 3: like `serve`, a second signal ends `holdup upstream` at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_ends_the_upstream_simulator_at_once() {
-    let (mut child, url) = start_upstream("30000");
+    let (child, url) = start_upstream("30000");
     let _in_flight = tokio::spawn(reqwest::get(format!("{url}/work?latency_ms=40000")));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    signal(&child, "TERM");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let sent = Instant::now();
-    signal(&child, "INT");
-    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(5)))
-        .await
-        .unwrap();
-    assert!(sent.elapsed() < Duration::from_secs(3));
-    assert_eq!(status.code(), Some(130), "{status:?}");
+    assert_second_signal_exits_at_once(child).await;
 }

@@ -114,6 +114,16 @@ async fn send_unary(
     Ok(response)
 }
 
+/// One whole unary call `Fast` on a raw connection; the reply's headers.
+async fn raw_fast(raw: &RawH2, request: http::request::Builder) -> http::Response<h2::RecvStream> {
+    let request = request.body(()).expect("request");
+    send_unary(&raw.send, request, grpc_frame(&FastRequest::default()))
+        .await
+        .expect("sent")
+        .await
+        .expect("answered")
+}
+
 /// Waits up to `limit` for the server to close a raw connection; how long it took.
 async fn closed_within(
     driver: JoinHandle<Result<(), h2::Error>>,
@@ -300,14 +310,11 @@ async fn idle_connections_are_closed_and_busy_ones_kept() {
     let app = spawn_with(|c| c.connections.idle_timeout = idle).await;
 
     let raw = raw_h2(app.addr, 65_535).await.expect("handshake");
-    let request = grpc_request(app.addr, "Fast", Some("application/grpc"))
-        .body(())
-        .expect("request");
-    let reply = send_unary(&raw.send, request, grpc_frame(&FastRequest::default()))
-        .await
-        .expect("sent")
-        .await
-        .expect("answered");
+    let reply = raw_fast(
+        &raw,
+        grpc_request(app.addr, "Fast", Some("application/grpc")),
+    )
+    .await;
     let mut body = reply.into_body();
     while let Some(chunk) = body.data().await {
         let chunk = chunk.expect("reply data");
@@ -337,20 +344,12 @@ async fn idle_connections_are_closed_and_busy_ones_kept() {
 async fn the_accept_loop_backs_off_at_the_descriptor_limit() {
     let _serial = crate::common::serial().await;
     let holdup = process::start(
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--no-console",
-            "--seed-rows",
-            "100",
+        &process::serve_args(&[
             "--max-connections",
             "10000",
             "--handshake-timeout-ms",
             "20000",
-        ],
+        ]),
         &[],
         Some(64),
     );
@@ -429,14 +428,8 @@ async fn gzip_requests_are_accepted_and_replies_compressed() {
     // The reply itself is compressed when the client says it accepts gzip.
     let raw = raw_h2(app.addr, 65_535).await.expect("handshake");
     let request = grpc_request(app.addr, "Fast", Some("application/grpc"))
-        .header("grpc-accept-encoding", "gzip")
-        .body(())
-        .expect("request");
-    let reply = send_unary(&raw.send, request, grpc_frame(&FastRequest::default()))
-        .await
-        .expect("sent")
-        .await
-        .expect("answered");
+        .header("grpc-accept-encoding", "gzip");
+    let reply = raw_fast(&raw, request).await;
     assert_eq!(
         reply.headers().get("grpc-encoding").map(|v| v.as_bytes()),
         Some(&b"gzip"[..]),
@@ -458,14 +451,7 @@ async fn a_non_grpc_content_type_is_refused_with_415() {
         (Some("application/grpc"), 200),
         (Some("application/grpc+proto"), 200),
     ] {
-        let request = grpc_request(app.addr, "Fast", content_type)
-            .body(())
-            .expect("request");
-        let reply = send_unary(&raw.send, request, grpc_frame(&FastRequest::default()))
-            .await
-            .expect("sent")
-            .await
-            .expect("answered");
+        let reply = raw_fast(&raw, grpc_request(app.addr, "Fast", content_type)).await;
         assert_eq!(
             reply.status().as_u16(),
             status,
