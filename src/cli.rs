@@ -10,6 +10,7 @@ use crate::config::{
     check_range, millis,
 };
 use crate::telemetry::subscriber::TelemetryConfig;
+use crate::transport::{ConnectionLimits, limits as transport};
 
 /// holdup: a gRPC lab that shows, with evidence, why a response is late.
 #[derive(Debug, Parser)]
@@ -135,8 +136,22 @@ pub struct ServeArgs {
     /// In-flight limit of each costly RPC (CpuBound, SlowBackend, Sleep, UpstreamCall).
     #[arg(long, env = "HOLDUP_MAX_IN_FLIGHT_PER_RPC", default_value_t = crate::config::DEFAULT_MAX_IN_FLIGHT_PER_RPC)]
     pub max_in_flight_per_rpc: usize,
-    /// Grace period for in-flight requests after SIGTERM / Ctrl-C.
-    #[arg(long, env = "HOLDUP_GRACE_MS", default_value_t = 10_000)]
+    /// Slots of --max-in-flight only Fast may take: the canary answers while the costly RPCs
+    /// are at their limit.
+    #[arg(long, env = "HOLDUP_RESERVED_FOR_FAST", default_value_t = crate::config::DEFAULT_RESERVED_FOR_FAST)]
+    pub reserved_for_fast: usize,
+    /// Refuse CpuBound INLINE and Sleep BLOCKING (FAILED_PRECONDITION): for a server others
+    /// can reach, where one client could otherwise pin every lab worker.
+    #[arg(long, env = "HOLDUP_REFUSE_BLOCKING_MODES")]
+    pub refuse_blocking_modes: bool,
+    /// HTTP/2 streams one gRPC connection may have open at once.
+    #[arg(long, env = "HOLDUP_MAX_CONCURRENT_STREAMS", default_value_t = crate::transport::limits::DEFAULT_MAX_CONCURRENT_STREAMS)]
+    pub max_concurrent_streams: u32,
+    #[command(flatten)]
+    pub transport: TransportArgs,
+    /// Grace period for in-flight requests after SIGTERM / Ctrl-C; calls still running after
+    /// it are answered UNAVAILABLE and every connection is closed.
+    #[arg(long, env = "HOLDUP_GRACE_MS", default_value_t = crate::config::DEFAULT_GRACE_MS)]
     pub grace_ms: u64,
     /// After SIGTERM, keep serving this long with health NOT_SERVING before closing connections.
     #[arg(long, env = "HOLDUP_DRAIN_DELAY_MS", default_value_t = 0)]
@@ -164,6 +179,56 @@ pub struct ServeArgs {
     /// Waits for a runtime worker at least this long are blamed on the polls that held them.
     #[arg(long, env = "HOLDUP_BLAME_FROM_US", default_value_t = crate::diagnose::DEFAULT_BLAME_FROM.as_micros() as u64)]
     pub blame_from_us: u64,
+}
+
+/// Connection limits of every listener, shared by `serve` and `upstream`.
+#[derive(Debug, Clone, Args)]
+pub struct TransportArgs {
+    /// Connections each listener keeps open at once; more are closed on accept (counted).
+    #[arg(long, env = "HOLDUP_MAX_CONNECTIONS", default_value_t = transport::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Close a connection that sends nothing (no HTTP/2 preface, no request) this long.
+    #[arg(long, env = "HOLDUP_HANDSHAKE_TIMEOUT_MS", default_value_t = ms(transport::DEFAULT_HANDSHAKE_TIMEOUT))]
+    pub handshake_timeout_ms: u64,
+    /// Close a connection with no request in flight for this long.
+    #[arg(long, env = "HOLDUP_IDLE_TIMEOUT_MS", default_value_t = ms(transport::DEFAULT_IDLE_TIMEOUT))]
+    pub idle_timeout_ms: u64,
+    /// Close a connection whose reply has waited this long for the client to read it.
+    #[arg(long, env = "HOLDUP_REPLY_SEND_TIMEOUT_MS", default_value_t = ms(transport::DEFAULT_REPLY_SEND_TIMEOUT))]
+    pub reply_send_timeout_ms: u64,
+}
+
+/// A default `Duration` as the `*_ms` flag value that spells it.
+const fn ms(duration: Duration) -> u64 {
+    duration.as_millis() as u64
+}
+
+impl TransportArgs {
+    /// # Errors
+    /// A [`ConfigError`] naming the first flag out of range.
+    pub fn validate(&self) -> Result<ConnectionLimits, ConfigError> {
+        Ok(ConnectionLimits {
+            max_connections: check_range("--max-connections", self.max_connections, 1, 1_000_000)?,
+            handshake_timeout: millis(check_range(
+                "--handshake-timeout-ms",
+                self.handshake_timeout_ms,
+                1,
+                600_000,
+            )?),
+            idle_timeout: millis(check_range(
+                "--idle-timeout-ms",
+                self.idle_timeout_ms,
+                1,
+                86_400_000,
+            )?),
+            reply_send_timeout: millis(check_range(
+                "--reply-send-timeout-ms",
+                self.reply_send_timeout_ms,
+                1,
+                600_000,
+            )?),
+        })
+    }
 }
 
 /// Flags of the tracing subscriber, shared by `serve` and `upstream`.
@@ -266,6 +331,13 @@ impl ServeArgs {
                     1,
                     1_000_000,
                 )?,
+                reserved_for_fast: check_range(
+                    "--reserved-for-fast",
+                    self.reserved_for_fast,
+                    0,
+                    self.max_in_flight.saturating_sub(1),
+                )?,
+                refuse_blocking_modes: self.refuse_blocking_modes,
             },
             grace: Duration::from_millis(check_range("--grace-ms", self.grace_ms, 0, 600_000)?),
             drain_delay: millis(check_range(
@@ -293,6 +365,13 @@ impl ServeArgs {
                 )?),
                 ..crate::diagnose::EngineConfig::default()
             },
+            connections: self.transport.validate()?,
+            max_concurrent_streams: check_range(
+                "--max-concurrent-streams",
+                self.max_concurrent_streams,
+                1,
+                65_536,
+            )?,
         })
     }
 }
@@ -305,7 +384,27 @@ pub struct UpstreamArgs {
     #[command(flatten)]
     pub sim: SimulatorArgs,
     #[command(flatten)]
+    pub transport: TransportArgs,
+    /// Grace period for in-flight requests after SIGTERM / Ctrl-C; a second signal exits at
+    /// once.
+    #[arg(long, env = "HOLDUP_GRACE_MS", default_value_t = crate::config::DEFAULT_GRACE_MS)]
+    pub grace_ms: u64,
+    #[command(flatten)]
     pub telemetry: TelemetryArgs,
+}
+
+impl UpstreamArgs {
+    /// The simulator's behaviour, its connection limits and its grace period.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first flag out of range.
+    pub fn validate(&self) -> Result<(SimulatorConfig, ConnectionLimits, Duration), ConfigError> {
+        Ok((
+            self.sim.validate()?,
+            self.transport.validate()?,
+            millis(check_range("--grace-ms", self.grace_ms, 0, 600_000)?),
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,14 @@ pub struct Limits {
     /// In-flight limit of each costly RPC (CpuBound, SlowBackend, Sleep, UpstreamCall), so one
     /// flood cannot take every slot of the server-wide limit.
     pub max_in_flight_per_rpc: usize,
+    /// Slots of `max_in_flight` that only `Fast` may take: the costly RPCs together hold at
+    /// most `max_in_flight - reserved_for_fast`, so the canary answers while they are at
+    /// their limit.
+    pub reserved_for_fast: usize,
+    /// Refuse the modes that block a lab worker on purpose (`CpuBound INLINE`, `Sleep
+    /// BLOCKING`): on an exposed deployment one client could otherwise pin every worker, and
+    /// no deadline can stop a poll that never returns.
+    pub refuse_blocking_modes: bool,
 }
 
 impl Default for Limits {
@@ -34,6 +42,8 @@ impl Default for Limits {
             max_retries: DEFAULT_MAX_RETRIES,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             max_in_flight_per_rpc: DEFAULT_MAX_IN_FLIGHT_PER_RPC,
+            reserved_for_fast: DEFAULT_RESERVED_FOR_FAST,
+            refuse_blocking_modes: false,
         }
     }
 }
@@ -43,6 +53,9 @@ impl Default for Limits {
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 2_048;
 /// Half the server-wide limit: one costly RPC can never starve the others (Fast included).
 pub const DEFAULT_MAX_IN_FLIGHT_PER_RPC: usize = 1_024;
+/// Room for the canary: 64 Fast calls in flight at once is more than a probe beside any load
+/// sends (the load generator's probe keeps one or two), and a small share of 2 048.
+pub const DEFAULT_RESERVED_FOR_FAST: usize = 64;
 
 /// Ten seconds of hashing is far past any useful demonstration and still ends soon enough that a
 /// mistaken call does not hold a worker for long.
@@ -53,6 +66,9 @@ pub const DEFAULT_MAX_HOLD_MS: u32 = 10_000;
 pub const DEFAULT_MAX_SLEEP_MS: u32 = 30_000;
 /// Five retries with exponential backoff already spans seconds; more only amplifies load.
 pub const DEFAULT_MAX_RETRIES: u32 = 5;
+/// Ten seconds lets any lab call under its default caps but the longest sleeps finish, and
+/// stays well inside Kubernetes' default 30 s termination grace.
+pub const DEFAULT_GRACE_MS: u64 = 10_000;
 /// A small pool makes contention easy to reproduce with a handful of concurrent calls.
 pub const DEFAULT_DB_POOL_SIZE: u32 = 4;
 /// Rows seeded into the lab table: enough that an unindexed scan costs milliseconds, few enough
@@ -148,6 +164,10 @@ pub struct ServeConfig {
     pub lag_interval: Duration,
     /// The diagnosis engine's thresholds (long poll, blame).
     pub diagnose: crate::diagnose::EngineConfig,
+    /// Limits of every listener's connections (gRPC, metrics, in-process simulator).
+    pub connections: crate::transport::ConnectionLimits,
+    /// HTTP/2 streams one gRPC connection may have open at once.
+    pub max_concurrent_streams: u32,
 }
 
 impl ServeConfig {
@@ -174,6 +194,8 @@ impl ServeConfig {
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             lag_interval: Duration::from_millis(25),
             diagnose: crate::diagnose::EngineConfig::default(),
+            connections: crate::transport::ConnectionLimits::default(),
+            max_concurrent_streams: crate::transport::limits::DEFAULT_MAX_CONCURRENT_STREAMS,
         }
     }
 }

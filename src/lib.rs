@@ -18,6 +18,9 @@
 //! - [`telemetry`]: the per-request delay split and the one tracing subscriber.
 //! - [`simulator`]: the HTTP upstream simulator (`holdup upstream`); [`http_server`]: the small
 //!   bound HTTP server it and the metrics endpoint share.
+//! - [`transport`]: what every listener does to its connections: Nagle off, a connection cap,
+//!   back-off at descriptor exhaustion, handshake / idle / unread-reply timeouts, and for gRPC
+//!   the content-type check and the UNAVAILABLE answer at the end of the shutdown grace.
 //! - [`proto`]: the generated `holdup.v1` code and its descriptor set.
 //! - [`load`]: the load generator (`holdup load`): open and closed loops, HDR histograms,
 //!   a `Fast` probe beside the load, text and JSON reports.
@@ -38,3 +41,4 @@ pub mod server;
 pub mod shutdown;
 pub mod simulator;
 pub mod telemetry;
+pub mod transport;

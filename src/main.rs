@@ -1,6 +1,6 @@
 //! The `holdup` binary: parse the command line, set up telemetry, run the chosen command.
 
-use std::{net::SocketAddr, process::ExitCode};
+use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
@@ -10,6 +10,7 @@ use holdup::{
     server::Server,
     shutdown, simulator,
     telemetry::subscriber::{self, Telemetry, TelemetryConfig},
+    transport::ConnectionLimits,
 };
 
 /// sysexits.h EX_USAGE: the configuration was wrong, nothing was started.
@@ -62,6 +63,15 @@ fn transport_runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> 
         .context("starting the transport runtime")
 }
 
+/// How long tasks left on the transport runtime (connections closed at the end of the
+/// grace, a blocking DNS lookup) may delay the exit.
+const RUNTIME_STOP: Duration = Duration::from_millis(500);
+
+/// Drops the transport runtime without waiting on what is left on it: the grace is over.
+fn stop(runtime: tokio::runtime::Runtime) {
+    runtime.shutdown_timeout(RUNTIME_STOP);
+}
+
 /// Installs the subscriber; the returned handle flushes spans when the command ends.
 fn start_telemetry(config: &TelemetryConfig) -> anyhow::Result<Telemetry> {
     subscriber::init(config).context("setting up telemetry")
@@ -100,35 +110,43 @@ fn serve_until_signal(config: ServeConfig, console: Option<SocketAddr>) -> Resul
         tracing::info!("holdup stopped");
         Ok::<(), anyhow::Error>(())
     })?;
+    stop(runtime);
     Ok(())
 }
 
 fn upstream(args: &UpstreamArgs) -> Result<(), Failure> {
-    let sim = args.sim.validate().map_err(usage)?;
+    let (sim, limits, grace) = args.validate().map_err(usage)?;
     let telemetry_config = args.telemetry.validate("holdup-upstream").map_err(usage)?;
     let telemetry = start_telemetry(&telemetry_config)?;
-    let result = run_upstream(args, sim);
+    let result = run_upstream(args.listen, sim, limits, grace);
     telemetry.shutdown();
     result
 }
 
-fn run_upstream(args: &UpstreamArgs, sim: SimulatorConfig) -> Result<(), Failure> {
+fn run_upstream(
+    listen: SocketAddr,
+    sim: SimulatorConfig,
+    limits: ConnectionLimits,
+    grace: Duration,
+) -> Result<(), Failure> {
     let runtime = transport_runtime(1)?;
     runtime.block_on(async {
-        let simulator = simulator::bind(args.listen, sim)
+        let simulator = simulator::bind(listen, sim, limits)
             .await
-            .with_context(|| format!("binding {}", args.listen))?;
+            .with_context(|| format!("binding {listen}"))?;
         let addr = simulator
             .local_addr()
             .context("reading the bound address")?;
         println!("holdup upstream simulator listening on http://{addr}");
         println!("try: curl 'http://{addr}/work?latency_ms=100&error_rate=0.2'");
         simulator
-            .run_until(shutdown::signal())
+            .run_until(shutdown::signal_then_force_exit(), grace)
             .await
             .context("serving the upstream simulator")?;
+        tracing::info!("holdup upstream stopped");
         Ok::<(), anyhow::Error>(())
     })?;
+    stop(runtime);
     Ok(())
 }
 

@@ -1,14 +1,16 @@
-//! Assembles the gRPC server: Lab, health, reflection (v1 and v1alpha), and runs it until a
-//! shutdown future resolves, then drains in-flight requests within the grace period.
+//! Assembles the gRPC server: Lab, health, reflection (v1 and v1alpha), behind the shared
+//! transport limits ([`crate::transport`]), and runs it until a shutdown future resolves, then
+//! drains in-flight requests within the grace period and stops, whatever is still in flight.
 //!
 //! `Server::build` binds and starts everything the Lab depends on, so the real address is known
 //! (port 0 works) before `run_until` serves: tests and `main` drive the same code.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::net::TcpListener;
-use tonic::transport::{Server as TonicServer, server::TcpIncoming};
-use tonic_health::{ServingStatus, server::HealthReporter};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server as TonicServer;
+use tonic_health::{ServingStatus, pb::health_server::HealthServer, server::HealthReporter};
 
 use crate::{
     config::{ServeConfig, UpstreamTarget},
@@ -23,17 +25,33 @@ use crate::{
     runtime::OwnedRuntime,
     simulator,
     telemetry::{endpoint, lag, metrics::Metrics},
+    transport::{
+        Listener, abandon::AbandonLayer, content_type::GrpcContentTypeLayer, track::TrackLayer,
+    },
 };
 
-/// Largest request or reply message: lab messages are tiny, so 1 MiB leaves ample room while
-/// refusing a hostile 4 GiB length prefix up front.
-pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
-/// Streams one connection may have open at once: enough for any load test here, bounded so
-/// that one client cannot hold unbounded server state.
-pub const MAX_CONCURRENT_STREAMS: u32 = 1_024;
+/// Largest request message any service decodes. Lab requests are a few fields (Fast's message
+/// at most 1 KiB), health and reflection requests a name: 16 KiB leaves ample room while
+/// keeping what each open stream can make the server buffer small (README, "Transport
+/// limits"), and refuses a hostile 4 GiB length prefix up front.
+pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
+/// Largest reply message: reflection replies carry file descriptors (tens of KiB); 1 MiB
+/// leaves room for a larger proto without letting a reply grow without bound.
+pub const MAX_REPLY_BYTES: usize = 1024 * 1024;
 /// HTTP/2 keepalive ping interval and timeout: finds dead peers within a minute.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Per-stream receive window: the HTTP/2 default (64 KiB), far above a lab request, so a
+/// client that sends a body nobody reads can park at most this much per stream.
+pub const STREAM_WINDOW_BYTES: u32 = 64 * 1024;
+/// Per-connection receive window: what one connection's unread request bodies may total.
+pub const CONNECTION_WINDOW_BYTES: u32 = 1024 * 1024;
+/// After the grace, how long the calls answered UNAVAILABLE get to reach their clients
+/// before their connections are closed; the "small margin" past `--grace-ms`.
+pub const ABANDON_FLUSH: Duration = Duration::from_millis(200);
+/// How long the in-process simulator and `/metrics` get to finish after the gRPC server has
+/// stopped: their remaining requests belong to calls that are already answered.
+pub const HELPERS_GRACE: Duration = Duration::from_millis(100);
 
 /// The fully qualified service name, as health checks and reflection know it.
 pub const LAB_SERVICE: &str = "holdup.v1.Lab";
@@ -72,7 +90,7 @@ pub enum ServeError {
 /// A server that is bound and ready to serve.
 #[derive(Debug)]
 pub struct Server {
-    listener: TcpListener,
+    listener: Listener,
     local_addr: SocketAddr,
     config: ServeConfig,
     lab: Lab,
@@ -83,6 +101,11 @@ pub struct Server {
     metrics_endpoint: Option<HttpServer>,
 }
 
+/// `ServeError::Start` for `what`, as a `map_err` argument.
+fn start(what: &'static str) -> impl FnOnce(std::io::Error) -> ServeError {
+    move |source| ServeError::Start { what, source }
+}
+
 impl Server {
     /// Binds the gRPC port, starts the lab runtime and compute pool, opens the database pool
     /// and, unless an upstream URL is given, binds an in-process upstream simulator.
@@ -90,49 +113,34 @@ impl Server {
     /// # Errors
     /// A [`ServeError`] naming what could not be started.
     pub async fn build(config: ServeConfig) -> Result<Self, ServeError> {
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| ServeError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
-        let local_addr = listener.local_addr().map_err(|source| ServeError::Start {
-            what: "listener",
-            source,
-        })?;
-        let lab_runtime = OwnedRuntime::start("holdup-lab", config.workers).map_err(|source| {
-            ServeError::Start {
-                what: "lab runtime",
+        let tcp = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: config.listen,
                 source,
-            }
-        })?;
-        let compute =
-            ComputePool::start(config.compute_threads, config.compute_queue).map_err(|source| {
-                ServeError::Start {
-                    what: "compute pool",
-                    source,
-                }
             })?;
+        let local_addr = tcp.local_addr().map_err(start("listener"))?;
+        let lab_runtime =
+            OwnedRuntime::start("holdup-lab", config.workers).map_err(start("lab runtime"))?;
+        let compute = ComputePool::start(config.compute_threads, config.compute_queue)
+            .map_err(start("compute pool"))?;
         let (simulator, upstream_url) = match &config.upstream {
             UpstreamTarget::Url(url) => (None, url.clone()),
             UpstreamTarget::InProcess(sim) => {
-                let simulator = simulator::bind(SocketAddr::from(([127, 0, 0, 1], 0)), *sim)
+                let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+                let simulator = simulator::bind(loopback, *sim, config.connections)
                     .await
-                    .map_err(|source| ServeError::Start {
-                        what: "upstream simulator",
-                        source,
-                    })?;
-                let addr = simulator.local_addr().map_err(|source| ServeError::Start {
-                    what: "upstream simulator",
-                    source,
-                })?;
+                    .map_err(start("upstream simulator"))?;
+                let addr = simulator
+                    .local_addr()
+                    .map_err(start("upstream simulator"))?;
                 (Some(simulator), format!("http://{addr}"))
             }
         };
         // The pool and the HTTP client are created on the lab runtime, where they are used, so
         // their connections are driven by the lab runtime's I/O driver.
         let metrics = Arc::new(Metrics::new());
+        let listener = Listener::new(tcp, "grpc", config.connections, metrics.transport.clone());
         let db = config.db.clone();
         let pool_wait = metrics.db_pool_wait.clone();
         let backend = lab_runtime
@@ -164,7 +172,7 @@ impl Server {
                 let state = Arc::clone(lab.state());
                 let refresh = Arc::new(move |m: &Metrics| state.sample_gauges(m));
                 Some(
-                    endpoint::bind(addr, metrics, refresh)
+                    endpoint::bind(addr, metrics, refresh, config.connections)
                         .await
                         .map_err(|source| ServeError::Bind { addr, source })?,
                 )
@@ -202,133 +210,227 @@ impl Server {
     }
 
     /// Serves until `shutdown` resolves; then health turns NOT_SERVING, new connections are
-    /// refused and in-flight requests get `grace` to finish.
+    /// refused and in-flight requests get the grace period to finish. Calls still running
+    /// after it are answered UNAVAILABLE and every connection is closed: the server returns
+    /// within `drain_delay + grace` plus [`ABANDON_FLUSH`] twice, whatever is in flight.
     ///
     /// # Errors
-    /// A [`ServeError`] if the reflection service cannot be built or the transport fails.
+    /// A [`ServeError`] if the reflection service or TLS cannot be set up, or the transport
+    /// fails.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
+        let Self {
+            listener,
+            config,
+            lab,
+            lab_runtime,
+            simulator,
+            metrics_endpoint,
+            ..
+        } = self;
         let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_service_status(LAB_SERVICE, ServingStatus::Serving)
-            .await;
-        health.set_service_status("", ServingStatus::Serving).await;
-
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(ServeError::Reflection)?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()
-            .map_err(ServeError::Reflection)?;
-
-        let lab = LabServer::new(self.lab.clone())
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-
-        let helpers_stop = tokio_util::sync::CancellationToken::new();
-        let simulator_task = self.simulator.map(|simulator| {
-            let stop = helpers_stop.clone();
-            tokio::spawn(async move { simulator.run_until(stop.cancelled_owned()).await })
-        });
-        let metrics_task = self.metrics_endpoint.map(|endpoint| {
-            let stop = helpers_stop.clone();
-            tokio::spawn(async move { endpoint.run_until(stop.cancelled_owned()).await })
-        });
-        let lag_histogram = self.lab.state().metrics.runtime_lag.clone();
+        set_health(&health, ServingStatus::Serving).await;
+        let helpers = Helpers::start([
+            ("upstream simulator", simulator),
+            ("metrics endpoint", metrics_endpoint),
+        ]);
+        let lag_histogram = lab.state().metrics.runtime_lag.clone();
         let lag_probe = crate::runtime::spawn_named(
             "runtime lag probe",
-            self.lab_runtime.handle(),
-            lag::probe(self.config.lag_interval, move |lag| {
+            lab_runtime.handle(),
+            lag::probe(config.lag_interval, move |lag| {
                 lag_histogram.observe(lag.as_secs_f64());
             }),
         )
-        .map_err(|source| ServeError::Start {
-            what: "runtime lag probe",
-            source,
-        })?;
+        .map_err(start("runtime lag probe"))?;
 
-        let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-        let grace = self.config.grace;
-        let drain_delay = self.config.drain_delay;
-        let mut builder = TonicServer::builder();
-        if let Some(tls) = &self.config.tls {
-            builder = builder
-                .tls_config(tls_identity(tls)?)
-                .map_err(ServeError::Tls)?;
-        }
-        let serve = builder
-            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-            .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
-            .layer(
-                crate::diagnose::DiagnoseLayer::new()
-                    .with_config(self.config.diagnose)
-                    .with_metrics(self.lab.state().metrics.diagnose.clone()),
-            )
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(lab)
-            .serve_with_incoming_shutdown(accepted(self.listener), async move {
-                let _ = drain_rx.await;
-            });
-        tokio::pin!(serve);
-
-        let result = tokio::select! {
-            result = &mut serve => result,
-            () = shutdown => {
-                begin_drain(&health).await;
-                // Still serving, health NOT_SERVING: load balancers move away meanwhile.
-                let stopped_early = tokio::select! {
-                    result = &mut serve => Some(result),
-                    () = tokio::time::sleep(drain_delay) => None,
-                };
-                match stopped_early {
-                    Some(result) => result,
-                    None => {
-                        let _ = drain_tx.send(());
-                        match tokio::time::timeout(grace, &mut serve).await {
-                            Ok(result) => result,
-                            Err(_) => {
-                                tracing::warn!(grace_ms = grace.as_millis() as u64, "grace period over; abandoning in-flight requests");
-                                Ok(())
-                            }
-                        }
-                    }
-                }
-            }
+        let (drain_tx, drain_rx) = oneshot::channel::<()>();
+        let drain = Drain {
+            health,
+            delay: config.drain_delay,
+            grace: config.grace,
+            start_draining: drain_tx,
+            abandon: CancellationToken::new(),
+            close_connections: listener.stop_token(),
         };
-        helpers_stop.cancel();
+        let serve = serve_grpc(
+            &config,
+            lab.clone(),
+            health_service,
+            listener,
+            drain.abandon.clone(),
+            drain_rx,
+        );
+        let result = drain.serve_until(serve, shutdown).await;
+        helpers.stop().await;
         lag_probe.abort();
-        for (what, task) in [
-            ("upstream simulator", simulator_task),
-            ("metrics endpoint", metrics_task),
-        ] {
-            if let Some(task) = task {
-                match task.await {
-                    Ok(Ok(())) => tracing::debug!("{what} stopped"),
-                    Ok(Err(e)) => tracing::warn!(error = %e, "{what} ended with an error"),
-                    Err(e) => tracing::warn!(error = %e, "{what} task failed"),
-                }
-            }
-        }
-        drop(self.lab);
-        drop(self.lab_runtime);
-        result.map_err(ServeError::Transport)
+        drop(lab);
+        drop(lab_runtime);
+        result
     }
 }
 
-/// The accepted connections, with Nagle's algorithm off. The builder's `tcp_nodelay` applies
-/// only to listeners tonic binds itself; on a listener bound here it is ignored, and a reply
-/// written as more than one segment then waits for the client's delayed ACK (40 ms on Linux).
-fn accepted(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
+/// The one place the tonic server is configured: HTTP/2 limits, then the layers every call
+/// passes through (outermost first), then the services, each with the same message limits
+/// and compression.
+async fn serve_grpc(
+    config: &ServeConfig,
+    lab: Lab,
+    health: HealthServer<impl tonic_health::pb::health_server::Health>,
+    listener: Listener,
+    abandon: CancellationToken,
+    drain: oneshot::Receiver<()>,
+) -> Result<(), ServeError> {
+    use tonic::codec::CompressionEncoding::{Deflate, Gzip};
+    /// Message limits and compression (gzip and deflate accepted, and used on replies when
+    /// the client accepts them) for a generated service.
+    macro_rules! codec {
+        ($service:expr) => {
+            $service
+                .max_decoding_message_size(MAX_REQUEST_BYTES)
+                .max_encoding_message_size(MAX_REPLY_BYTES)
+                .accept_compressed(Gzip)
+                .accept_compressed(Deflate)
+                .send_compressed(Gzip)
+                .send_compressed(Deflate)
+        };
+    }
+    let mut builder = TonicServer::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder
+            .tls_config(tls_identity(tls)?)
+            .map_err(ServeError::Tls)?;
+    }
+    builder
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(Some(config.max_concurrent_streams))
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .layer(TrackLayer)
+        .layer(GrpcContentTypeLayer)
+        // The diagnosis engine: inside the content-type check (a refused non-gRPC request is
+        // not a request to diagnose), outside the abandon layer (a call abandoned at the end of
+        // the grace period is diagnosed with its UNAVAILABLE).
+        .layer(
+            crate::diagnose::DiagnoseLayer::new()
+                .with_config(config.diagnose)
+                .with_metrics(lab.state().metrics.diagnose.clone()),
+        )
+        .layer(AbandonLayer::new(abandon))
+        .add_service(codec!(health))
+        .add_service(codec!(
+            reflection().build_v1().map_err(ServeError::Reflection)?
+        ))
+        .add_service(codec!(
+            reflection()
+                .build_v1alpha()
+                .map_err(ServeError::Reflection)?
+        ))
+        .add_service(codec!(LabServer::new(lab)))
+        .serve_with_incoming_shutdown(listener, async move {
+            let _ = drain.await;
+        })
+        .await
+        .map_err(ServeError::Transport)
+}
+
+/// Reflection over the Lab and health descriptors (built once as v1, once as v1alpha).
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// The shutdown sequence, from the signal to the last connection closed.
+struct Drain {
+    health: HealthReporter,
+    /// Keep serving this long with health NOT_SERVING.
+    delay: Duration,
+    /// Then this long for in-flight calls to finish, with no new connections.
+    grace: Duration,
+    start_draining: oneshot::Sender<()>,
+    /// Cancelled at the end of the grace: running calls are answered UNAVAILABLE.
+    abandon: CancellationToken,
+    /// Cancelled [`ABANDON_FLUSH`] later: every gRPC connection closes.
+    close_connections: CancellationToken,
+}
+
+impl Drain {
+    async fn serve_until(
+        self,
+        serve: impl Future<Output = Result<(), ServeError>>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        tokio::pin!(serve);
+        tokio::select! {
+            result = &mut serve => return result,
+            () = shutdown => {}
+        }
+        set_health(&self.health, ServingStatus::NotServing).await;
+        tracing::info!("health NOT_SERVING; draining in-flight requests");
+        // Still serving, health NOT_SERVING: load balancers move away meanwhile.
+        if let Ok(result) = tokio::time::timeout(self.delay, &mut serve).await {
+            return result;
+        }
+        let _ = self.start_draining.send(());
+        if let Ok(result) = tokio::time::timeout(self.grace, &mut serve).await {
+            return result;
+        }
+        tracing::warn!(
+            grace_ms = u64::try_from(self.grace.as_millis()).unwrap_or(u64::MAX),
+            "grace period over; answering the calls still running UNAVAILABLE"
+        );
+        self.abandon.cancel();
+        if let Ok(result) = tokio::time::timeout(ABANDON_FLUSH, &mut serve).await {
+            return result;
+        }
+        self.close_connections.cancel();
+        match tokio::time::timeout(ABANDON_FLUSH, &mut serve).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!("connections still open after the grace; leaving them behind");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The HTTP servers that run beside gRPC (in-process simulator, `/metrics`): up until the
+/// gRPC server has stopped, so that draining calls can still reach the simulator and the
+/// drain can be watched.
+struct Helpers {
+    stop: CancellationToken,
+    tasks: Vec<(&'static str, JoinHandle<std::io::Result<()>>)>,
+}
+
+impl Helpers {
+    fn start(servers: impl IntoIterator<Item = (&'static str, Option<HttpServer>)>) -> Self {
+        let stop = CancellationToken::new();
+        let tasks = servers
+            .into_iter()
+            .filter_map(|(what, server)| {
+                let server = server?;
+                let stopped = stop.clone().cancelled_owned();
+                Some((what, tokio::spawn(server.run_until(stopped, HELPERS_GRACE))))
+            })
+            .collect();
+        Self { stop, tasks }
+    }
+
+    /// Stops them and reports how each ended.
+    async fn stop(self) {
+        self.stop.cancel();
+        for (what, task) in self.tasks {
+            match task.await {
+                Ok(Ok(())) => tracing::debug!("{what} stopped"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "{what} ended with an error"),
+                Err(e) => tracing::warn!(error = %e, "{what} task failed"),
+            }
+        }
+    }
 }
 
 /// Reads the PEM identity named by the configuration.
@@ -345,12 +447,8 @@ fn tls_identity(
     Ok(tonic::transport::ServerTlsConfig::new().identity(identity))
 }
 
-async fn begin_drain(health: &HealthReporter) {
-    health
-        .set_service_status(LAB_SERVICE, ServingStatus::NotServing)
-        .await;
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    tracing::info!("health NOT_SERVING; draining in-flight requests");
+/// Sets the Lab's status and the server's overall status ("") together.
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status(LAB_SERVICE, status).await;
+    health.set_service_status("", status).await;
 }

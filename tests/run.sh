@@ -7,6 +7,9 @@
 # started here and stopped on exit. Deploy files: tests/python/test_deploy.py validates them,
 # tests/python/test_prometheus.py runs every dashboard query against a real Prometheus.
 #
+# Node: the @grpc/grpc-js client tests (tests/node, `npm ci` from the committed lock file, skipped
+# when the lock file has not changed since the last install) run with `node --test`.
+#
 # Usage: tests/run.sh            (CI=true makes a missing tool fail instead of skip)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +44,28 @@ awk '/^(setuptools|wheel|packaging)==/{p=1} p{print} p && !/\\$/{p=0}' tests/req
     --no-build-isolation -r tests/requirements.txt
 export PATH="$venv/bin:$PATH"
 grpcurl -version
+
+step "Node test tools (tests/node: npm ci from package-lock.json)"
+node_ok=1
+for tool in node npm; do
+    if ! command -v "$tool" >/dev/null; then
+        node_ok=0
+        if [ -n "${CI:-}" ]; then
+            echo "$tool is required; install it with: apt-get install -y nodejs npm" >&2
+            exit 1
+        fi
+        echo "SKIPPED: $tool not installed (install with: apt-get install -y nodejs npm)" >&2
+    fi
+done
+if ((node_ok)); then
+    stamp=tests/node/node_modules/.holdup-lock.sha256
+    want=$(sha256sum tests/node/package-lock.json | cut -d' ' -f1)
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        (cd tests/node && npm ci --ignore-scripts --no-audit --no-fund --prefer-offline)
+        echo "$want" >"$stamp"
+    fi
+    echo "node $(node --version), @grpc/grpc-js $(node -p 'require("./tests/node/node_modules/@grpc/grpc-js/package.json").version')"
+fi
 
 step "PostgreSQL: a throwaway cluster on a loopback port (HOLDUP_TEST_DATABASE_URL)"
 pg_bin=$(compgen -G '/usr/lib/postgresql/*/bin' | sort -V | tail -n 1)
@@ -79,3 +104,8 @@ cargo test --locked
 
 step "Python tests (grpcio, grpcurl, deploy files, Prometheus + dashboards) against target/debug/holdup"
 HOLDUP_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/holdup" python -m pytest tests/python -q -p no:cacheprovider
+
+if ((node_ok)); then
+    step "Node tests (@grpc/grpc-js) against target/debug/holdup"
+    (cd tests/node && HOLDUP_BIN="${CARGO_TARGET_DIR:-$PWD/../../target}/debug/holdup" node --test)
+fi

@@ -317,6 +317,16 @@ pin_project_lite::pin_project! {
     }
 }
 
+impl<B: Default> Default for DiagnosedBody<B> {
+    /// An empty body with no span: for responses made around the diagnosed service.
+    fn default() -> Self {
+        Self {
+            inner: B::default(),
+            span: None,
+        }
+    }
+}
+
 impl<B: Body> Body for DiagnosedBody<B> {
     type Data = B::Data;
     type Error = B::Error;

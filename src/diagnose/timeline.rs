@@ -156,7 +156,14 @@ impl Timeline {
     /// or handed over). Records the wait for a worker, blames it if long enough, and ends any
     /// parked stretch the poll ends.
     pub(crate) fn poll_started(&self, depth: usize, ready_since: u64, now: u64) {
-        let waited = now.saturating_sub(ready_since);
+        // While a handler task the request handed its work to is running, that task's waits
+        // are the request's; the outer future's own wait is not counted twice.
+        let covered = self.delegates.load(Ordering::Acquire) > depth;
+        let waited = if covered {
+            0
+        } else {
+            now.saturating_sub(ready_since)
+        };
         // Blame outside the lock: it reads every worker's slot.
         let blamed = (waited >= super::clock::nanos(self.engine.config.blame_from)).then(|| {
             let during = |runtime| {

@@ -150,7 +150,7 @@ pub struct CpuPlan {
 impl CpuPlan {
     /// # Errors
     /// INVALID_ARGUMENT for an unknown mode, both or neither of work_ms and iterations, or a
-    /// value over its cap.
+    /// value over its cap; FAILED_PRECONDITION for INLINE under `--refuse-blocking-modes`.
     pub fn new(request: &CpuBoundRequest, limits: &Limits) -> Result<Self, LabError> {
         let mode = validate::choice(
             "mode",
@@ -162,6 +162,12 @@ impl CpuPlan {
                 CpuMode::Cooperative,
             ],
         )?;
+        if mode == CpuMode::Inline && limits.refuse_blocking_modes {
+            return Err(LabError::ModeRefused {
+                mode: "CpuBound INLINE".to_owned(),
+                instead: "COOPERATIVE, BLOCKING_POOL or COMPUTE_POOL",
+            });
+        }
         let budget = match (request.work_ms, request.iterations) {
             (0, 0) | (1.., 1..) => {
                 return Err(LabError::invalid(

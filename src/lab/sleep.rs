@@ -24,13 +24,20 @@ pub struct SleepPlan {
 
 impl SleepPlan {
     /// # Errors
-    /// INVALID_ARGUMENT for an unknown mode or a duration over the cap.
+    /// INVALID_ARGUMENT for an unknown mode or a duration over the cap; FAILED_PRECONDITION
+    /// for BLOCKING under `--refuse-blocking-modes`.
     pub fn new(request: &SleepRequest, limits: &Limits) -> Result<Self, LabError> {
         let mode = validate::choice(
             "mode",
             request.mode,
             &[SleepMode::Async, SleepMode::Blocking],
         )?;
+        if mode == SleepMode::Blocking && limits.refuse_blocking_modes {
+            return Err(LabError::ModeRefused {
+                mode: "Sleep BLOCKING".to_owned(),
+                instead: "ASYNC",
+            });
+        }
         let ms = validate::in_range(
             "duration_ms",
             request.duration_ms,

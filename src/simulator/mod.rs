@@ -161,6 +161,8 @@ async fn simulate(config: SimulatorConfig, params: WorkParams) -> Response {
 #[derive(Debug)]
 pub struct SimMetrics {
     registry: Registry,
+    /// The simulator listener's connections (`holdup_transport_*{listener="simulator"}`).
+    pub transport: crate::transport::TransportMetrics,
     requests: Family<CodeLabels, Counter>,
     duration: Family<CodeLabels, Histogram, fn() -> Histogram>,
 }
@@ -198,8 +200,10 @@ impl SimMetrics {
             Unit::Seconds,
             duration.clone(),
         );
+        let transport = crate::transport::TransportMetrics::register(&mut registry);
         Self {
             registry,
+            transport,
             requests,
             duration,
         }
@@ -245,8 +249,7 @@ async fn scrape(State(metrics): State<Arc<SimMetrics>>) -> Response {
     }
 }
 
-pub fn router(config: SimulatorConfig) -> Router {
-    let metrics = Arc::new(SimMetrics::new());
+pub fn router(config: SimulatorConfig, metrics: Arc<SimMetrics>) -> Router {
     Router::new()
         .route("/work", get(work))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&metrics), record))
@@ -263,8 +266,21 @@ pub fn router(config: SimulatorConfig) -> Router {
 ///
 /// # Errors
 /// The I/O error if `addr` cannot be bound.
-pub async fn bind(addr: SocketAddr, config: SimulatorConfig) -> io::Result<HttpServer> {
-    HttpServer::bind(addr, router(config)).await
+pub async fn bind(
+    addr: SocketAddr,
+    config: SimulatorConfig,
+    limits: crate::transport::ConnectionLimits,
+) -> io::Result<HttpServer> {
+    let metrics = Arc::new(SimMetrics::new());
+    let transport = metrics.transport.clone();
+    HttpServer::bind(
+        addr,
+        router(config, metrics),
+        "simulator",
+        limits,
+        transport,
+    )
+    .await
 }
 
 #[cfg(test)]
@@ -295,14 +311,21 @@ mod tests {
             latency_ms: 0,
             ..SimulatorConfig::default()
         };
-        let simulator = bind(SocketAddr::from(([127, 0, 0, 1], 0)), config)
-            .await
-            .expect("binds a loopback port");
+        let simulator = bind(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            config,
+            crate::transport::ConnectionLimits::default(),
+        )
+        .await
+        .expect("binds a loopback port");
         let base = format!("http://{}", simulator.local_addr().expect("bound"));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let serving = tokio::spawn(simulator.run_until(async {
-            let _ = stopped.await;
-        }));
+        let serving = tokio::spawn(simulator.run_until(
+            async {
+                let _ = stopped.await;
+            },
+            Duration::from_secs(1),
+        ));
         let client = reqwest::Client::new();
         for query in ["", "?latency_ms=30", "?error_rate=1", "?error_rate=2"] {
             client

@@ -56,9 +56,11 @@ pub async fn bind(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     refresh: Refresh,
+    limits: crate::transport::ConnectionLimits,
 ) -> io::Result<HttpServer> {
+    let transport = metrics.transport.clone();
     let router = Router::new()
         .route("/metrics", get(scrape))
         .with_state(Scrape { metrics, refresh });
-    HttpServer::bind(addr, router).await
+    HttpServer::bind(addr, router, "metrics", limits, transport).await
 }

@@ -134,6 +134,8 @@ pub struct Metrics {
     pub runtime_lag: Histogram,
     pub runtime: RuntimeGauges,
     pub otel_export_failures: Counter,
+    /// The gRPC and `/metrics` listeners' connections (`holdup_transport_*`).
+    pub transport: crate::transport::TransportMetrics,
 }
 
 /// The lab runtime's own metrics, mirrored at scrape time.
@@ -306,8 +308,11 @@ impl Metrics {
             otel_export_failures.clone(),
         );
 
+        let transport = crate::transport::TransportMetrics::register(&mut registry);
+
         Self {
             registry,
+            transport,
             started,
             handled,
             handling,

@@ -2,6 +2,7 @@
 //! client connected to it.
 
 pub mod collector;
+pub mod process;
 
 use std::{net::SocketAddr, sync::Once, time::Duration};
 
@@ -16,6 +17,8 @@ use tonic::transport::Channel;
 pub struct TestApp {
     pub addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    /// The in-process upstream simulator's base URL (`http://127.0.0.1:PORT`).
+    pub upstream_url: String,
     pub client: LabClient<Channel>,
     stop: Option<oneshot::Sender<()>>,
     serving: Option<JoinHandle<Result<(), ServeError>>>,
@@ -55,6 +58,7 @@ pub async fn spawn_with(adjust: impl FnOnce(&mut ServeConfig)) -> TestApp {
     let server = Server::build(config).await.expect("server builds");
     let addr = server.local_addr();
     let metrics_addr = server.metrics_addr().expect("test servers serve metrics");
+    let upstream_url = server.upstream_url().to_owned();
     let (stop, stopped) = oneshot::channel::<()>();
     let serving = tokio::spawn(server.run_until(async {
         let _ = stopped.await;
@@ -62,6 +66,7 @@ pub async fn spawn_with(adjust: impl FnOnce(&mut ServeConfig)) -> TestApp {
     TestApp {
         addr,
         metrics_addr,
+        upstream_url,
         client: client(addr).await,
         stop: Some(stop),
         serving: Some(serving),

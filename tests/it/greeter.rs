@@ -142,7 +142,16 @@ async fn each_misbehaviour_gets_its_measured_verdict() {
     );
     let plain = say(&mut client, "plain").await;
     assert!(plain.ms("total") < 50.0, "{:?}", plain.diagnosis);
-    assert!(plain.culprits().is_empty(), "{:?}", plain.diagnosis);
+    // Nothing of the greeter's held it up (other tests' servers in this process may have
+    // held the CPUs, and would be named).
+    assert!(
+        plain
+            .culprits()
+            .iter()
+            .all(|(method, _)| method != "SayHello"),
+        "{:?}",
+        plain.diagnosis
+    );
     assert_eq!(plain.trace_id.len(), 32);
 
     // A second `mutex` call waits for the lock the first one holds, on its worker.

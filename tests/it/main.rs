@@ -11,6 +11,7 @@ mod common;
 
 mod contention;
 mod experiment;
+mod exposed;
 mod greeter;
 mod lab_rpcs;
 mod load;

@@ -66,6 +66,9 @@ async fn slow_backend_recovers_when_postgres_comes_back() {
     ) else {
         return;
     };
+    // It stops the PostgreSQL server the tests in postgres.rs use, which take `serial` too:
+    // since the tests share one binary, they would otherwise see their connections reset.
+    let _serial = crate::common::serial().await;
     let mut app = spawn_with(|c| {
         c.db.database = Database::Url(url);
         c.db.pool_size = 2;

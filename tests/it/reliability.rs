@@ -207,9 +207,13 @@ async fn the_upstream_can_die_and_come_back() {
         ..SimulatorConfig::default()
     };
     let start_upstream = |addr| async move {
-        let simulator = simulator::bind(addr, sim).await.expect("bind upstream");
+        let simulator = simulator::bind(addr, sim, Default::default())
+            .await
+            .expect("bind upstream");
         let stop = tokio_util::sync::CancellationToken::new();
-        let task = tokio::spawn(simulator.run_until(stop.clone().cancelled_owned()));
+        let task = tokio::spawn(
+            simulator.run_until(stop.clone().cancelled_owned(), Duration::from_secs(1)),
+        );
         (stop, task)
     };
     let addr = crate::common::free_port();

@@ -2,13 +2,15 @@
 //! finishes, buffered spans are flushed, the process exits 0; a second signal exits at once.
 
 use std::{
-    io::{BufRead, BufReader},
     net::SocketAddr,
-    process::{Child, Command, Stdio},
+    process::Child,
     time::{Duration, Instant},
 };
 
-use crate::common::collector::Collector;
+use crate::common::{
+    collector::Collector,
+    process::{self, signal, wait_exit},
+};
 use holdup::proto::{FastRequest, SleepMode, SleepRequest, lab_client::LabClient};
 use tonic::transport::Channel;
 use tonic_health::pb::{
@@ -17,65 +19,13 @@ use tonic_health::pb::{
 
 /// Starts `holdup serve` on a free port and returns it with its address.
 fn start(extra: &[&str]) -> (Child, SocketAddr) {
-    start_with_env(extra, &[("OTEL_TRACES_EXPORTER", "none")])
+    start_with_env(extra, &[])
 }
 
 /// The same, with extra environment variables.
 fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_holdup"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-console",
-            "--no-metrics",
-            "--seed-rows",
-            "100",
-        ])
-        .args(extra)
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("holdup starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = lines
-        .find_map(|line| {
-            let line = line.ok()?;
-            line.strip_prefix("holdup listening on ")?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .expect("a listening line");
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    (child, addr)
-}
-
-fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{name}"), &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-}
-
-/// Waits up to `limit` for the child to exit.
-fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "holdup did not exit within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (holdup, addr) = process::serve(extra, env);
+    (holdup.child, addr)
 }
 
 async fn channel(addr: SocketAddr) -> Channel {
@@ -134,7 +84,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_exits_at_once() {
-    let (mut child, addr) = start(&["--grace-ms", "30000"]);
+    let (child, addr) = start(&["--grace-ms", "30000"]);
     let mut lab = LabClient::new(channel(addr).await);
     let _in_flight = tokio::spawn(async move {
         lab.sleep(SleepRequest {
@@ -144,15 +94,7 @@ async fn a_second_signal_exits_at_once() {
         .await
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    signal(&child, "TERM");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let sent = Instant::now();
-    signal(&child, "INT");
-    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(5)))
-        .await
-        .unwrap();
-    assert!(sent.elapsed() < Duration::from_secs(3));
-    assert_eq!(status.code(), Some(130), "{status:?}");
+    assert_second_signal_exits_at_once(child).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,4 +136,116 @@ async fn spans_still_buffered_are_flushed_at_exit() {
         "a call without traceparent starts a trace"
     );
     assert_eq!(server.attr("rpc.method").as_deref(), Some("Fast"));
+}
+
+/// Issue 11, item 3: calls that are still running when the grace is over (here: upstream
+/// calls stalled in the in-process simulator for 30 s) get UNAVAILABLE "server shutting down",
+/// and the process exits within the grace plus a small margin instead of waiting for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_calls_are_answered_unavailable_and_do_not_outlive_the_grace() {
+    use holdup::proto::UpstreamCallRequest;
+    let grace = Duration::from_millis(1_000);
+    let (child, addr) = start(&["--grace-ms", "1000", "--sim-stall-ms", "30000"]);
+    let channel = channel(addr).await;
+    let calls: Vec<_> = (0..5)
+        .map(|_| {
+            let mut lab = LabClient::new(channel.clone());
+            tokio::spawn(async move {
+                lab.upstream_call(UpstreamCallRequest {
+                    stall_rate: Some(1.0),
+                    attempt_timeout_ms: Some(60_000),
+                    max_retries: Some(0),
+                    ..UpstreamCallRequest::default()
+                })
+                .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, took) = terminate(child).await;
+    eprintln!("exited {took:?} after SIGTERM with 5 stalled calls in flight (grace {grace:?})");
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(
+        took < grace + Duration::from_secs(2),
+        "exited {took:?} after SIGTERM; the grace was {grace:?}"
+    );
+    for call in calls {
+        let status = call
+            .await
+            .unwrap()
+            .expect_err("a stalled call cannot succeed");
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert_eq!(status.message(), "server shutting down", "{status:?}");
+    }
+}
+
+/// SIGTERM, then SIGINT while the first is still draining: the process exits at once, 130.
+async fn assert_second_signal_exits_at_once(mut child: Child) {
+    signal(&child, "TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sent = Instant::now();
+    signal(&child, "INT");
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(5)))
+        .await
+        .expect("the waiting thread does not panic");
+    assert!(sent.elapsed() < Duration::from_secs(3));
+    assert_eq!(status.code(), Some(130), "{status:?}");
+}
+
+/// Sends SIGTERM and waits (10 s at most) for the exit; the status and how long it took.
+async fn terminate(mut child: Child) -> (std::process::ExitStatus, Duration) {
+    let sent = Instant::now();
+    signal(&child, "TERM");
+    let status =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(10)))
+            .await
+            .expect("the waiting thread does not panic");
+    (status, sent.elapsed())
+}
+
+/// `holdup upstream`, started on a free port; its base URL.
+fn start_upstream(grace_ms: &str) -> (Child, String) {
+    let upstream = process::start(
+        &[
+            "upstream",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-console",
+            "--grace-ms",
+            grace_ms,
+        ],
+        &[],
+        None,
+    );
+    let addr = upstream.addr_after("holdup upstream simulator listening on ");
+    (upstream.child, format!("http://{addr}"))
+}
+
+/// Issue 11, item 3: the standalone simulator honours SIGTERM with a grace period: a 40 s
+/// request in flight does not keep it alive past the grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_simulator_stops_within_its_grace() {
+    let (child, url) = start_upstream("500");
+    let in_flight = tokio::spawn(reqwest::get(format!("{url}/work?latency_ms=40000")));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, took) = terminate(child).await;
+    eprintln!("holdup upstream exited {took:?} after SIGTERM with a 40 s request in flight");
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(
+        took < Duration::from_secs(3),
+        "exited {took:?} after SIGTERM (grace 500 ms)"
+    );
+    assert!(
+        in_flight.await.unwrap().is_err(),
+        "the 40 s request was cut at the end of the grace"
+    );
+}
+
+/// Issue 11, item 3: like `serve`, a second signal ends `holdup upstream` at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_ends_the_upstream_simulator_at_once() {
+    let (child, url) = start_upstream("30000");
+    let _in_flight = tokio::spawn(reqwest::get(format!("{url}/work?latency_ms=40000")));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_second_signal_exits_at_once(child).await;
 }

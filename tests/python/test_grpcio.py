@@ -406,3 +406,21 @@ def test_reflection_lists_services(channel, version):
         if number2 == 1
     }
     assert {"holdup.v1.Lab", "grpc.health.v1.Health"} <= names, names
+
+
+@pytest.mark.parametrize(
+    "compression", [grpc.Compression.Gzip, grpc.Compression.Deflate], ids=["gzip", "deflate"]
+)
+def test_a_compressing_channel_is_served(server, stubs, pb, compression):
+    """Issue 11: a grpcio channel that compresses every call (before: UNIMPLEMENTED, every call)."""
+    with grpc.insecure_channel(server, compression=compression) as ch:
+        lab = stubs.grpc.LabStub(ch)
+        message = "compress me " * 80
+        for _ in range(3):
+            reply = lab.Fast(pb.FastRequest(message=message), timeout=CALL_TIMEOUT_S)
+            assert reply.message == message
+            check_diagnostics(reply)
+        health = health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service="holdup.v1.Lab"), timeout=CALL_TIMEOUT_S
+        )
+        assert health.status == health_pb2.HealthCheckResponse.SERVING

@@ -1,6 +1,7 @@
 //! Admission control: every lab call takes a slot of the server-wide limit and, for the costly
-//! RPCs, one of its own RPC's limit. No slot: RESOURCE_EXHAUSTED at once, never an unbounded
-//! queue. The slots are owned permits that travel with the handler task, so a slot frees when
+//! RPCs, one of its own RPC's limit and one of the costly RPCs' shared limit, which is the
+//! server-wide one less the slots reserved for `Fast`: however full the costly RPCs, the
+//! canary still gets in. No slot: RESOURCE_EXHAUSTED at once, never an unbounded queue. The slots are owned permits that travel with the handler task, so a slot frees when
 //! the work really stops, not when the caller stops waiting.
 
 use std::sync::Arc;
@@ -17,6 +18,9 @@ const COSTLY: [&str; 4] = ["CpuBound", "SlowBackend", "Sleep", "UpstreamCall"];
 pub struct Admission {
     global: Arc<Semaphore>,
     global_limit: usize,
+    /// The costly RPCs together: `max_in_flight - reserved_for_fast`.
+    costly: Arc<Semaphore>,
+    costly_limit: usize,
     per_rpc: Vec<(&'static str, Arc<Semaphore>)>,
     per_rpc_limit: usize,
 }
@@ -25,14 +29,20 @@ pub struct Admission {
 #[derive(Debug)]
 pub struct Admitted {
     _global: OwnedSemaphorePermit,
-    _rpc: Option<OwnedSemaphorePermit>,
+    _rpc: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
 }
 
 impl Admission {
     pub fn new(limits: &Limits) -> Self {
+        let costly_limit = limits
+            .max_in_flight
+            .saturating_sub(limits.reserved_for_fast)
+            .max(1);
         Self {
             global: Arc::new(Semaphore::new(limits.max_in_flight)),
             global_limit: limits.max_in_flight,
+            costly: Arc::new(Semaphore::new(costly_limit)),
+            costly_limit,
             per_rpc: COSTLY
                 .iter()
                 .map(|rpc| (*rpc, Arc::new(Semaphore::new(limits.max_in_flight_per_rpc))))
@@ -44,17 +54,27 @@ impl Admission {
     /// # Errors
     /// [`LabError::Overloaded`] when the server or this RPC has no free slot.
     pub fn admit(&self, rpc: &'static str) -> Result<Admitted, LabError> {
-        let rpc_permit =
-            match self.per_rpc.iter().find(|(name, _)| *name == rpc) {
-                Some((_, slots)) => Some(Arc::clone(slots).try_acquire_owned().map_err(|_| {
+        let rpc_permit = match self.per_rpc.iter().find(|(name, _)| *name == rpc) {
+            Some((_, slots)) => {
+                let own =
+                    Arc::clone(slots)
+                        .try_acquire_owned()
+                        .map_err(|_| LabError::Overloaded {
+                            what: format!("{rpc} calls"),
+                            limit: self.per_rpc_limit,
+                            flag: "--max-in-flight-per-rpc",
+                        })?;
+                let shared = Arc::clone(&self.costly).try_acquire_owned().map_err(|_| {
                     LabError::Overloaded {
-                        what: format!("{rpc} calls"),
-                        limit: self.per_rpc_limit,
-                        flag: "--max-in-flight-per-rpc",
+                        what: "costly lab calls (all but Fast)".to_owned(),
+                        limit: self.costly_limit,
+                        flag: "--max-in-flight less --reserved-for-fast",
                     }
-                })?),
-                None => None,
-            };
+                })?;
+                Some((own, shared))
+            }
+            None => None,
+        };
         let global =
             Arc::clone(&self.global)
                 .try_acquire_owned()
@@ -79,6 +99,7 @@ mod tests {
         let admission = Admission::new(&Limits {
             max_in_flight: 3,
             max_in_flight_per_rpc: 2,
+            reserved_for_fast: 0,
             ..Limits::default()
         });
         let a = admission.admit("CpuBound").unwrap();
@@ -90,5 +111,25 @@ mod tests {
         assert!(err.to_string().contains("--max-in-flight)"), "{err}");
         drop(a);
         assert!(admission.admit("Fast").is_ok());
+    }
+
+    #[test]
+    fn costly_rpcs_leave_the_reserve_to_fast() {
+        let admission = Admission::new(&Limits {
+            max_in_flight: 4,
+            max_in_flight_per_rpc: 4,
+            reserved_for_fast: 2,
+            ..Limits::default()
+        });
+        let _sleep = admission.admit("Sleep").unwrap();
+        let _upstream = admission.admit("UpstreamCall").unwrap();
+        let err = admission.admit("CpuBound").unwrap_err();
+        assert!(err.to_string().contains("--reserved-for-fast"), "{err}");
+        let _fast = admission.admit("Fast").expect("the reserve is Fast's");
+        let _fast2 = admission.admit("Fast").expect("the reserve is Fast's");
+        assert!(
+            admission.admit("Fast").is_err(),
+            "the server-wide limit still holds"
+        );
     }
 }

@@ -30,6 +30,11 @@ pub enum LabError {
     DeadlineExceeded { during: String },
     #[error("server is shutting down")]
     ShuttingDown,
+    /// A mode this server refuses by configuration (`--refuse-blocking-modes`).
+    #[error(
+        "mode {mode} is refused by this server (--refuse-blocking-modes): it blocks a lab worker; use {instead}"
+    )]
+    ModeRefused { mode: String, instead: &'static str },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -51,6 +56,7 @@ impl LabError {
             Self::ShuttingDown => Code::Unavailable,
             Self::ComputeQueueFull { .. } | Self::Overloaded { .. } => Code::ResourceExhausted,
             Self::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+            Self::ModeRefused { .. } => Code::FailedPrecondition,
             Self::Internal(_) => Code::Internal,
         }
     }
