@@ -197,10 +197,6 @@ impl Server {
         &self.upstream_url
     }
 
-    pub fn lab(&self) -> &Lab {
-        &self.lab
-    }
-
     /// Serves until `shutdown` resolves; then health turns NOT_SERVING, new connections are
     /// refused and in-flight requests get `grace` to finish.
     ///

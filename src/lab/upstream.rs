@@ -76,10 +76,6 @@ impl UpstreamClient {
         reqwest::Client::builder().tcp_nodelay(true)
     }
 
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
     /// Runs the attempts of `plan`, stopping at `deadline`.
     ///
     /// # Errors

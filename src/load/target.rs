@@ -118,10 +118,6 @@ impl InProcessServer {
         })
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }

@@ -7,7 +7,7 @@
 //! live state (pool, compute queue, runtime) are refreshed at scrape time from their sources.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::Mutex,
     time::{Duration, SystemTime},
 };
 
@@ -450,6 +450,3 @@ impl Metrics {
 fn to_i64(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
-
-/// The handle the rest of the server holds.
-pub type SharedMetrics = Arc<Metrics>;
