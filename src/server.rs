@@ -25,9 +25,10 @@ use crate::{
     telemetry::{endpoint, lag, metrics::Metrics},
 };
 
-/// Largest request or reply message: lab messages are tiny, so 1 MiB leaves ample room while
-/// refusing a hostile 4 GiB length prefix up front.
-pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+/// Largest encoded gRPC message, request or reply, the Lab service accepts or sends: lab
+/// messages are tiny, so 1 MiB leaves ample room while refusing a hostile 4 GiB length prefix
+/// up front.
+pub const MAX_GRPC_MESSAGE_BYTES: usize = 1024 * 1024;
 /// Streams one connection may have open at once: enough for any load test here, bounded so
 /// that one client cannot hold unbounded server state.
 pub const MAX_CONCURRENT_STREAMS: u32 = 1_024;
@@ -224,8 +225,8 @@ impl Server {
             .map_err(ServeError::Reflection)?;
 
         let lab = LabServer::new(self.lab.clone())
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
 
         let helpers_stop = tokio_util::sync::CancellationToken::new();
         let simulator_task = self.simulator.map(|simulator| {
