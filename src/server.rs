@@ -8,7 +8,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
 use tonic::transport::{Server as TonicServer, server::TcpIncoming};
-use tonic_health::{ServingStatus, server::HealthReporter};
+use tonic_health::server::HealthReporter;
 
 use crate::{
     config::{ServeConfig, UpstreamTarget},
@@ -35,9 +35,6 @@ pub const MAX_CONCURRENT_STREAMS: u32 = 1_024;
 /// HTTP/2 keepalive ping interval and timeout: finds dead peers within a minute.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// The fully qualified service name, as health checks and reflection know it.
-pub const LAB_SERVICE: &str = "holdup.v1.Lab";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -208,10 +205,7 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_service_status(LAB_SERVICE, ServingStatus::Serving)
-            .await;
-        health.set_service_status("", ServingStatus::Serving).await;
+        health.set_serving::<LabServer<Lab>>().await;
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -338,11 +332,9 @@ fn tls_identity(
 }
 
 async fn begin_drain(health: &HealthReporter) {
+    health.set_not_serving::<LabServer<Lab>>().await;
     health
-        .set_service_status(LAB_SERVICE, ServingStatus::NotServing)
-        .await;
-    health
-        .set_service_status("", ServingStatus::NotServing)
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
     tracing::info!("health NOT_SERVING; draining in-flight requests");
 }

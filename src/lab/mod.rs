@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod cpu;
 pub mod fast;
+pub mod rpc;
 pub mod sleep;
 pub mod support;
 pub mod upstream;
@@ -17,11 +18,15 @@ use tonic::{Code, Request, Response, Status, metadata::MetadataValue};
 use tracing::{Instrument, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+pub use rpc::Rpc;
+
 use crate::{
     config::Limits,
-    proto::{self, lab_server},
+    proto::{
+        self,
+        lab_server::{self, SERVICE_NAME},
+    },
     runtime::spawn_named,
-    server::LAB_SERVICE,
     telemetry::{
         diagnostics::{Causes, QueueClock, Split, Timed},
         metrics::{Metrics, RpcLabels, SplitLabels, VerdictLabels},
@@ -93,7 +98,7 @@ with_diagnostics!(
 
 /// One validated call, ready to run.
 struct Call {
-    rpc: &'static str,
+    rpc: Rpc,
     mode: &'static str,
     causes: Causes,
     deadline: Option<Instant>,
@@ -102,19 +107,19 @@ struct Call {
 }
 
 impl Call {
-    fn new<T>(rpc: &'static str, mode: &'static str, causes: Causes, request: &Request<T>) -> Self {
+    fn new<T>(rpc: Rpc, mode: &'static str, causes: Causes, request: &Request<T>) -> Self {
         let deadline =
             deadline::grpc_timeout(request.metadata()).map(|timeout| Instant::now() + timeout);
         let span = tracing::info_span!(
             target: "holdup::rpc",
             "rpc",
-            otel.name = format!("{LAB_SERVICE}/{rpc}"),
+            otel.name = format!("{SERVICE_NAME}/{rpc}"),
             otel.kind = "server",
             otel.status_code = Empty,
             otel.status_message = Empty,
             rpc.system = "grpc",
-            rpc.service = LAB_SERVICE,
-            rpc.method = rpc,
+            rpc.service = SERVICE_NAME,
+            rpc.method = rpc.name(),
             rpc.grpc.status_code = Empty,
             holdup.mode = mode,
             holdup.total_us = Empty,
@@ -142,7 +147,7 @@ impl Call {
 /// future): as cancelled work, and as handled with code `Canceled`.
 struct Unfinished<'a> {
     metrics: &'a Metrics,
-    rpc: &'static str,
+    rpc: Rpc,
     finished: bool,
 }
 
@@ -151,7 +156,7 @@ impl Drop for Unfinished<'_> {
         if self.finished {
             return;
         }
-        tracing::debug!(rpc = self.rpc, "caller went away; work stopped");
+        tracing::debug!(rpc = self.rpc.name(), "caller went away; work stopped");
         self.metrics.work_cancelled(self.rpc);
         self.metrics.rpc_handled(self.rpc, Code::Cancelled);
     }
@@ -197,7 +202,7 @@ impl Lab {
             &call.span,
             LongPollSink {
                 counter: metrics.long_polls.clone(),
-                rpc: call.rpc,
+                rpc: call.rpc.name(),
             },
         );
         let mut unfinished = Unfinished {
@@ -259,7 +264,7 @@ impl Lab {
         .instrument(call.span.clone());
         let task = TaskMonitor::instrument(&monitor, Timed::new(handler));
         let name = if call.mode.is_empty() {
-            call.rpc.to_owned()
+            call.rpc.name().to_owned()
         } else {
             format!("{} {}", call.rpc, call.mode)
         };
@@ -278,7 +283,7 @@ impl Lab {
         };
         let (result, polls) = joined.map_err(|e| {
             if e.is_panic() {
-                tracing::error!(rpc = call.rpc, "handler panicked");
+                tracing::error!(rpc = call.rpc.name(), "handler panicked");
                 Status::internal("handler panicked")
             } else {
                 Status::from(LabError::ShuttingDown)
@@ -298,7 +303,7 @@ impl Lab {
     }
 
     /// Refuses a request before any work is scheduled; it still counts as handled.
-    fn refuse(&self, rpc: &'static str, error: LabError) -> Status {
+    fn refuse(&self, rpc: Rpc, error: LabError) -> Status {
         log_failure(rpc, &error);
         let status = Status::from(error);
         self.state.metrics.rpc_started(rpc);
@@ -318,7 +323,7 @@ impl Lab {
             metrics
                 .split
                 .get_or_create(&SplitLabels {
-                    grpc_method: call.rpc,
+                    grpc_method: call.rpc.name(),
                     component,
                 })
                 .observe(time.as_secs_f64());
@@ -326,7 +331,7 @@ impl Lab {
         metrics
             .verdicts
             .get_or_create(&VerdictLabels {
-                grpc_method: call.rpc,
+                grpc_method: call.rpc.name(),
                 verdict,
             })
             .inc();
@@ -343,7 +348,8 @@ impl Lab {
     }
 }
 
-fn log_failure(rpc: &str, error: &LabError) {
+fn log_failure(rpc: Rpc, error: &LabError) {
+    let rpc = rpc.name();
     match error {
         LabError::InvalidArgument { .. } => tracing::debug!(rpc, %error, "refused"),
         _ => tracing::warn!(rpc, %error, "failed"),
@@ -356,8 +362,9 @@ impl lab_server::Lab for Lab {
         &self,
         request: Request<proto::FastRequest>,
     ) -> Result<Response<proto::FastReply>, Status> {
-        let message = fast::plan(request.get_ref().clone()).map_err(|e| self.refuse("Fast", e))?;
-        let call = Call::new("Fast", "", Causes::CPU, &request);
+        let message =
+            fast::plan(request.get_ref().clone()).map_err(|e| self.refuse(Rpc::Fast, e))?;
+        let call = Call::new(Rpc::Fast, "", Causes::CPU, &request);
         self.run(call, |_| async move { Ok(fast::reply(message)) })
             .await
     }
@@ -369,9 +376,9 @@ impl lab_server::Lab for Lab {
         let state = Arc::clone(&self.state);
         let mut plan =
             backend::BackendPlan::new(request.get_ref(), &state.limits, state.backend.seed_rows())
-                .map_err(|e| self.refuse("SlowBackend", e))?;
+                .map_err(|e| self.refuse(Rpc::SlowBackend, e))?;
         let call = Call::new(
-            "SlowBackend",
+            Rpc::SlowBackend,
             plan.query.as_str_name(),
             Causes::waiting_on("backend"),
             &request,
@@ -389,8 +396,8 @@ impl lab_server::Lab for Lab {
         request: Request<proto::CpuBoundRequest>,
     ) -> Result<Response<proto::CpuBoundReply>, Status> {
         let plan = cpu::CpuPlan::new(request.get_ref(), &self.state.limits)
-            .map_err(|e| self.refuse("CpuBound", e))?;
-        let call = Call::new("CpuBound", plan.mode_name(), plan.causes(), &request);
+            .map_err(|e| self.refuse(Rpc::CpuBound, e))?;
+        let call = Call::new(Rpc::CpuBound, plan.mode_name(), plan.causes(), &request);
         let compute = Arc::clone(&self.state.compute);
         let metrics = Arc::clone(&self.state.metrics);
         self.run(call, |queue| async move {
@@ -414,8 +421,8 @@ impl lab_server::Lab for Lab {
         request: Request<proto::SleepRequest>,
     ) -> Result<Response<proto::SleepReply>, Status> {
         let plan = sleep::SleepPlan::new(request.get_ref(), &self.state.limits)
-            .map_err(|e| self.refuse("Sleep", e))?;
-        let call = Call::new("Sleep", plan.mode.as_str_name(), plan.causes(), &request);
+            .map_err(|e| self.refuse(Rpc::Sleep, e))?;
+        let call = Call::new(Rpc::Sleep, plan.mode.as_str_name(), plan.causes(), &request);
         self.run(call, |_| plan.run()).await
     }
 
@@ -424,14 +431,14 @@ impl lab_server::Lab for Lab {
         request: Request<proto::UpstreamCallRequest>,
     ) -> Result<Response<proto::UpstreamCallReply>, Status> {
         let plan = upstream::UpstreamPlan::new(request.get_ref(), &self.state.limits)
-            .map_err(|e| self.refuse("UpstreamCall", e))?;
+            .map_err(|e| self.refuse(Rpc::UpstreamCall, e))?;
         let mode = if plan.new_client {
             "new-client"
         } else {
             "shared-client"
         };
         let call = Call::new(
-            "UpstreamCall",
+            Rpc::UpstreamCall,
             mode,
             Causes::waiting_on("upstream"),
             &request,

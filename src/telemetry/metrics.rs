@@ -20,6 +20,11 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
+use crate::{
+    lab::{Rpc, upstream::OutcomeLabels},
+    proto::lab_server::SERVICE_NAME,
+};
+
 /// Latency buckets in seconds: 100 µs to 30 s, dense enough around 1–500 ms where the
 /// lessons live.
 pub const LATENCY_BUCKETS: [f64; 17] = [
@@ -31,22 +36,19 @@ pub const LATENCY_BUCKETS: [f64; 17] = [
 pub struct RpcLabels {
     pub grpc_type: &'static str,
     pub grpc_service: &'static str,
-    pub grpc_method: &'static str,
+    pub grpc_method: Rpc,
 }
 
 impl RpcLabels {
     /// The labels of a unary `holdup.v1.Lab` method.
-    pub fn lab(method: &'static str) -> Self {
+    pub fn lab(method: Rpc) -> Self {
         Self {
             grpc_type: "unary",
-            grpc_service: LAB_SERVICE,
+            grpc_service: SERVICE_NAME,
             grpc_method: method,
         }
     }
 }
-
-/// The service whose RPCs these metrics count.
-const LAB_SERVICE: &str = crate::server::LAB_SERVICE;
 
 /// The gRPC code's name as the `grpc_code` label of the de-facto gRPC metrics spells it
 /// (go-grpc-prometheus: `OK`, `Canceled`, `InvalidArgument`, …).
@@ -77,7 +79,7 @@ pub fn grpc_code_name(code: tonic::Code) -> &'static str {
 pub struct HandledLabels {
     pub grpc_type: &'static str,
     pub grpc_service: &'static str,
-    pub grpc_method: &'static str,
+    pub grpc_method: Rpc,
     pub grpc_code: &'static str,
 }
 
@@ -97,11 +99,6 @@ pub struct VerdictLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabels {
     pub grpc_method: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabels {
-    pub outcome: &'static str,
 }
 
 /// The exemplar attached to a latency observation: the trace that explains it.
@@ -364,16 +361,16 @@ impl Metrics {
     }
 
     /// Counts a unary call of `holdup.v1.Lab/<method>` as started.
-    pub fn rpc_started(&self, method: &'static str) {
+    pub fn rpc_started(&self, method: Rpc) {
         self.started.get_or_create(&RpcLabels::lab(method)).inc();
     }
 
     /// Counts a unary call of `holdup.v1.Lab/<method>` as finished with `code`.
-    pub fn rpc_handled(&self, method: &'static str, code: tonic::Code) {
+    pub fn rpc_handled(&self, method: Rpc, code: tonic::Code) {
         self.handled
             .get_or_create(&HandledLabels {
                 grpc_type: "unary",
-                grpc_service: LAB_SERVICE,
+                grpc_service: SERVICE_NAME,
                 grpc_method: method,
                 grpc_code: grpc_code_name(code),
             })
@@ -381,10 +378,10 @@ impl Metrics {
     }
 
     /// Counts a call whose work was stopped by its deadline or its caller leaving.
-    pub fn work_cancelled(&self, method: &'static str) {
+    pub fn work_cancelled(&self, method: Rpc) {
         self.cancelled
             .get_or_create(&MethodLabels {
-                grpc_method: method,
+                grpc_method: method.name(),
             })
             .inc();
     }

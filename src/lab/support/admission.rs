@@ -8,16 +8,15 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::LabError;
-use crate::config::Limits;
-
-/// The RPCs with a limit of their own.
-const COSTLY: [&str; 4] = ["CpuBound", "SlowBackend", "Sleep", "UpstreamCall"];
+use crate::{config::Limits, lab::Rpc};
 
 #[derive(Debug)]
 pub struct Admission {
     global: Arc<Semaphore>,
     global_limit: usize,
-    per_rpc: Vec<(&'static str, Arc<Semaphore>)>,
+    /// The slots of each RPC, indexed by `Rpc as usize`; `None` for an RPC without a limit of
+    /// its own (see [`Rpc::is_costly`]).
+    per_rpc: [Option<Arc<Semaphore>>; Rpc::ALL.len()],
     per_rpc_limit: usize,
 }
 
@@ -33,20 +32,21 @@ impl Admission {
         Self {
             global: Arc::new(Semaphore::new(limits.max_in_flight)),
             global_limit: limits.max_in_flight,
-            per_rpc: COSTLY
-                .iter()
-                .map(|rpc| (*rpc, Arc::new(Semaphore::new(limits.max_in_flight_per_rpc))))
-                .collect(),
+            per_rpc: Rpc::ALL.map(|rpc| {
+                rpc.is_costly()
+                    .then(|| Arc::new(Semaphore::new(limits.max_in_flight_per_rpc)))
+            }),
             per_rpc_limit: limits.max_in_flight_per_rpc,
         }
     }
 
     /// # Errors
     /// [`LabError::Overloaded`] when the server or this RPC has no free slot.
-    pub fn admit(&self, rpc: &'static str) -> Result<Admitted, LabError> {
+    pub fn admit(&self, rpc: Rpc) -> Result<Admitted, LabError> {
+        // `Rpc::ALL` lists every variant in declaration order, so `rpc as usize` is in range.
         let rpc_permit =
-            match self.per_rpc.iter().find(|(name, _)| *name == rpc) {
-                Some((_, slots)) => Some(Arc::clone(slots).try_acquire_owned().map_err(|_| {
+            match &self.per_rpc[rpc as usize] {
+                Some(slots) => Some(Arc::clone(slots).try_acquire_owned().map_err(|_| {
                     LabError::Overloaded {
                         what: format!("{rpc} calls"),
                         limit: self.per_rpc_limit,
@@ -81,14 +81,14 @@ mod tests {
             max_in_flight_per_rpc: 2,
             ..Limits::default()
         });
-        let a = admission.admit("CpuBound").unwrap();
-        let _b = admission.admit("CpuBound").unwrap();
-        let err = admission.admit("CpuBound").unwrap_err();
+        let a = admission.admit(Rpc::CpuBound).unwrap();
+        let _b = admission.admit(Rpc::CpuBound).unwrap();
+        let err = admission.admit(Rpc::CpuBound).unwrap_err();
         assert!(err.to_string().contains("--max-in-flight-per-rpc"), "{err}");
-        let _c = admission.admit("Fast").unwrap();
-        let err = admission.admit("Fast").unwrap_err();
+        let _c = admission.admit(Rpc::Fast).unwrap();
+        let err = admission.admit(Rpc::Fast).unwrap_err();
         assert!(err.to_string().contains("--max-in-flight)"), "{err}");
         drop(a);
-        assert!(admission.admit("Fast").is_ok());
+        assert!(admission.admit(Rpc::Fast).is_ok());
     }
 }
