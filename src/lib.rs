@@ -11,9 +11,11 @@
 //!   on shutdown; [`shutdown`] turns signals into a future.
 //! - [`runtime`]: the lab runtime the handlers run on, apart from the transport runtime.
 //! - [`lab`]: the service, one module per cause: `fast`, `backend`, `cpu`, `sleep`, `upstream`
-//!   (the HTTP client side); the request runner in `lab/mod.rs`; and in `lab/support` what the
-//!   causes share (admission, deadline, validation, retries, the compute pool, the error type).
-//! - [`telemetry`]: the per-request delay split and the one tracing subscriber.
+//!   (the HTTP client side); [`lab::Rpc`], its methods as a type; the request runner in
+//!   `lab/mod.rs`; and in `lab/support` what the causes share (admission, deadline, validation,
+//!   retries, the compute pool, the error type, the Lab's metrics).
+//! - [`telemetry`]: the per-request delay split, the one tracing subscriber, and the Prometheus
+//!   registry each domain's metrics register into.
 //! - [`simulator`]: the HTTP upstream simulator (`holdup upstream`); [`http_server`]: the small
 //!   bound HTTP server it and the metrics endpoint share.
 //! - [`proto`]: the generated `holdup.v1` code and its descriptor set.

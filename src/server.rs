@@ -16,8 +16,8 @@ use crate::{
     lab::{
         Lab, LabState,
         backend::Backend,
-        support::compute_pool::ComputePool,
-        upstream::{UpstreamClient, UpstreamMetrics},
+        support::{compute_pool::ComputePool, metrics::LabMetrics},
+        upstream::UpstreamClient,
     },
     proto::{self, lab_server::LabServer},
     runtime::OwnedRuntime,
@@ -105,13 +105,17 @@ impl Server {
                 source,
             }
         })?;
-        let compute =
-            ComputePool::start(config.compute_threads, config.compute_queue).map_err(|source| {
-                ServeError::Start {
-                    what: "compute pool",
-                    source,
-                }
-            })?;
+        let mut metrics = Metrics::new();
+        let lab_metrics = LabMetrics::register(metrics.registry_mut());
+        let compute = ComputePool::start(
+            config.compute_threads,
+            config.compute_queue,
+            lab_metrics.compute.clone(),
+        )
+        .map_err(|source| ServeError::Start {
+            what: "compute pool",
+            source,
+        })?;
         let (simulator, upstream_url) = match &config.upstream {
             UpstreamTarget::Url(url) => (None, url.clone()),
             UpstreamTarget::InProcess(sim) => {
@@ -130,17 +134,16 @@ impl Server {
         };
         // The pool and the HTTP client are created on the lab runtime, where they are used, so
         // their connections are driven by the lab runtime's I/O driver.
-        let metrics = Arc::new(Metrics::new());
         let db = config.db.clone();
-        let pool_wait = metrics.db_pool_wait.clone();
+        let db_metrics = lab_metrics.db_pool.clone();
         let backend = lab_runtime
             .handle()
-            .spawn(async move { Backend::connect(&db, pool_wait).await })
+            .spawn(async move { Backend::connect(&db, db_metrics).await })
             .await
             .map_err(ServeError::LabTask)?
             .map_err(ServeError::Database)?;
         let url = upstream_url.clone();
-        let attempt_metrics = UpstreamMetrics::from(metrics.as_ref());
+        let attempt_metrics = lab_metrics.upstream.clone();
         let upstream = lab_runtime
             .handle()
             .spawn(async move { UpstreamClient::new(url, attempt_metrics) })
@@ -153,16 +156,16 @@ impl Server {
             backend,
             compute: Arc::new(compute),
             upstream,
-            metrics: Arc::clone(&metrics),
+            metrics: lab_metrics,
             admission: crate::lab::support::admission::Admission::new(&config.limits),
         });
         let metrics_endpoint = match config.metrics_addr {
             None => None,
             Some(addr) => {
                 let state = Arc::clone(lab.state());
-                let refresh = Arc::new(move |m: &Metrics| state.sample_gauges(m));
+                let refresh = Arc::new(move || state.sample_gauges());
                 Some(
-                    endpoint::bind(addr, metrics, refresh)
+                    endpoint::bind(addr, Arc::new(metrics), refresh)
                         .await
                         .map_err(|source| ServeError::Bind { addr, source })?,
                 )
@@ -231,7 +234,7 @@ impl Server {
             let stop = helpers_stop.clone();
             tokio::spawn(async move { endpoint.run_until(stop.cancelled_owned()).await })
         });
-        let lag_histogram = self.lab.state().metrics.runtime_lag.clone();
+        let lag_histogram = self.lab.state().metrics.runtime.lag();
         let lag_probe = crate::runtime::spawn_named(
             "runtime lag probe",
             self.lab_runtime.handle(),

@@ -28,13 +28,17 @@ use crate::{
     },
     runtime::spawn_named,
     telemetry::{
+        delay_metrics::{SplitLabels, VerdictLabels},
         diagnostics::{Causes, QueueClock, Split, Timed},
-        metrics::{Metrics, RpcLabels, SplitLabels, VerdictLabels},
         otel,
         watchdog::{self, LongPollSink},
     },
 };
-use support::{admission, compute_pool, deadline, error::LabError};
+use support::{
+    admission, compute_pool, deadline,
+    error::LabError,
+    metrics::{LabMetrics, RpcMetrics},
+};
 
 /// What every lab handler shares.
 #[derive(Debug)]
@@ -45,25 +49,15 @@ pub struct LabState {
     pub backend: backend::Backend,
     pub compute: Arc<compute_pool::ComputePool>,
     pub upstream: upstream::UpstreamClient,
-    pub metrics: Arc<Metrics>,
+    pub metrics: LabMetrics,
     pub admission: admission::Admission,
 }
 
 impl LabState {
-    /// Mirrors live state (pool, compute queue, lab runtime) into the gauges before a scrape.
-    pub fn sample_gauges(&self, metrics: &Metrics) {
-        metrics
-            .db_pool_size
-            .set(i64::from(self.backend.pool_size()));
-        metrics.db_pool_in_use.set(i64::from(self.backend.in_use()));
-        metrics.db_pool_waiters.set(self.backend.waiting());
-        metrics
-            .compute_threads
-            .set(i64::try_from(self.compute.threads()).unwrap_or(i64::MAX));
-        metrics
-            .compute_queue_depth
-            .set(i64::try_from(self.compute.queued()).unwrap_or(i64::MAX));
-        metrics.sample_runtime(&self.runtime);
+    /// Mirrors live state (pool, lab runtime) into the gauges before a scrape.
+    pub fn sample_gauges(&self) {
+        self.backend.sample_gauges();
+        self.metrics.runtime.sample(&self.runtime);
     }
 }
 
@@ -146,7 +140,7 @@ impl Call {
 /// Counts a call whose caller went away before it finished (the transport drops the handler
 /// future): as cancelled work, and as handled with code `Canceled`.
 struct Unfinished<'a> {
-    metrics: &'a Metrics,
+    metrics: &'a RpcMetrics,
     rpc: Rpc,
     finished: bool,
 }
@@ -158,7 +152,7 @@ impl Drop for Unfinished<'_> {
         }
         tracing::debug!(rpc = self.rpc.name(), "caller went away; work stopped");
         self.metrics.work_cancelled(self.rpc);
-        self.metrics.rpc_handled(self.rpc, Code::Cancelled);
+        self.metrics.handled(self.rpc, Code::Cancelled);
     }
 }
 
@@ -195,13 +189,13 @@ impl Lab {
         R: WithDiagnostics + Send + 'static,
     {
         let started = Instant::now();
-        let metrics = &self.state.metrics;
-        metrics.rpc_started(call.rpc);
+        let metrics = &self.state.metrics.rpc;
+        metrics.started(call.rpc);
         let trace_id = otel::trace_id(&call.span.context());
         watchdog::attach(
             &call.span,
             LongPollSink {
-                counter: metrics.long_polls.clone(),
+                counter: self.state.metrics.delay.long_polls.clone(),
                 rpc: call.rpc.name(),
             },
         );
@@ -217,8 +211,8 @@ impl Lab {
             Ok(_) => Code::Ok,
             Err(status) => status.code(),
         };
-        metrics.rpc_handled(call.rpc, code);
-        metrics.observe_handling(&RpcLabels::lab(call.rpc), elapsed.as_secs_f64(), &trace_id);
+        metrics.handled(call.rpc, code);
+        metrics.observe_handling(call.rpc, elapsed.as_secs_f64(), &trace_id);
         call.span.record("rpc.grpc.status_code", code as i32);
         if let Err(status) = &outcome {
             if status.code() == Code::DeadlineExceeded || status.code() == Code::Cancelled {
@@ -306,13 +300,13 @@ impl Lab {
     fn refuse(&self, rpc: Rpc, error: LabError) -> Status {
         log_failure(rpc, &error);
         let status = Status::from(error);
-        self.state.metrics.rpc_started(rpc);
-        self.state.metrics.rpc_handled(rpc, status.code());
+        self.state.metrics.rpc.started(rpc);
+        self.state.metrics.rpc.handled(rpc, status.code());
         status
     }
 
     fn report_split(&self, call: &Call, split: &Split) {
-        let metrics = &self.state.metrics;
+        let metrics = &self.state.metrics.delay;
         let verdict = split.verdict(call.causes);
         for (component, time) in [
             ("busy", split.busy),
@@ -399,21 +393,7 @@ impl lab_server::Lab for Lab {
             .map_err(|e| self.refuse(Rpc::CpuBound, e))?;
         let call = Call::new(Rpc::CpuBound, plan.mode_name(), plan.causes(), &request);
         let compute = Arc::clone(&self.state.compute);
-        let metrics = Arc::clone(&self.state.metrics);
-        self.run(call, |queue| async move {
-            let result = plan.run(compute, queue).await;
-            match &result {
-                Ok(reply) if plan.causes().idle == "offloaded-cpu" => metrics
-                    .compute_queue_wait
-                    .observe(reply.queue_us as f64 / 1e6),
-                Err(LabError::ComputeQueueFull { .. }) => {
-                    metrics.compute_rejected.inc();
-                }
-                _ => {}
-            }
-            result
-        })
-        .await
+        self.run(call, |queue| plan.run(compute, queue)).await
     }
 
     async fn sleep(

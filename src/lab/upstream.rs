@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
     metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::{Registry, Unit},
 };
 use tracing::{Instrument, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -17,7 +18,11 @@ use crate::{
     config::Limits,
     proto::{UpstreamAttempt, UpstreamCallReply, UpstreamCallRequest},
     simulator::{MAX_LATENCY_MS, WorkParams, WorkReply},
-    telemetry::{diagnostics::micros, metrics::Metrics, otel},
+    telemetry::{
+        diagnostics::micros,
+        metrics::{LatencyHistogram, latency_histogram},
+        otel,
+    },
 };
 
 /// How one HTTP attempt to the upstream ended.
@@ -55,27 +60,39 @@ impl EncodeLabelValue for AttemptOutcome {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabels {
-    pub outcome: AttemptOutcome,
+struct OutcomeLabels {
+    outcome: AttemptOutcome,
 }
 
-/// The attempt metrics the client records into.
+/// The attempts in Prometheus: `holdup_upstream_attempts_total` and
+/// `holdup_upstream_attempt_duration_seconds`, by outcome.
 #[derive(Debug, Clone)]
 pub struct UpstreamMetrics {
     attempts: Family<OutcomeLabels, Counter>,
-    durations: Family<OutcomeLabels, Histogram, fn() -> Histogram>,
-}
-
-impl From<&Metrics> for UpstreamMetrics {
-    fn from(metrics: &Metrics) -> Self {
-        Self {
-            attempts: metrics.upstream_attempts.clone(),
-            durations: metrics.upstream_attempt_duration.clone(),
-        }
-    }
+    durations: Family<OutcomeLabels, Histogram, LatencyHistogram>,
 }
 
 impl UpstreamMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            attempts: Family::default(),
+            durations: Family::new_with_constructor(latency_histogram),
+        };
+        let upstream = registry.sub_registry_with_prefix("holdup_upstream");
+        upstream.register(
+            "attempts",
+            "HTTP attempts to the upstream, by outcome (ok, http-error, timeout, connect-error, transport-error)",
+            metrics.attempts.clone(),
+        );
+        upstream.register_with_unit(
+            "attempt_duration",
+            "Duration of each upstream attempt, by outcome",
+            Unit::Seconds,
+            metrics.durations.clone(),
+        );
+        metrics
+    }
+
     fn record(&self, outcome: AttemptOutcome, duration: Duration) {
         let labels = OutcomeLabels { outcome };
         self.attempts.get_or_create(&labels).inc();

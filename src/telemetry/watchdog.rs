@@ -14,7 +14,7 @@ use prometheus_client::metrics::{counter::Counter, family::Family};
 use tracing::{Subscriber, field::Visit, span};
 use tracing_subscriber::{Layer, layer::Context, registry::LookupSpan};
 
-use super::metrics::MethodLabels;
+use super::delay_metrics::MethodLabels;
 
 /// Polls longer than this are reported: 10 ms is far past a healthy poll (microseconds) and
 /// already a visible delay for every task queued behind it.
