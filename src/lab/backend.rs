@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::{
     metrics::{gauge::Gauge, histogram::Histogram},
-    registry::{Registry, Unit},
+    registry::Registry,
 };
 use sqlx::{AnyPool, any::AnyPoolOptions};
 use tempfile::TempDir;
@@ -22,7 +22,7 @@ use crate::{
     proto::{Query, SlowBackendReply, SlowBackendRequest},
     telemetry::{
         diagnostics::{QueueClock, micros},
-        metrics::latency_histogram,
+        metrics::{latency_histogram, register_fields},
     },
 };
 
@@ -47,24 +47,12 @@ impl DbPoolMetrics {
             waiters: Gauge::default(),
             wait: latency_histogram(),
         };
-        let db = registry.sub_registry_with_prefix("holdup_db_pool");
-        db.register(
-            "size",
-            "Connections the pool may open",
-            metrics.size.clone(),
-        );
-        db.register("in_use", "Connections lent out", metrics.in_use.clone());
-        db.register(
-            "waiters",
-            "Requests waiting for a connection",
-            metrics.waiters.clone(),
-        );
-        db.register_with_unit(
-            "wait",
-            "Time requests waited for a connection",
-            Unit::Seconds,
-            metrics.wait.clone(),
-        );
+        register_fields!(registry.sub_registry_with_prefix("holdup_db_pool"), metrics, {
+            size: "Connections the pool may open",
+            in_use: "Connections lent out",
+            waiters: "Requests waiting for a connection",
+            wait [Seconds]: "Time requests waited for a connection",
+        });
         metrics
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
     metrics::{counter::Counter, family::Family, histogram::Histogram},
-    registry::{Registry, Unit},
+    registry::Registry,
 };
 use tracing::{Instrument, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -20,7 +20,7 @@ use crate::{
     simulator::{MAX_LATENCY_MS, WorkParams, WorkReply},
     telemetry::{
         diagnostics::micros,
-        metrics::{LatencyHistogram, latency_histogram},
+        metrics::{LatencyHistogram, latency_histogram, register_fields},
         otel,
     },
 };
@@ -69,34 +69,27 @@ struct OutcomeLabels {
 #[derive(Debug, Clone)]
 pub struct UpstreamMetrics {
     attempts: Family<OutcomeLabels, Counter>,
-    durations: Family<OutcomeLabels, Histogram, LatencyHistogram>,
+    attempt_duration: Family<OutcomeLabels, Histogram, LatencyHistogram>,
 }
 
 impl UpstreamMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self {
             attempts: Family::default(),
-            durations: Family::new_with_constructor(latency_histogram),
+            attempt_duration: Family::new_with_constructor(latency_histogram),
         };
-        let upstream = registry.sub_registry_with_prefix("holdup_upstream");
-        upstream.register(
-            "attempts",
-            "HTTP attempts to the upstream, by outcome (ok, http-error, timeout, connect-error, transport-error)",
-            metrics.attempts.clone(),
-        );
-        upstream.register_with_unit(
-            "attempt_duration",
-            "Duration of each upstream attempt, by outcome",
-            Unit::Seconds,
-            metrics.durations.clone(),
-        );
+        register_fields!(registry.sub_registry_with_prefix("holdup_upstream"), metrics, {
+            attempts: "HTTP attempts to the upstream, by outcome \
+                       (ok, http-error, timeout, connect-error, transport-error)",
+            attempt_duration [Seconds]: "Duration of each upstream attempt, by outcome",
+        });
         metrics
     }
 
     fn record(&self, outcome: AttemptOutcome, duration: Duration) {
         let labels = OutcomeLabels { outcome };
         self.attempts.get_or_create(&labels).inc();
-        self.durations
+        self.attempt_duration
             .get_or_create(&labels)
             .observe(duration.as_secs_f64());
     }

@@ -70,6 +70,38 @@ pub fn grpc_code_name(code: tonic::Code) -> &'static str {
     }
 }
 
+/// Registers fields of a metrics struct, each under its own field name, with its help text
+/// and, in brackets, its unit:
+///
+/// ```ignore
+/// register_fields!(registry, metrics, {
+///     threads: "Threads of the compute pool",
+///     queue_wait [Seconds]: "Time jobs waited for a thread",
+/// });
+/// ```
+///
+/// The field name is the metric name (under the registry's prefix, if any), so a reader finds
+/// the series from the field and the field from the series.
+macro_rules! register_fields {
+    ($registry:expr, $metrics:expr, { $($field:ident $([$unit:ident])? : $help:expr),+ $(,)? }) => {
+        $( $crate::telemetry::metrics::register_fields!(
+            @one $registry, stringify!($field), $help, $metrics.$field.clone() $(, $unit)?
+        ); )+
+    };
+    (@one $registry:expr, $name:expr, $help:expr, $metric:expr) => {
+        $registry.register($name, $help, $metric)
+    };
+    (@one $registry:expr, $name:expr, $help:expr, $metric:expr, $unit:ident) => {
+        $registry.register_with_unit(
+            $name,
+            $help,
+            prometheus_client::registry::Unit::$unit,
+            $metric,
+        )
+    };
+}
+pub(crate) use register_fields;
+
 /// The registry of one server: every domain registers into it before it is shared, and the
 /// `/metrics` endpoint encodes it.
 #[derive(Debug)]

@@ -8,7 +8,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use super::metrics::{latency_histogram, to_i64};
+use super::metrics::{latency_histogram, register_fields, to_i64};
 
 #[derive(Debug)]
 pub struct RuntimeMetrics {
@@ -19,8 +19,8 @@ pub struct RuntimeMetrics {
     local_queue_depth: Gauge,
     blocking_threads: Gauge,
     blocking_queue_depth: Gauge,
-    busy_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
-    /// Busy time already added to `busy_seconds`, so each scrape adds only the increase.
+    worker_busy: Counter<f64, std::sync::atomic::AtomicU64>,
+    /// Busy time already added to `worker_busy`, so each scrape adds only the increase.
     busy_seen: Mutex<Duration>,
 }
 
@@ -34,7 +34,7 @@ impl RuntimeMetrics {
             local_queue_depth: Gauge::default(),
             blocking_threads: Gauge::default(),
             blocking_queue_depth: Gauge::default(),
-            busy_seconds: Counter::default(),
+            worker_busy: Counter::default(),
             busy_seen: Mutex::new(Duration::ZERO),
         };
         registry.register_with_unit(
@@ -43,43 +43,15 @@ impl RuntimeMetrics {
             Unit::Seconds,
             metrics.lag.clone(),
         );
-        let rt = registry.sub_registry_with_prefix("holdup_tokio");
-        rt.register(
-            "workers",
-            "Worker threads of the lab runtime",
-            metrics.workers.clone(),
-        );
-        rt.register(
-            "alive_tasks",
-            "Tasks alive on the lab runtime",
-            metrics.alive_tasks.clone(),
-        );
-        rt.register(
-            "global_queue_depth",
-            "Tasks in the lab runtime's injection queue",
-            metrics.global_queue_depth.clone(),
-        );
-        rt.register(
-            "local_queue_depth",
-            "Tasks in the lab workers' local queues, summed",
-            metrics.local_queue_depth.clone(),
-        );
-        rt.register(
-            "blocking_threads",
-            "Threads of the lab runtime's blocking pool",
-            metrics.blocking_threads.clone(),
-        );
-        rt.register(
-            "blocking_queue_depth",
-            "spawn_blocking jobs waiting for a thread",
-            metrics.blocking_queue_depth.clone(),
-        );
-        rt.register_with_unit(
-            "worker_busy",
-            "Time the lab runtime's workers spent busy, summed over workers",
-            Unit::Seconds,
-            metrics.busy_seconds.clone(),
-        );
+        register_fields!(registry.sub_registry_with_prefix("holdup_tokio"), metrics, {
+            workers: "Worker threads of the lab runtime",
+            alive_tasks: "Tasks alive on the lab runtime",
+            global_queue_depth: "Tasks in the lab runtime's injection queue",
+            local_queue_depth: "Tasks in the lab workers' local queues, summed",
+            blocking_threads: "Threads of the lab runtime's blocking pool",
+            blocking_queue_depth: "spawn_blocking jobs waiting for a thread",
+            worker_busy [Seconds]: "Time the lab runtime's workers spent busy, summed over workers",
+        });
         metrics
     }
 
@@ -110,7 +82,7 @@ impl RuntimeMetrics {
         // A poisoned lock only means a scrape panicked mid-update; the value is still usable.
         let mut seen = self.busy_seen.lock().unwrap_or_else(|p| p.into_inner());
         if busy > *seen {
-            self.busy_seconds.inc_by((busy - *seen).as_secs_f64());
+            self.worker_busy.inc_by((busy - *seen).as_secs_f64());
             *seen = busy;
         }
     }

@@ -17,12 +17,12 @@ use std::{
 
 use prometheus_client::{
     metrics::{counter::Counter, gauge::Gauge, histogram::Histogram},
-    registry::{Registry, Unit},
+    registry::Registry,
 };
 use tokio::sync::oneshot;
 
 use super::error::LabError;
-use crate::telemetry::metrics::{latency_histogram, to_i64};
+use crate::telemetry::metrics::{latency_histogram, register_fields, to_i64};
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
@@ -52,28 +52,13 @@ impl Default for ComputeMetrics {
 impl ComputeMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self::default();
-        let compute = registry.sub_registry_with_prefix("holdup_compute");
-        compute.register(
-            "threads",
-            "Threads of the compute pool",
-            metrics.threads.clone(),
-        );
-        compute.register(
-            "queue_depth",
-            "Jobs waiting for a compute thread",
-            metrics.queue_depth.clone(),
-        );
-        compute.register_with_unit(
-            "queue_wait",
-            "Time offloaded CPU jobs waited for a thread (compute pool and blocking pool)",
-            Unit::Seconds,
-            metrics.queue_wait.clone(),
-        );
-        compute.register(
-            "rejected",
-            "Jobs refused because the compute queue was full",
-            metrics.rejected.clone(),
-        );
+        register_fields!(registry.sub_registry_with_prefix("holdup_compute"), metrics, {
+            threads: "Threads of the compute pool",
+            queue_depth: "Jobs waiting for a compute thread",
+            queue_wait [Seconds]:
+                "Time offloaded CPU jobs waited for a thread (compute pool and blocking pool)",
+            rejected: "Jobs refused because the compute queue was full",
+        });
         metrics
     }
 }

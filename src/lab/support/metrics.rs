@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, exemplar::HistogramWithExemplars, family::Family},
-    registry::{Registry, Unit},
+    registry::Registry,
 };
 
 use super::compute_pool::ComputeMetrics;
@@ -18,7 +18,9 @@ use crate::{
     proto::lab_server::SERVICE_NAME,
     telemetry::{
         delay_metrics::DelayMetrics,
-        metrics::{TraceExemplar, grpc_code_name, latency_histogram_with_exemplars},
+        metrics::{
+            TraceExemplar, grpc_code_name, latency_histogram_with_exemplars, register_fields,
+        },
         runtime_metrics::RuntimeMetrics,
     },
 };
@@ -62,7 +64,7 @@ pub struct RpcMetrics {
     started: Family<RpcLabels, Counter>,
     handled: Family<HandledLabels, Counter>,
     handling: Family<RpcLabels, HandlingHistogram, fn() -> HandlingHistogram>,
-    cancelled: Family<MethodLabels, Counter>,
+    cancelled_work: Family<MethodLabels, Counter>,
 }
 
 impl RpcMetrics {
@@ -71,29 +73,18 @@ impl RpcMetrics {
             started: Family::default(),
             handled: Family::default(),
             handling: Family::new_with_constructor(latency_histogram_with_exemplars),
-            cancelled: Family::default(),
+            cancelled_work: Family::default(),
         };
-        registry.register(
-            "grpc_server_started",
-            "RPCs started on the server",
-            metrics.started.clone(),
-        );
-        registry.register(
-            "grpc_server_handled",
-            "RPCs completed on the server, by gRPC status code",
-            metrics.handled.clone(),
-        );
-        registry.register_with_unit(
-            "grpc_server_handling",
-            "Time to handle an RPC, with the trace id of an example request as exemplar",
-            Unit::Seconds,
-            metrics.handling.clone(),
-        );
-        registry.register(
-            "holdup_cancelled_work",
-            "Requests whose work was stopped because the caller went away or its deadline passed",
-            metrics.cancelled.clone(),
-        );
+        register_fields!(registry.sub_registry_with_prefix("grpc_server"), metrics, {
+            started: "RPCs started on the server",
+            handled: "RPCs completed on the server, by gRPC status code",
+            handling [Seconds]:
+                "Time to handle an RPC, with the trace id of an example request as exemplar",
+        });
+        register_fields!(registry.sub_registry_with_prefix("holdup"), metrics, {
+            cancelled_work: "Requests whose work was stopped because the caller went away or \
+                             its deadline passed",
+        });
         metrics
     }
 
@@ -127,7 +118,7 @@ impl RpcMetrics {
 
     /// Counts a call whose work was stopped by its deadline or its caller leaving.
     pub fn work_cancelled(&self, rpc: Rpc) {
-        self.cancelled
+        self.cancelled_work
             .get_or_create(&MethodLabels { grpc_method: rpc })
             .inc();
     }
