@@ -7,6 +7,7 @@ use clap::Parser;
 use holdup::{
     cli::{Cli, Command, ServeArgs, UpstreamArgs},
     config::{ServeConfig, SimulatorConfig},
+    runtime,
     server::Server,
     shutdown, simulator,
     telemetry::subscriber::{self, Telemetry, TelemetryConfig},
@@ -52,12 +53,7 @@ fn usage(error: impl ToString) -> Failure {
 }
 
 fn transport_runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .thread_name("holdup-io")
-        .enable_all()
-        .build()
-        .context("starting the transport runtime")
+    runtime::multi_thread("holdup-io", threads).context("starting the transport runtime")
 }
 
 /// Installs the subscriber; the returned handle flushes spans when the command ends.
@@ -135,11 +131,7 @@ fn run_upstream(args: &UpstreamArgs, sim: SimulatorConfig) -> Result<(), Failure
 const LOAD_THREADS: usize = 2;
 
 fn load_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(LOAD_THREADS)
-        .thread_name("holdup-load")
-        .enable_all()
-        .build()
+    runtime::multi_thread("holdup-load", LOAD_THREADS)
         .context("starting the load generator's runtime")
 }
 

@@ -13,6 +13,19 @@ use std::{future::Future, io, thread};
 
 use tokio::{runtime, sync::oneshot, task::JoinHandle};
 
+/// A multi-thread runtime with `workers` worker threads named `name`, timers and I/O enabled:
+/// how every runtime of holdup is built (lab, transport, load generator, telemetry export).
+///
+/// # Errors
+/// The I/O error if the runtime cannot be created.
+pub fn multi_thread(name: &str, workers: usize) -> io::Result<runtime::Runtime> {
+    runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name(name)
+        .enable_all()
+        .build()
+}
+
 /// Owns a runtime on a thread of its own, so that it can be dropped from anywhere (dropping a
 /// runtime inside an async context panics). The lab runtime is one; the telemetry export
 /// runtime another.
@@ -28,11 +41,7 @@ impl OwnedRuntime {
     /// # Errors
     /// The I/O error if the runtime or its owner thread cannot be created.
     pub fn start(name: &str, workers: usize) -> io::Result<Self> {
-        let rt = runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .thread_name(name)
-            .enable_all()
-            .build()?;
+        let rt = multi_thread(name, workers)?;
         let handle = rt.handle().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         thread::Builder::new()
