@@ -319,6 +319,11 @@ mod tests {
     }
 
     #[test]
+    fn the_command_line_is_well_formed() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    #[test]
     fn defaults_validate() {
         let config = parse(&[]).validate().expect("defaults are valid");
         assert_eq!(config.listen.port(), 50051);

@@ -17,7 +17,16 @@ use holdup::{
 const EX_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
-    let command = Cli::parse().command();
+    let command = match Cli::try_parse() {
+        Ok(cli) => cli.command(),
+        // A flag clap cannot parse is a usage error like any other: exit 64, not clap's 2.
+        Err(error) if error.use_stderr() => {
+            let _ = error.print();
+            return ExitCode::from(EX_USAGE);
+        }
+        // --help and --version.
+        Err(info) => info.exit(),
+    };
     let result = match command {
         Command::Serve(args) => serve(&args),
         Command::Upstream(args) => upstream(&args),
