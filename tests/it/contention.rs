@@ -18,7 +18,18 @@ use holdup::proto::{
 use tonic::transport::Channel;
 
 type Client = LabClient<Channel>;
-type Call = Pin<Box<dyn Future<Output = ()> + Send>>;
+/// A pressure call; it ends with the delay split of its reply.
+type Call = Pin<Box<dyn Future<Output = Diagnostics> + Send>>;
+
+/// What one probe under pressure saw.
+struct Probed {
+    /// The probe's latency at the client.
+    elapsed: Duration,
+    /// The probe's own delay split.
+    probe: Diagnostics,
+    /// The verdicts of the pressure calls.
+    pressure_verdicts: Vec<String>,
+}
 
 /// How long each pressure call blocks or waits.
 const PRESSURE_MS: u64 = 600;
@@ -27,7 +38,7 @@ const HALF: Duration = Duration::from_millis(PRESSURE_MS / 2);
 
 /// Starts two pressure calls (one per lab worker) on connections of their own, waits until
 /// they are surely running, then times one `Fast` call.
-async fn probe_under(app: &TestApp, pressure: impl Fn(Client) -> Call) -> (Duration, Diagnostics) {
+async fn probe_under(app: &TestApp, pressure: impl Fn(Client) -> Call) -> Probed {
     let mut running = Vec::new();
     for _ in 0..2 {
         running.push(tokio::spawn(pressure(client(app.addr).await)));
@@ -43,22 +54,30 @@ async fn probe_under(app: &TestApp, pressure: impl Fn(Client) -> Call) -> (Durat
         .expect("Fast answers")
         .into_inner();
     let elapsed = started.elapsed();
+    let mut pressure_verdicts = Vec::new();
     for task in running {
-        task.await.expect("pressure call finished");
+        pressure_verdicts.push(task.await.expect("pressure call finished").verdict);
     }
-    (elapsed, diagnostics(&reply.diagnostics).clone())
+    Probed {
+        elapsed,
+        probe: diagnostics(&reply.diagnostics).clone(),
+        pressure_verdicts,
+    }
 }
 
 fn cpu(mode: CpuMode) -> impl Fn(Client) -> Call {
     move |mut c| {
         Box::pin(async move {
-            c.cpu_bound(CpuBoundRequest {
-                mode: mode.into(),
-                work_ms: PRESSURE_MS as u32,
-                iterations: 0,
-            })
-            .await
-            .expect("CpuBound answers");
+            let reply = c
+                .cpu_bound(CpuBoundRequest {
+                    mode: mode.into(),
+                    work_ms: PRESSURE_MS as u32,
+                    iterations: 0,
+                })
+                .await
+                .expect("CpuBound answers")
+                .into_inner();
+            diagnostics(&reply.diagnostics).clone()
         })
     }
 }
@@ -66,12 +85,15 @@ fn cpu(mode: CpuMode) -> impl Fn(Client) -> Call {
 fn sleep(mode: SleepMode) -> impl Fn(Client) -> Call {
     move |mut c| {
         Box::pin(async move {
-            c.sleep(SleepRequest {
-                mode: mode.into(),
-                duration_ms: PRESSURE_MS as u32,
-            })
-            .await
-            .expect("Sleep answers");
+            let reply = c
+                .sleep(SleepRequest {
+                    mode: mode.into(),
+                    duration_ms: PRESSURE_MS as u32,
+                })
+                .await
+                .expect("Sleep answers")
+                .into_inner();
+            diagnostics(&reply.diagnostics).clone()
         })
     }
 }
@@ -80,7 +102,11 @@ fn sleep(mode: SleepMode) -> impl Fn(Client) -> Call {
 async fn inline_cpu_delays_fast_and_scheduled_time_shows_it() {
     let _serial = crate::common::serial().await;
     let app = spawn_app().await;
-    let (elapsed, d) = probe_under(&app, cpu(CpuMode::Inline)).await;
+    let Probed {
+        elapsed,
+        probe: d,
+        pressure_verdicts,
+    } = probe_under(&app, cpu(CpuMode::Inline)).await;
     assert!(
         elapsed >= HALF,
         "Fast took only {elapsed:?} beside inline CPU work"
@@ -91,6 +117,7 @@ async fn inline_cpu_delays_fast_and_scheduled_time_shows_it() {
         d.scheduled_us
     );
     assert_eq!(d.verdict, "runtime-contention");
+    assert_eq!(pressure_verdicts, ["own-cpu", "own-cpu"]);
     app.shutdown().await.expect("clean shutdown");
 }
 
@@ -98,12 +125,18 @@ async fn inline_cpu_delays_fast_and_scheduled_time_shows_it() {
 async fn blocking_sleep_delays_fast() {
     let _serial = crate::common::serial().await;
     let app = spawn_app().await;
-    let (elapsed, d) = probe_under(&app, sleep(SleepMode::Blocking)).await;
+    let Probed {
+        elapsed,
+        probe: d,
+        pressure_verdicts,
+    } = probe_under(&app, sleep(SleepMode::Blocking)).await;
     assert!(
         elapsed >= HALF,
         "Fast took only {elapsed:?} beside blocking sleeps"
     );
     assert!(Duration::from_micros(d.scheduled_us) >= HALF / 2, "{d:?}");
+    assert_eq!(d.verdict, "runtime-contention", "{d:?}");
+    assert_eq!(pressure_verdicts, ["blocking-call", "blocking-call"]);
     app.shutdown().await.expect("clean shutdown");
 }
 
@@ -111,25 +144,36 @@ async fn blocking_sleep_delays_fast() {
 async fn offloaded_cpu_and_async_sleep_leave_fast_alone() {
     let _serial = crate::common::serial().await;
     let app = spawn_app().await;
-    for (what, elapsed, d) in [
-        {
-            let (e, d) = probe_under(&app, cpu(CpuMode::BlockingPool)).await;
-            ("BLOCKING_POOL", e, d)
-        },
-        {
-            let (e, d) = probe_under(&app, cpu(CpuMode::ComputePool)).await;
-            ("COMPUTE_POOL", e, d)
-        },
-        {
-            let (e, d) = probe_under(&app, sleep(SleepMode::Async)).await;
-            ("Sleep ASYNC", e, d)
-        },
+    for (what, probed, verdict) in [
+        (
+            "BLOCKING_POOL",
+            probe_under(&app, cpu(CpuMode::BlockingPool)).await,
+            "offloaded-cpu",
+        ),
+        (
+            "COMPUTE_POOL",
+            probe_under(&app, cpu(CpuMode::ComputePool)).await,
+            "offloaded-cpu",
+        ),
+        (
+            "Sleep ASYNC",
+            probe_under(&app, sleep(SleepMode::Async)).await,
+            "timer",
+        ),
     ] {
+        let Probed {
+            elapsed,
+            probe: d,
+            pressure_verdicts,
+        } = probed;
         assert!(elapsed < HALF, "Fast took {elapsed:?} beside {what}");
         assert!(
             Duration::from_micros(d.scheduled_us) < HALF,
             "{what}: {d:?}"
         );
+        // The probe's verdict may still be runtime-contention for a few milliseconds: two
+        // offloaded threads hashing take both cores from the lab workers too.
+        assert_eq!(pressure_verdicts, [verdict, verdict], "{what}");
     }
     app.shutdown().await.expect("clean shutdown");
 }
