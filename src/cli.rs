@@ -6,10 +6,10 @@ use std::{net::SocketAddr, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{
-    ConfigError, Database, DatabaseConfig, Limits, ServeConfig, SimulatorConfig, UpstreamTarget,
-    check_range, millis,
+    self, ConfigError, Database, DatabaseConfig, Limits, ServeConfig, SimulatorConfig,
+    UpstreamTarget, check_range, millis, whole_ms,
 };
-use crate::telemetry::subscriber::TelemetryConfig;
+use crate::telemetry::{lag, subscriber};
 use crate::transport::{ConnectionLimits, limits as transport};
 
 /// holdup: a gRPC lab that shows, with evidence, why a response is late.
@@ -54,7 +54,7 @@ pub struct ServeOnly {
 #[derive(Debug, Clone, Args)]
 pub struct SimulatorArgs {
     /// Simulated upstream: latency before every answer.
-    #[arg(long, env = "HOLDUP_SIM_LATENCY_MS", default_value_t = 20)]
+    #[arg(long, env = "HOLDUP_SIM_LATENCY_MS", default_value_t = config::DEFAULT_SIM_LATENCY_MS)]
     pub sim_latency_ms: u32,
     /// Simulated upstream: extra latency drawn uniformly from 0..=jitter.
     #[arg(long, env = "HOLDUP_SIM_JITTER_MS", default_value_t = 0)]
@@ -66,7 +66,7 @@ pub struct SimulatorArgs {
     #[arg(long, env = "HOLDUP_SIM_STALL_RATE", default_value_t = 0.0)]
     pub sim_stall_rate: f64,
     /// Simulated upstream: how long a stalled call hangs before it answers.
-    #[arg(long, env = "HOLDUP_SIM_STALL_MS", default_value_t = 30_000)]
+    #[arg(long, env = "HOLDUP_SIM_STALL_MS", default_value_t = config::DEFAULT_SIM_STALL_MS)]
     pub sim_stall_ms: u32,
 }
 
@@ -87,31 +87,31 @@ impl SimulatorArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// gRPC listen address (port 0 picks a free port).
-    #[arg(long, env = "HOLDUP_LISTEN", default_value = "127.0.0.1:50051")]
+    #[arg(long, env = "HOLDUP_LISTEN", default_value_t = config::DEFAULT_LISTEN)]
     pub listen: SocketAddr,
     /// Worker threads of the lab runtime where handlers run (default: number of cores).
     #[arg(long, env = "HOLDUP_WORKERS")]
     pub workers: Option<usize>,
     /// Threads of the transport runtime (accept, HTTP/2, protobuf codec).
-    #[arg(long, env = "HOLDUP_IO_THREADS", default_value_t = 1)]
+    #[arg(long, env = "HOLDUP_IO_THREADS", default_value_t = config::DEFAULT_IO_THREADS)]
     pub io_threads: usize,
     /// Database for SlowBackend: postgres://… or sqlite:…; default: embedded SQLite in a temp dir.
     #[arg(long, env = "HOLDUP_DATABASE_URL")]
     pub database_url: Option<String>,
     /// Connections in SlowBackend's pool.
-    #[arg(long, env = "HOLDUP_DB_POOL_SIZE", default_value_t = crate::config::DEFAULT_DB_POOL_SIZE)]
+    #[arg(long, env = "HOLDUP_DB_POOL_SIZE", default_value_t = config::DEFAULT_DB_POOL_SIZE)]
     pub db_pool_size: u32,
     /// How long a request waits for a pool connection before UNAVAILABLE.
-    #[arg(long, env = "HOLDUP_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2_000)]
+    #[arg(long, env = "HOLDUP_DB_ACQUIRE_TIMEOUT_MS", default_value_t = config::DEFAULT_DB_ACQUIRE_TIMEOUT_MS)]
     pub db_acquire_timeout_ms: u64,
     /// Rows seeded into the lab table (POINT looks one up, SCAN reads them all).
-    #[arg(long, env = "HOLDUP_SEED_ROWS", default_value_t = crate::config::DEFAULT_SEED_ROWS)]
+    #[arg(long, env = "HOLDUP_SEED_ROWS", default_value_t = config::DEFAULT_SEED_ROWS)]
     pub seed_rows: u32,
     /// Threads of the dedicated compute pool (default: number of cores).
     #[arg(long, env = "HOLDUP_COMPUTE_THREADS")]
     pub compute_threads: Option<usize>,
     /// Jobs that may queue for a compute thread; more are refused with RESOURCE_EXHAUSTED.
-    #[arg(long, env = "HOLDUP_COMPUTE_QUEUE", default_value_t = 64)]
+    #[arg(long, env = "HOLDUP_COMPUTE_QUEUE", default_value_t = config::DEFAULT_COMPUTE_QUEUE)]
     pub compute_queue: usize,
     /// Base URL of an upstream simulator; default: start one in-process.
     #[arg(long, env = "HOLDUP_UPSTREAM_URL")]
@@ -119,22 +119,22 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub sim: SimulatorArgs,
     /// Cap on CpuBound.work_ms.
-    #[arg(long, env = "HOLDUP_MAX_CPU_MS", default_value_t = crate::config::DEFAULT_MAX_CPU_MS)]
+    #[arg(long, env = "HOLDUP_MAX_CPU_MS", default_value_t = config::DEFAULT_MAX_CPU_MS)]
     pub max_cpu_ms: u32,
     /// Cap on SlowBackend.hold_ms.
-    #[arg(long, env = "HOLDUP_MAX_HOLD_MS", default_value_t = crate::config::DEFAULT_MAX_HOLD_MS)]
+    #[arg(long, env = "HOLDUP_MAX_HOLD_MS", default_value_t = config::DEFAULT_MAX_HOLD_MS)]
     pub max_hold_ms: u32,
     /// Cap on Sleep.duration_ms.
-    #[arg(long, env = "HOLDUP_MAX_SLEEP_MS", default_value_t = crate::config::DEFAULT_MAX_SLEEP_MS)]
+    #[arg(long, env = "HOLDUP_MAX_SLEEP_MS", default_value_t = config::DEFAULT_MAX_SLEEP_MS)]
     pub max_sleep_ms: u32,
     /// Cap on UpstreamCall.max_retries.
-    #[arg(long, env = "HOLDUP_MAX_RETRIES", default_value_t = crate::config::DEFAULT_MAX_RETRIES)]
+    #[arg(long, env = "HOLDUP_MAX_RETRIES", default_value_t = config::DEFAULT_MAX_RETRIES)]
     pub max_retries: u32,
     /// Lab calls in flight at once (all RPCs); more are refused with RESOURCE_EXHAUSTED.
-    #[arg(long, env = "HOLDUP_MAX_IN_FLIGHT", default_value_t = crate::config::DEFAULT_MAX_IN_FLIGHT)]
+    #[arg(long, env = "HOLDUP_MAX_IN_FLIGHT", default_value_t = config::DEFAULT_MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
     /// In-flight limit of each costly RPC (CpuBound, SlowBackend, Sleep, UpstreamCall).
-    #[arg(long, env = "HOLDUP_MAX_IN_FLIGHT_PER_RPC", default_value_t = crate::config::DEFAULT_MAX_IN_FLIGHT_PER_RPC)]
+    #[arg(long, env = "HOLDUP_MAX_IN_FLIGHT_PER_RPC", default_value_t = config::DEFAULT_MAX_IN_FLIGHT_PER_RPC)]
     pub max_in_flight_per_rpc: usize,
     /// Slots of --max-in-flight only Fast may take: the canary answers while the costly RPCs
     /// are at their limit.
@@ -151,7 +151,7 @@ pub struct ServeArgs {
     pub transport: TransportArgs,
     /// Grace period for in-flight requests after SIGTERM / Ctrl-C; calls still running after
     /// it are answered UNAVAILABLE and every connection is closed.
-    #[arg(long, env = "HOLDUP_GRACE_MS", default_value_t = crate::config::DEFAULT_GRACE_MS)]
+    #[arg(long, env = "HOLDUP_GRACE_MS", default_value_t = config::DEFAULT_GRACE_MS)]
     pub grace_ms: u64,
     /// After SIGTERM, keep serving this long with health NOT_SERVING before closing connections.
     #[arg(long, env = "HOLDUP_DRAIN_DELAY_MS", default_value_t = 0)]
@@ -163,7 +163,7 @@ pub struct ServeArgs {
     #[arg(long, env = "HOLDUP_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
     /// Prometheus endpoint (`/metrics`); loopback by default.
-    #[arg(long, env = "HOLDUP_METRICS_ADDR", default_value = "127.0.0.1:9464")]
+    #[arg(long, env = "HOLDUP_METRICS_ADDR", default_value_t = config::DEFAULT_METRICS_ADDR)]
     pub metrics_addr: SocketAddr,
     /// Serve no metrics endpoint.
     #[arg(long, env = "HOLDUP_NO_METRICS")]
@@ -171,10 +171,10 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
     /// How often the runtime lag probe's timer fires.
-    #[arg(long, env = "HOLDUP_LAG_PROBE_MS", default_value_t = 25)]
+    #[arg(long, env = "HOLDUP_LAG_PROBE_MS", default_value_t = whole_ms(lag::DEFAULT_INTERVAL))]
     pub lag_probe_ms: u64,
     /// A poll of a request longer than this is a long poll (WARN on its span, counted).
-    #[arg(long, env = "HOLDUP_LONG_POLL_MS", default_value_t = crate::diagnose::DEFAULT_LONG_POLL.as_millis() as u64)]
+    #[arg(long, env = "HOLDUP_LONG_POLL_MS", default_value_t = whole_ms(crate::diagnose::DEFAULT_LONG_POLL))]
     pub long_poll_ms: u64,
     /// Waits for a runtime worker at least this long are blamed on the polls that held them.
     #[arg(long, env = "HOLDUP_BLAME_FROM_US", default_value_t = crate::diagnose::DEFAULT_BLAME_FROM.as_micros() as u64)]
@@ -235,21 +235,28 @@ impl TransportArgs {
 #[derive(Debug, Clone, Args)]
 pub struct TelemetryArgs {
     /// tokio-console's gRPC API address; loopback by default.
-    #[arg(long, env = "HOLDUP_CONSOLE_ADDR", default_value = "127.0.0.1:6669")]
+    #[arg(
+        long,
+        env = "HOLDUP_CONSOLE_ADDR",
+        default_value_t = SocketAddr::new(console_subscriber::Server::DEFAULT_IP, console_subscriber::Server::DEFAULT_PORT)
+    )]
     pub console_addr: SocketAddr,
     /// Do not serve tokio-console.
     #[arg(long, env = "HOLDUP_NO_CONSOLE")]
     pub no_console: bool,
     /// How long tokio-console keeps finished tasks, in seconds.
-    #[arg(long, env = "HOLDUP_CONSOLE_RETENTION_S", default_value_t = 60)]
+    #[arg(long, env = "HOLDUP_CONSOLE_RETENTION_S", default_value_t = subscriber::DEFAULT_CONSOLE_RETENTION.as_secs())]
     pub console_retention_s: u64,
 }
 
 impl TelemetryArgs {
     /// # Errors
     /// A [`ConfigError`] for a retention or threshold out of range.
-    pub fn validate(&self, service_name: &'static str) -> Result<TelemetryConfig, ConfigError> {
-        Ok(TelemetryConfig {
+    pub fn validate(
+        &self,
+        service_name: &'static str,
+    ) -> Result<subscriber::TelemetryConfig, ConfigError> {
+        Ok(subscriber::TelemetryConfig {
             service_name,
             console: (!self.no_console).then_some(self.console_addr),
             console_retention: Duration::from_secs(check_range(
@@ -379,7 +386,7 @@ impl ServeArgs {
 #[derive(Debug, Clone, Args)]
 pub struct UpstreamArgs {
     /// HTTP listen address of the simulator.
-    #[arg(long, env = "HOLDUP_UPSTREAM_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "HOLDUP_UPSTREAM_LISTEN", default_value_t = config::DEFAULT_SIMULATOR_LISTEN)]
     pub listen: SocketAddr,
     #[command(flatten)]
     pub sim: SimulatorArgs,
@@ -418,11 +425,36 @@ mod tests {
     }
 
     #[test]
+    fn the_command_line_is_well_formed() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    #[test]
     fn defaults_validate() {
         let config = parse(&[]).validate().expect("defaults are valid");
         assert_eq!(config.listen.port(), 50051);
         assert_eq!(config.db.database, Database::EmbeddedSqlite);
         assert!(matches!(config.upstream, UpstreamTarget::InProcess(_)));
+    }
+
+    #[test]
+    fn flag_defaults_are_the_library_defaults() {
+        let args = parse(&[]);
+        let config = args.validate().expect("defaults are valid");
+        assert_eq!(
+            config.upstream,
+            UpstreamTarget::InProcess(SimulatorConfig::default())
+        );
+        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.lag_interval, lag::DEFAULT_INTERVAL);
+        let local = ServeConfig::local();
+        assert_eq!(config.grace, local.grace);
+        assert_eq!(config.io_threads, local.io_threads);
+        assert_eq!(config.db.acquire_timeout, local.db.acquire_timeout);
+        assert_eq!(config.diagnose, crate::diagnose::EngineConfig::default());
+        let telemetry = args.telemetry.validate("holdup").expect("valid");
+        let library = subscriber::TelemetryConfig::default();
+        assert_eq!(telemetry.console_retention, library.console_retention);
     }
 
     #[test]

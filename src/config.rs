@@ -3,7 +3,10 @@
 //! The CLI (`cli.rs`) parses flags and environment variables into these structs; everything
 //! downstream takes a `ServeConfig` and never looks at flags again.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    time::Duration,
+};
 
 /// Caps on lab parameters. They keep one lab RPC from becoming a denial of service; a flag can
 /// raise each one for a deliberate experiment.
@@ -66,14 +69,38 @@ pub const DEFAULT_MAX_HOLD_MS: u32 = 10_000;
 pub const DEFAULT_MAX_SLEEP_MS: u32 = 30_000;
 /// Five retries with exponential backoff already spans seconds; more only amplifies load.
 pub const DEFAULT_MAX_RETRIES: u32 = 5;
-/// Ten seconds lets any lab call under its default caps but the longest sleeps finish, and
-/// stays well inside Kubernetes' default 30 s termination grace.
-pub const DEFAULT_GRACE_MS: u64 = 10_000;
 /// A small pool makes contention easy to reproduce with a handful of concurrent calls.
 pub const DEFAULT_DB_POOL_SIZE: u32 = 4;
 /// Rows seeded into the lab table: enough that an unindexed scan costs milliseconds, few enough
 /// that seeding takes well under a second.
 pub const DEFAULT_SEED_ROWS: u32 = 100_000;
+/// Two seconds of waiting for a pool connection is already a failure worth reporting, and
+/// long enough that a burst of a few times the pool size still gets served.
+pub const DEFAULT_DB_ACQUIRE_TIMEOUT_MS: u64 = 2_000;
+/// Jobs that may wait for a compute thread: a burst of a few dozen calls is absorbed, a flood
+/// is refused at once rather than queued for seconds.
+pub const DEFAULT_COMPUTE_QUEUE: usize = 64;
+/// Threads of the transport runtime: one is enough for accept, HTTP/2 and the codec of lab
+/// messages, and leaves the cores to the lab runtime whose behaviour is being shown.
+pub const DEFAULT_IO_THREADS: usize = 1;
+/// Ten seconds lets any CpuBound or SlowBackend call within its default cap finish, and stays
+/// well inside Kubernetes' default 30 s between SIGTERM and SIGKILL.
+pub const DEFAULT_GRACE_MS: u64 = 10_000;
+/// The gRPC port: loopback, so a lab that blocks on purpose is not exposed by accident.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 50051));
+/// The Prometheus endpoint: loopback, on the port OpenTelemetry's Prometheus exporters use.
+pub const DEFAULT_METRICS_ADDR: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9464));
+/// `holdup upstream`'s HTTP port: loopback, on the usual port of a local HTTP service.
+pub const DEFAULT_SIMULATOR_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080));
+/// The simulated upstream's latency when neither a flag nor the call sets one: a typical
+/// internal HTTP call, small enough that a load run is not dominated by it.
+pub const DEFAULT_SIM_LATENCY_MS: u32 = 20;
+/// How long a stalled upstream call hangs: longer than any default attempt timeout, so a stall
+/// is always cut by the client's timeout, which is what the stall exists to show.
+pub const DEFAULT_SIM_STALL_MS: u32 = 30_000;
 
 /// Where SlowBackend's connections come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,11 +136,11 @@ pub struct SimulatorConfig {
 impl Default for SimulatorConfig {
     fn default() -> Self {
         Self {
-            latency_ms: 20,
+            latency_ms: DEFAULT_SIM_LATENCY_MS,
             jitter_ms: 0,
             error_rate: 0.0,
             stall_rate: 0.0,
-            stall_ms: 30_000,
+            stall_ms: DEFAULT_SIM_STALL_MS,
         }
     }
 }
@@ -177,22 +204,22 @@ impl ServeConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             workers: 2,
-            io_threads: 1,
+            io_threads: DEFAULT_IO_THREADS,
             db: DatabaseConfig {
                 database: Database::EmbeddedSqlite,
                 pool_size: DEFAULT_DB_POOL_SIZE,
-                acquire_timeout: Duration::from_secs(2),
+                acquire_timeout: millis(DEFAULT_DB_ACQUIRE_TIMEOUT_MS),
                 seed_rows: 10_000,
             },
             compute_threads: 2,
             compute_queue: 16,
             upstream: UpstreamTarget::InProcess(SimulatorConfig::default()),
             limits: Limits::default(),
-            grace: Duration::from_secs(10),
+            grace: millis(DEFAULT_GRACE_MS),
             drain_delay: Duration::ZERO,
             tls: None,
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-            lag_interval: Duration::from_millis(25),
+            lag_interval: crate::telemetry::lag::DEFAULT_INTERVAL,
             diagnose: crate::diagnose::EngineConfig::default(),
             connections: crate::transport::ConnectionLimits::default(),
             max_concurrent_streams: crate::transport::limits::DEFAULT_MAX_CONCURRENT_STREAMS,
@@ -237,4 +264,12 @@ where
 /// Milliseconds as the `Duration` the rest of the code uses.
 pub fn millis(ms: u64) -> Duration {
     Duration::from_millis(ms)
+}
+
+/// A `Duration` constant as the whole milliseconds a `*_ms` flag takes, so that a flag's
+/// default can name the constant the library uses.
+pub const fn whole_ms(duration: Duration) -> u64 {
+    // Every duration this is used on is a few seconds at most; u64 milliseconds hold 584
+    // million years.
+    duration.as_millis() as u64
 }

@@ -13,9 +13,11 @@
 //!   split, verdict and blame of every request (the Lab is its first user).
 //! - [`runtime`]: the lab runtime the handlers run on, apart from the transport runtime.
 //! - [`lab`]: the service, one module per cause: `fast`, `backend`, `cpu`, `sleep`, `upstream`
-//!   (the HTTP client side); the request runner in `lab/mod.rs`; and in `lab/support` what the
-//!   causes share (admission, deadline, validation, retries, the compute pool, the error type).
-//! - [`telemetry`]: the per-request delay split and the one tracing subscriber.
+//!   (the HTTP client side); [`lab::Rpc`], its methods as a type; the request runner in
+//!   `lab/mod.rs`; and in `lab/support` what the causes share (admission, deadline, validation,
+//!   retries, the compute pool, the error type, the Lab's metrics).
+//! - [`telemetry`]: the per-request delay split, the one tracing subscriber, and the Prometheus
+//!   registry each domain's metrics register into.
 //! - [`simulator`]: the HTTP upstream simulator (`holdup upstream`); [`http_server`]: the small
 //!   bound HTTP server it and the metrics endpoint share.
 //! - [`transport`]: what every listener does to its connections: Nagle off, a connection cap,

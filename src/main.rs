@@ -7,6 +7,7 @@ use clap::Parser;
 use holdup::{
     cli::{Cli, Command, ServeArgs, UpstreamArgs},
     config::{ServeConfig, SimulatorConfig},
+    runtime,
     server::Server,
     shutdown, simulator,
     telemetry::subscriber::{self, Telemetry, TelemetryConfig},
@@ -17,7 +18,16 @@ use holdup::{
 const EX_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
-    let command = Cli::parse().command();
+    let command = match Cli::try_parse() {
+        Ok(cli) => cli.command(),
+        // A flag clap cannot parse is a usage error like any other: exit 64, not clap's 2.
+        Err(error) if error.use_stderr() => {
+            let _ = error.print();
+            return ExitCode::from(EX_USAGE);
+        }
+        // --help and --version.
+        Err(info) => info.exit(),
+    };
     let result = match command {
         Command::Serve(args) => serve(&args),
         Command::Upstream(args) => upstream(&args),
@@ -53,14 +63,7 @@ fn usage(error: impl ToString) -> Failure {
 }
 
 fn transport_runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    holdup::diagnose::install_hooks(&mut builder);
-    builder
-        .worker_threads(threads)
-        .thread_name("holdup-io")
-        .enable_all()
-        .build()
-        .context("starting the transport runtime")
+    runtime::multi_thread("holdup-io", threads).context("starting the transport runtime")
 }
 
 /// How long tasks left on the transport runtime (connections closed at the end of the
@@ -155,11 +158,7 @@ fn run_upstream(
 const LOAD_THREADS: usize = 2;
 
 fn load_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(LOAD_THREADS)
-        .thread_name("holdup-load")
-        .enable_all()
-        .build()
+    runtime::multi_thread("holdup-load", LOAD_THREADS)
         .context("starting the load generator's runtime")
 }
 

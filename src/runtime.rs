@@ -13,6 +13,23 @@ use std::{future::Future, io, thread};
 
 use tokio::{runtime, sync::oneshot, task::JoinHandle};
 
+/// A multi-thread runtime with `workers` worker threads named `name`, timers and I/O enabled,
+/// and the diagnosis engine's poll hooks (so that blame can name any task that holds one of its
+/// workers): how every runtime of holdup is built (lab, transport, load generator, telemetry
+/// export).
+///
+/// # Errors
+/// The I/O error if the runtime cannot be created.
+pub fn multi_thread(name: &str, workers: usize) -> io::Result<runtime::Runtime> {
+    let mut builder = runtime::Builder::new_multi_thread();
+    crate::diagnose::install_hooks(&mut builder);
+    builder
+        .worker_threads(workers)
+        .thread_name(name)
+        .enable_all()
+        .build()
+}
+
 /// Owns a runtime on a thread of its own, so that it can be dropped from anywhere (dropping a
 /// runtime inside an async context panics). The lab runtime is one; the telemetry export
 /// runtime another.
@@ -28,14 +45,7 @@ impl OwnedRuntime {
     /// # Errors
     /// The I/O error if the runtime or its owner thread cannot be created.
     pub fn start(name: &str, workers: usize) -> io::Result<Self> {
-        let mut builder = runtime::Builder::new_multi_thread();
-        // The diagnosis engine's poll hooks: blame can then name any task that holds a worker.
-        crate::diagnose::install_hooks(&mut builder);
-        let rt = builder
-            .worker_threads(workers)
-            .thread_name(name)
-            .enable_all()
-            .build()?;
+        let rt = multi_thread(name, workers)?;
         let handle = rt.handle().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         thread::Builder::new()

@@ -18,15 +18,16 @@ use crate::{
     lab::{
         Lab, LabState,
         backend::Backend,
-        support::compute_pool::ComputePool,
-        upstream::{UpstreamClient, UpstreamMetrics},
+        support::{compute_pool::ComputePool, metrics::LabMetrics},
+        upstream::UpstreamClient,
     },
     proto::{self, lab_server::LabServer},
     runtime::OwnedRuntime,
     simulator,
     telemetry::{endpoint, lag, metrics::Metrics},
     transport::{
-        Listener, abandon::AbandonLayer, content_type::GrpcContentTypeLayer, track::TrackLayer,
+        Listener, TransportMetrics, abandon::AbandonLayer, content_type::GrpcContentTypeLayer,
+        track::TrackLayer,
     },
 };
 
@@ -52,9 +53,6 @@ pub const ABANDON_FLUSH: Duration = Duration::from_millis(200);
 /// How long the in-process simulator and `/metrics` get to finish after the gRPC server has
 /// stopped: their remaining requests belong to calls that are already answered.
 pub const HELPERS_GRACE: Duration = Duration::from_millis(100);
-
-/// The fully qualified service name, as health checks and reflection know it.
-pub const LAB_SERVICE: &str = "holdup.v1.Lab";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -122,8 +120,15 @@ impl Server {
         let local_addr = tcp.local_addr().map_err(start("listener"))?;
         let lab_runtime =
             OwnedRuntime::start("holdup-lab", config.workers).map_err(start("lab runtime"))?;
-        let compute = ComputePool::start(config.compute_threads, config.compute_queue)
-            .map_err(start("compute pool"))?;
+        let mut metrics = Metrics::new();
+        let lab_metrics = LabMetrics::register(metrics.registry_mut());
+        let transport_metrics = TransportMetrics::register(metrics.registry_mut());
+        let compute = ComputePool::start(
+            config.compute_threads,
+            config.compute_queue,
+            lab_metrics.compute.clone(),
+        )
+        .map_err(start("compute pool"))?;
         let (simulator, upstream_url) = match &config.upstream {
             UpstreamTarget::Url(url) => (None, url.clone()),
             UpstreamTarget::InProcess(sim) => {
@@ -139,18 +144,17 @@ impl Server {
         };
         // The pool and the HTTP client are created on the lab runtime, where they are used, so
         // their connections are driven by the lab runtime's I/O driver.
-        let metrics = Arc::new(Metrics::new());
-        let listener = Listener::new(tcp, "grpc", config.connections, metrics.transport.clone());
+        let listener = Listener::new(tcp, "grpc", config.connections, transport_metrics.clone());
         let db = config.db.clone();
-        let pool_wait = metrics.db_pool_wait.clone();
+        let db_metrics = lab_metrics.db_pool.clone();
         let backend = lab_runtime
             .handle()
-            .spawn(async move { Backend::connect(&db, pool_wait).await })
+            .spawn(async move { Backend::connect(&db, db_metrics).await })
             .await
             .map_err(ServeError::LabTask)?
             .map_err(ServeError::Database)?;
         let url = upstream_url.clone();
-        let attempt_metrics = UpstreamMetrics::from(metrics.as_ref());
+        let attempt_metrics = lab_metrics.upstream.clone();
         let upstream = lab_runtime
             .handle()
             .spawn(async move { UpstreamClient::new(url, attempt_metrics) })
@@ -163,18 +167,24 @@ impl Server {
             backend,
             compute: Arc::new(compute),
             upstream,
-            metrics: Arc::clone(&metrics),
+            metrics: lab_metrics,
             admission: crate::lab::support::admission::Admission::new(&config.limits),
         });
         let metrics_endpoint = match config.metrics_addr {
             None => None,
             Some(addr) => {
                 let state = Arc::clone(lab.state());
-                let refresh = Arc::new(move |m: &Metrics| state.sample_gauges(m));
+                let refresh = Arc::new(move || state.sample_gauges());
                 Some(
-                    endpoint::bind(addr, metrics, refresh, config.connections)
-                        .await
-                        .map_err(|source| ServeError::Bind { addr, source })?,
+                    endpoint::bind(
+                        addr,
+                        Arc::new(metrics),
+                        refresh,
+                        config.connections,
+                        transport_metrics,
+                    )
+                    .await
+                    .map_err(|source| ServeError::Bind { addr, source })?,
                 )
             }
         };
@@ -205,10 +215,6 @@ impl Server {
         &self.upstream_url
     }
 
-    pub fn lab(&self) -> &Lab {
-        &self.lab
-    }
-
     /// Serves until `shutdown` resolves; then health turns NOT_SERVING, new connections are
     /// refused and in-flight requests get the grace period to finish. Calls still running
     /// after it are answered UNAVAILABLE and every connection is closed: the server returns
@@ -236,7 +242,7 @@ impl Server {
             ("upstream simulator", simulator),
             ("metrics endpoint", metrics_endpoint),
         ]);
-        let lag_histogram = lab.state().metrics.runtime_lag.clone();
+        let lag_histogram = lab.state().metrics.runtime.lag();
         let lag_probe = crate::runtime::spawn_named(
             "runtime lag probe",
             lab_runtime.handle(),
@@ -447,8 +453,12 @@ fn tls_identity(
     Ok(tonic::transport::ServerTlsConfig::new().identity(identity))
 }
 
-/// Sets the Lab's status and the server's overall status ("") together.
+/// Sets the Lab's status (by its type: the name comes from the generated server) and the
+/// server's overall status ("") together.
 async fn set_health(health: &HealthReporter, status: ServingStatus) {
-    health.set_service_status(LAB_SERVICE, status).await;
+    match status {
+        ServingStatus::Serving => health.set_serving::<LabServer<Lab>>().await,
+        _ => health.set_not_serving::<LabServer<Lab>>().await,
+    }
     health.set_service_status("", status).await;
 }

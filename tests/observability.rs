@@ -95,8 +95,11 @@ async fn server_span_continues_the_callers_trace_with_rpc_conventions() {
         response.metadata().get("x-trace-id").unwrap(),
         trace_id.as_str()
     );
-    let reply = response.into_inner();
-    assert_eq!(reply.diagnostics.unwrap().trace_id, trace_id);
+    let d = response
+        .into_inner()
+        .diagnostics
+        .expect("Fast replies carry diagnostics");
+    assert_eq!(d.trace_id, trace_id);
 
     let spans = trace(&trace_id, 1).await;
     let server = named(&spans, "holdup.v1.Lab/Fast");
@@ -107,15 +110,18 @@ async fn server_span_continues_the_callers_trace_with_rpc_conventions() {
     assert_eq!(server.attr("rpc.service").as_deref(), Some("holdup.v1.Lab"));
     assert_eq!(server.attr("rpc.method").as_deref(), Some("Fast"));
     assert_eq!(server.attr("rpc.grpc.status_code").as_deref(), Some("0"));
-    for key in [
-        "holdup.total_us",
-        "holdup.busy_us",
-        "holdup.scheduled_us",
-        "holdup.idle_us",
-        "holdup.queue_us",
-        "holdup.verdict",
+    // The span carries the very split the reply did.
+    for (key, value) in [
+        ("holdup.total_us", d.total_us.to_string()),
+        ("holdup.busy_us", d.busy_us.to_string()),
+        ("holdup.scheduled_us", d.scheduled_us.to_string()),
+        ("holdup.idle_us", d.idle_us.to_string()),
+        ("holdup.queue_us", d.queue_us.to_string()),
+        ("holdup.polls", d.polls.to_string()),
+        ("holdup.max_poll_us", d.max_poll_us.to_string()),
+        ("holdup.verdict", d.verdict.clone()),
     ] {
-        assert!(server.attr(key).is_some(), "server span lacks {key}");
+        assert_eq!(server.attr(key), Some(value), "server span's {key}");
     }
     app.shutdown().await.unwrap();
 }

@@ -27,12 +27,12 @@ echo "holdup at $addr (pid $server); RSS at start: $(rss)"
 load() { "$bin" load --target "http://$addr" --duration "${seconds}s" --warmup 0s --json "$@"; }
 # Far more than the compute pool takes (8 queue slots, 2 threads), more sleepers than
 # workers, more pool holders than connections, a failing and stalling upstream, and the probe.
-load --rpc cpu --mode COMPUTE_POOL --work-ms 20 --rate 400 >"$work/cpu.json" &
-load --rpc sleep --mode BLOCKING --duration-ms 5 --rate 100 >"$work/sleep.json" &
-load --rpc backend --hold-ms 50 --query SCAN --key 3 --rate 200 >"$work/backend.json" &
-load --rpc upstream --error-rate 0.3 --stall-rate 0.05 --attempt-timeout-ms 100 --max-retries 2 \
+load cpu --mode COMPUTE_POOL --work-ms 20 --rate 400 >"$work/cpu.json" &
+load sleep --mode BLOCKING --duration-ms 5 --rate 100 >"$work/sleep.json" &
+load backend --hold-ms 50 --query SCAN --key 3 --rate 200 >"$work/backend.json" &
+load upstream --error-rate 0.3 --stall-rate 0.05 --attempt-timeout-ms 100 --max-retries 2 \
     --rate 100 >"$work/upstream.json" &
-load --rpc fast --rate 200 >"$work/fast.json" &
+load fast --rate 200 >"$work/fast.json" &
 peak=0
 for _ in $(seq "$seconds"); do
     now=$(awk '/VmRSS/ {print $2}' "/proc/$server/status")

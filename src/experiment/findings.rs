@@ -7,7 +7,10 @@ use serde::{Deserialize, Serialize};
 use super::catalogue::{Experiment, Role};
 use crate::{
     diagnose::Verdict,
-    load::{report::Stats, table::ms},
+    load::{
+        report::{SplitComponent, Stats},
+        table::ms,
+    },
 };
 
 /// A probe p99 below this is treated as this when dividing: a factor against a few
@@ -21,8 +24,6 @@ pub const STALL_MIN_MS: f64 = 10.0;
 /// small shared machine a few milliseconds of p99 come and go with the scheduler's mood.
 pub const SLOWS_FACTOR: f64 = 2.0;
 pub const SLOWS_MIN_MS: f64 = 5.0;
-/// Own calls are said to queue when queueing is their dominant component.
-const QUEUE_COMPONENT: &str = "queue";
 
 /// One experiment's result.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,8 +46,9 @@ pub struct Finding {
     pub probe_p99_factor: f64,
     /// The probe's mean wait for a lab worker under pressure.
     pub probe_scheduled_ms: f64,
-    /// The largest component of the probe's delay split under pressure.
-    pub probe_dominant: String,
+    /// The largest component of the probe's delay split under pressure (`None`: its replies
+    /// carried no diagnostics).
+    pub probe_dominant: Option<SplitComponent>,
 
     pub pressure_p50_ms: f64,
     pub pressure_p99_ms: f64,
@@ -54,7 +56,7 @@ pub struct Finding {
     pub pressure_errors: u64,
     /// The pressure calls' mean queue time (pool connection, compute slot).
     pub pressure_queue_ms: f64,
-    pub pressure_dominant: String,
+    pub pressure_dominant: Option<SplitComponent>,
     pub pressure_verdict: String,
 
     /// The diagnosis scored against the catalogue's answer key (see [`Expect`]): the share of
@@ -87,12 +89,7 @@ impl Finding {
     pub fn new(experiment: &Experiment, probe_alone: Stats, probe: Stats, pressure: Stats) -> Self {
         let alone_p99 = probe_alone.latency.p99_ms;
         let probe_p99 = probe.latency.p99_ms;
-        let component = |stats: &Stats| {
-            stats
-                .split
-                .as_ref()
-                .map_or_else(|| "-".to_owned(), |s| s.dominant.clone())
-        };
+        let component = |stats: &Stats| stats.split.as_ref().map(|s| s.dominant);
         Self {
             id: experiment.id.to_owned(),
             group: experiment.group.to_owned(),
@@ -107,13 +104,13 @@ impl Finding {
             probe_p50_ms: probe.latency.p50_ms,
             probe_p99_ms: probe_p99,
             probe_p99_factor: probe_p99 / alone_p99.max(P99_FLOOR_MS),
-            probe_scheduled_ms: probe.split.as_ref().map_or(0.0, |s| s.scheduled_ms),
+            probe_scheduled_ms: probe.split.as_ref().map_or(0.0, |s| s.means.scheduled_ms),
             probe_dominant: component(&probe),
             pressure_p50_ms: pressure.latency.p50_ms,
             pressure_p99_ms: pressure.latency.p99_ms,
             pressure_throughput: pressure.throughput,
             pressure_errors: pressure.errors.values().sum(),
-            pressure_queue_ms: pressure.split.as_ref().map_or(0.0, |s| s.queue_ms),
+            pressure_queue_ms: pressure.split.as_ref().map_or(0.0, |s| s.means.queue_ms),
             pressure_dominant: component(&pressure),
             pressure_verdict: pressure
                 .split
@@ -126,9 +123,9 @@ impl Finding {
             blame_precision: probe.split.as_ref().and_then(|s| {
                 // The pressure's description starts with its method: `CpuBound INLINE …`.
                 let method = pressure.rpc.split_whitespace().next().unwrap_or_default();
-                (s.scheduled_ms > 0.0).then(|| s.blame.get(method).copied().unwrap_or(0.0))
+                (s.means.scheduled_ms > 0.0).then(|| s.blame.get(method).copied().unwrap_or(0.0))
             }),
-            probe_scheduled_dominates: component(&probe) == "scheduled",
+            probe_scheduled_dominates: component(&probe) == Some(SplitComponent::Scheduled),
             conclusion: String::new(),
             probe_alone,
             probe,
@@ -197,14 +194,18 @@ pub enum Effect {
 }
 
 /// Why the probe waited, in words, from its dominant delay component.
-fn waiting_for(component: &str) -> &'static str {
+fn waiting_for(component: Option<SplitComponent>) -> &'static str {
     match component {
-        "scheduled" => "waiting for a lab worker another request held (scheduled time)",
-        "outside" => "outside its handler (transport, network, CPU shared with the load)",
-        "busy" => "in its own handler's polls",
-        "queue" => "queued for a bounded resource",
-        "idle" => "parked on I/O or timers",
-        _ => "for no measured reason",
+        Some(SplitComponent::Scheduled) => {
+            "waiting for a lab worker another request held (scheduled time)"
+        }
+        Some(SplitComponent::Outside) => {
+            "outside its handler (transport, network, CPU shared with the load)"
+        }
+        Some(SplitComponent::Busy) => "in its own handler's polls",
+        Some(SplitComponent::Queue) => "queued for a bounded resource",
+        Some(SplitComponent::Waiting) => "parked on I/O or timers",
+        None => "for no measured reason",
     }
 }
 
@@ -217,18 +218,19 @@ pub fn conclude(finding: &Finding, cause: Option<&Finding>) -> String {
             finding.probe_p99_factor,
             ms(a),
             ms(b),
-            waiting_for(&finding.probe_dominant)
+            waiting_for(finding.probe_dominant)
         ),
         Effect::Slows => format!(
             "Fast p99 x{:.1} ({} -> {} ms), mostly {}",
             finding.probe_p99_factor,
             ms(a),
             ms(b),
-            waiting_for(&finding.probe_dominant)
+            waiting_for(finding.probe_dominant)
         ),
         Effect::Unaffected => format!("Fast unaffected (p99 {} -> {} ms)", ms(a), ms(b)),
     };
-    if finding.pressure_dominant == QUEUE_COMPONENT {
+    // Own calls are said to queue when queueing is their dominant component.
+    if finding.pressure_dominant == Some(SplitComponent::Queue) {
         line.push_str(&format!(
             "; own calls queue {} ms on average (p50 {} ms) for a pool slot",
             ms(finding.pressure_queue_ms),
@@ -283,21 +285,20 @@ mod tests {
     use super::*;
     use crate::load::{
         histogram::Percentiles,
-        report::{SplitSummary, Timeline},
+        report::{SplitMeans, SplitSummary, Timeline},
     };
 
-    fn stats(p50: f64, p99: f64, dominant: &'static str) -> Stats {
-        let mut components = [
-            ("busy", 0.0),
-            ("scheduled", 0.0),
-            ("idle", 0.0),
-            ("queue", 0.0),
-            ("outside", 0.0),
-        ];
-        for c in &mut components {
-            if c.0 == dominant {
-                c.1 = p50;
-            }
+    fn stats(p50: f64, p99: f64, dominant: SplitComponent) -> Stats {
+        let mut means = SplitMeans {
+            total_ms: p50,
+            ..SplitMeans::default()
+        };
+        match dominant {
+            SplitComponent::Busy => means.busy_ms = p50,
+            SplitComponent::Scheduled => means.scheduled_ms = p50,
+            SplitComponent::Queue => (means.idle_ms, means.queue_ms) = (p50, p50),
+            SplitComponent::Waiting => means.idle_ms = p50,
+            SplitComponent::Outside => means.outside_ms = p50,
         }
         Stats {
             label: "x".into(),
@@ -326,7 +327,7 @@ mod tests {
                 min_rate: 0.0,
                 longest_gap_ms: 0.0,
             },
-            split: Some(SplitSummary::new(100, components, p50, BTreeMap::new())),
+            split: Some(SplitSummary::new(100, means, BTreeMap::new())),
             warnings: Vec::new(),
         }
     }
@@ -356,9 +357,9 @@ mod tests {
     fn a_blocked_runtime_is_called_a_stall_and_its_fix_is_compared() {
         let inline = Finding::new(
             &experiment("cpu-inline", None),
-            stats(0.3, 0.5, "outside"),
-            stats(20.0, 50.0, "scheduled"),
-            stats(50.0, 100.0, "busy"),
+            stats(0.3, 0.5, SplitComponent::Outside),
+            stats(20.0, 50.0, SplitComponent::Scheduled),
+            stats(50.0, 100.0, SplitComponent::Busy),
         );
         assert_eq!(inline.effect(), Effect::Stalls);
         let line = conclude(&inline, None);
@@ -369,9 +370,9 @@ mod tests {
 
         let pool = Finding::new(
             &experiment("cpu-compute-pool", Some("cpu-inline")),
-            stats(0.3, 0.5, "outside"),
-            stats(0.4, 0.6, "outside"),
-            stats(50.0, 60.0, "idle"),
+            stats(0.3, 0.5, SplitComponent::Outside),
+            stats(0.4, 0.6, SplitComponent::Outside),
+            stats(50.0, 60.0, SplitComponent::Waiting),
         );
         assert_eq!(pool.effect(), Effect::Unaffected);
         let mut both = vec![inline, pool];
@@ -389,9 +390,9 @@ mod tests {
     fn queueing_pressure_says_so() {
         let pool = Finding::new(
             &experiment("pool-size-1", None),
-            stats(0.3, 0.5, "outside"),
-            stats(0.3, 0.6, "outside"),
-            stats(150.0, 200.0, "queue"),
+            stats(0.3, 0.5, SplitComponent::Outside),
+            stats(0.3, 0.6, SplitComponent::Outside),
+            stats(150.0, 200.0, SplitComponent::Queue),
         );
         assert!(conclude(&pool, None).contains("own calls queue 150 ms"));
     }

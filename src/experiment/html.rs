@@ -249,11 +249,11 @@ fn split_table(rows: &[(&str, &Stats)]) -> String {
                     out,
                     "<td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
                      <td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
-                    ms(d.busy_ms),
-                    ms(d.scheduled_ms),
-                    ms(d.idle_ms),
-                    ms(d.queue_ms),
-                    ms(d.outside_ms),
+                    ms(d.means.busy_ms),
+                    ms(d.means.scheduled_ms),
+                    ms(d.means.idle_ms),
+                    ms(d.means.queue_ms),
+                    ms(d.means.outside_ms),
                     escape(&d.verdict)
                 );
             }

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use super::findings::Finding;
-use crate::load::table::ms;
+use crate::load::{report::SplitComponent, table::ms};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ExperimentReport {
@@ -68,8 +68,14 @@ pub fn row(f: &Finding) -> [String; 13] {
         format!("{:.1}", f.probe_p99_factor),
         format!("{} / {}", ms(f.pressure_p50_ms), ms(f.pressure_p99_ms)),
         format!("{:.0}", f.pressure_throughput),
-        f.probe_dominant.clone(),
-        format!("{} / {}", f.pressure_dominant, f.pressure_verdict),
+        f.probe_dominant
+            .map_or("-", SplitComponent::name)
+            .to_owned(),
+        format!(
+            "{} / {}",
+            f.pressure_dominant.map_or("-", SplitComponent::name),
+            f.pressure_verdict
+        ),
         format!(
             "{} ({:.0}%)",
             f.pressure_expected,
@@ -117,8 +123,9 @@ pub fn markdown(report: &ExperimentReport) -> String {
     }
     out.push_str(
         "\nFast delay / pressure delay: the largest mean component of the replies' delay split \
-         (busy = own polls, scheduled = waiting for a lab worker, idle = awaiting I/O or timers, \
-         queue = waiting for a pool slot, outside = client latency not spent in the handler).\n\
+         (busy = own polls, scheduled = waiting for a lab worker, queue = waiting for a pool slot, \
+         waiting = the rest of idle: awaiting I/O or timers, outside = client latency not spent \
+         in the handler).\n\
          Expected verdicts are the catalogue's answer key; the measured share is of pressure calls, \
          and of late Fast calls (or of all, where the answer is none). Blamed: the share of the \
          Fast probe's wait for a worker that the engine blamed on the pressure's RPC.\n",

@@ -5,12 +5,12 @@
 //! for `hold_ms` (PostgreSQL: `pg_sleep` in the server; SQLite: an open transaction) and runs
 //! a real query against seeded rows: an indexed POINT lookup or an unindexed SCAN.
 
-use std::{
-    sync::atomic::{AtomicI64, Ordering},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::{
+    metrics::{gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
 use sqlx::{AnyPool, any::AnyPoolOptions};
 use tempfile::TempDir;
 use tokio::sync::OnceCell;
@@ -21,7 +21,39 @@ use crate::{
     config::{Database, DatabaseConfig, Limits},
     lab::micros,
     proto::{Query, SlowBackendReply, SlowBackendRequest},
+    telemetry::metrics::{latency_histogram, register_fields},
 };
+
+/// The pool in Prometheus: `holdup_db_pool_{size,in_use,waiters}` and
+/// `holdup_db_pool_wait_seconds`.
+#[derive(Debug, Clone)]
+pub struct DbPoolMetrics {
+    size: Gauge,
+    /// Refreshed at scrape time: only the pool knows how many of its connections are idle.
+    in_use: Gauge,
+    /// Requests waiting for a connection, counted up and down as they wait.
+    waiters: Gauge,
+    /// Every pool wait, successful or not.
+    wait: Histogram,
+}
+
+impl DbPoolMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            size: Gauge::default(),
+            in_use: Gauge::default(),
+            waiters: Gauge::default(),
+            wait: latency_histogram(),
+        };
+        register_fields!(registry.sub_registry_with_prefix("holdup_db_pool"), metrics, {
+            size: "Connections the pool may open",
+            in_use: "Connections lent out",
+            waiters: "Requests waiting for a connection",
+            wait [Seconds]: "Time requests waited for a connection",
+        });
+        metrics
+    }
+}
 
 /// SCAN counts the rows of one bucket; buckets are `id % BUCKETS`.
 pub const BUCKETS: u32 = 1_000;
@@ -58,27 +90,24 @@ pub struct Backend {
     config: DatabaseConfig,
     /// Seeding happens once, on start-up or, if the database was down then, on first use.
     seeded: OnceCell<()>,
-    /// Requests currently waiting for a connection.
-    waiting: AtomicI64,
-    /// Every pool wait, successful or not.
-    wait_histogram: Histogram,
+    metrics: DbPoolMetrics,
     /// Keeps the embedded database's directory alive; removed when the backend is dropped.
     _dir: Option<TempDir>,
 }
 
 /// A gauge that counts itself down when the wait ends, however it ends.
-struct Waiting<'a>(&'a AtomicI64);
+struct Waiting<'a>(&'a Gauge);
 
 impl<'a> Waiting<'a> {
-    fn start(gauge: &'a AtomicI64) -> Self {
-        gauge.fetch_add(1, Ordering::Relaxed);
+    fn start(gauge: &'a Gauge) -> Self {
+        gauge.inc();
         Self(gauge)
     }
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.dec();
     }
 }
 
@@ -90,7 +119,7 @@ impl Backend {
     /// An I/O error creating the embedded database's directory, or an invalid URL.
     pub async fn connect(
         config: &DatabaseConfig,
-        wait_histogram: Histogram,
+        metrics: DbPoolMetrics,
     ) -> Result<Self, LabError> {
         sqlx::any::install_default_drivers();
         let (url, dialect, dir) = match &config.database {
@@ -122,10 +151,13 @@ impl Backend {
             dialect,
             config: config.clone(),
             seeded: OnceCell::new(),
-            waiting: AtomicI64::new(0),
-            wait_histogram,
+            metrics,
             _dir: dir,
         };
+        backend
+            .metrics
+            .size
+            .set(i64::from(backend.config.pool_size));
         if let Err(e) = backend.ensure_seeded().await {
             tracing::warn!(error = %e, "database not ready at start-up; SlowBackend will retry on first use");
         }
@@ -147,18 +179,11 @@ impl Backend {
         }
     }
 
-    pub fn pool_size(&self) -> u32 {
-        self.config.pool_size
-    }
-
-    /// Connections currently open and lent out.
-    pub fn in_use(&self) -> u32 {
+    /// Mirrors the connections lent out into `holdup_db_pool_in_use`, before a scrape.
+    pub fn sample_gauges(&self) {
         let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
-        self.pool.size().saturating_sub(idle)
-    }
-
-    pub fn waiting(&self) -> i64 {
-        self.waiting.load(Ordering::Relaxed)
+        let in_use = self.pool.size().saturating_sub(idle);
+        self.metrics.in_use.set(i64::from(in_use));
     }
 
     pub fn seed_rows(&self) -> u32 {
@@ -222,7 +247,7 @@ impl Backend {
         self.ensure_seeded().await?;
         let asked = Instant::now();
         let acquired = async {
-            let _waiting = Waiting::start(&self.waiting);
+            let _waiting = Waiting::start(&self.metrics.waiters);
             self.pool.acquire().await
         }
         .instrument(tracing::info_span!(
@@ -231,11 +256,11 @@ impl Backend {
             holdup.stage = "queue",
             db.system.name = self.system(),
             holdup.pool_size = self.config.pool_size,
-            holdup.waiting = self.waiting(),
+            holdup.waiting = self.metrics.waiters.get(),
         ))
         .await;
         let pool_wait = asked.elapsed();
-        self.wait_histogram.observe(pool_wait.as_secs_f64());
+        self.metrics.wait.observe(pool_wait.as_secs_f64());
         let mut conn = acquired.map_err(|e| match e {
             sqlx::Error::PoolTimedOut => LabError::PoolTimeout {
                 timeout_ms: self.config.acquire_timeout.as_millis(),

@@ -264,6 +264,7 @@ impl CpuPlan {
                 .await
                 .map_err(|e| LabError::Internal(format!("blocking job failed: {e}")))?
             }
+            // A full queue is counted as rejected by the pool itself.
             CpuMode::ComputePool => compute
                 .submit(self.offloaded(&cancel))?
                 .await
@@ -271,6 +272,9 @@ impl CpuPlan {
             CpuMode::Unspecified => unreachable!("CpuPlan::new refuses an unspecified mode"),
         };
         let done = done.ok_or(LabError::ShuttingDown)?;
+        if matches!(self.mode, CpuMode::BlockingPool | CpuMode::ComputePool) {
+            compute.observe_queue_wait(waited);
+        }
         Ok(CpuBoundReply {
             digest: done.chain.digest_hex(),
             iterations: done.chain.rounds(),

@@ -7,6 +7,7 @@ pub mod backend;
 pub mod cpu;
 mod diagnostics;
 pub mod fast;
+pub mod rpc;
 pub mod sleep;
 pub mod support;
 pub mod upstream;
@@ -18,13 +19,18 @@ use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+pub use rpc::Rpc;
+
 use crate::{
     config::Limits,
     diagnose::Diagnosis,
     proto::{self, lab_server},
-    telemetry::metrics::{Metrics, RpcLabels},
 };
-use support::{admission, compute_pool, deadline, error::LabError};
+use support::{
+    admission, compute_pool, deadline,
+    error::LabError,
+    metrics::{LabMetrics, RpcMetrics},
+};
 
 /// Microseconds of `d`, as replies report durations.
 pub(crate) fn micros(d: std::time::Duration) -> u64 {
@@ -40,25 +46,15 @@ pub struct LabState {
     pub backend: backend::Backend,
     pub compute: Arc<compute_pool::ComputePool>,
     pub upstream: upstream::UpstreamClient,
-    pub metrics: Arc<Metrics>,
+    pub metrics: LabMetrics,
     pub admission: admission::Admission,
 }
 
 impl LabState {
-    /// Mirrors live state (pool, compute queue, lab runtime) into the gauges before a scrape.
-    pub fn sample_gauges(&self, metrics: &Metrics) {
-        metrics
-            .db_pool_size
-            .set(i64::from(self.backend.pool_size()));
-        metrics.db_pool_in_use.set(i64::from(self.backend.in_use()));
-        metrics.db_pool_waiters.set(self.backend.waiting());
-        metrics
-            .compute_threads
-            .set(i64::try_from(self.compute.threads()).unwrap_or(i64::MAX));
-        metrics
-            .compute_queue_depth
-            .set(i64::try_from(self.compute.queued()).unwrap_or(i64::MAX));
-        metrics.sample_runtime(&self.runtime);
+    /// Mirrors live state (pool, lab runtime) into the gauges before a scrape.
+    pub fn sample_gauges(&self) {
+        self.backend.sample_gauges();
+        self.metrics.runtime.sample(&self.runtime);
     }
 }
 
@@ -93,7 +89,7 @@ with_diagnostics!(
 
 /// One validated call, ready to run.
 struct Call {
-    rpc: &'static str,
+    rpc: Rpc,
     mode: &'static str,
     deadline: Option<Instant>,
     /// The request's diagnosis (and server span), from the diagnosis layer.
@@ -103,7 +99,7 @@ struct Call {
 impl Call {
     /// # Errors
     /// INTERNAL when the server was built without the diagnosis layer, which the Lab needs.
-    fn new<T>(rpc: &'static str, mode: &'static str, request: &Request<T>) -> Result<Self, Status> {
+    fn new<T>(rpc: Rpc, mode: &'static str, request: &Request<T>) -> Result<Self, Status> {
         let deadline =
             deadline::grpc_timeout(request.metadata()).map(|timeout| Instant::now() + timeout);
         let diagnosis = Diagnosis::of(request)
@@ -123,7 +119,7 @@ impl Call {
     /// The handler task's name: the RPC and its mode, as tokio-console shows it.
     fn label(&self) -> String {
         if self.mode.is_empty() {
-            self.rpc.to_owned()
+            self.rpc.name().to_owned()
         } else {
             format!("{} {}", self.rpc, self.mode)
         }
@@ -133,8 +129,8 @@ impl Call {
 /// Counts a call whose caller went away before it finished (the transport drops the handler
 /// future): as cancelled work, and as handled with code `Canceled`.
 struct Unfinished<'a> {
-    metrics: &'a Metrics,
-    rpc: &'static str,
+    metrics: &'a RpcMetrics,
+    rpc: Rpc,
     finished: bool,
 }
 
@@ -143,9 +139,9 @@ impl Drop for Unfinished<'_> {
         if self.finished {
             return;
         }
-        tracing::debug!(rpc = self.rpc, "caller went away; work stopped");
+        tracing::debug!(rpc = self.rpc.name(), "caller went away; work stopped");
         self.metrics.work_cancelled(self.rpc);
-        self.metrics.rpc_handled(self.rpc, Code::Cancelled);
+        self.metrics.handled(self.rpc, Code::Cancelled);
     }
 }
 
@@ -178,8 +174,8 @@ impl Lab {
         R: WithDiagnostics + Send + 'static,
     {
         let started = Instant::now();
-        let metrics = &self.state.metrics;
-        metrics.rpc_started(call.rpc);
+        let metrics = &self.state.metrics.rpc;
+        metrics.started(call.rpc);
         let mut unfinished = Unfinished {
             metrics,
             rpc: call.rpc,
@@ -191,13 +187,9 @@ impl Lab {
             Ok(_) => Code::Ok,
             Err(status) => status.code(),
         };
-        metrics.rpc_handled(call.rpc, code);
+        metrics.handled(call.rpc, code);
         let trace_id = call.diagnosis.identity().trace_id();
-        metrics.observe_handling(
-            &RpcLabels::lab(call.rpc),
-            started.elapsed().as_secs_f64(),
-            &trace_id,
-        );
+        metrics.observe_handling(call.rpc, started.elapsed().as_secs_f64(), &trace_id);
         if let Err(status) = &outcome
             && matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled)
         {
@@ -241,7 +233,7 @@ impl Lab {
         };
         let result = joined.map_err(|e| {
             if e.is_panic() {
-                tracing::error!(rpc = call.rpc, "handler panicked");
+                tracing::error!(rpc = call.rpc.name(), "handler panicked");
                 Status::internal("handler panicked")
             } else {
                 Status::from(LabError::ShuttingDown)
@@ -254,16 +246,17 @@ impl Lab {
     }
 
     /// Refuses a request before any work is scheduled; it still counts as handled.
-    fn refuse(&self, rpc: &'static str, error: LabError) -> Status {
+    fn refuse(&self, rpc: Rpc, error: LabError) -> Status {
         log_failure(rpc, &error);
         let status = Status::from(error);
-        self.state.metrics.rpc_started(rpc);
-        self.state.metrics.rpc_handled(rpc, status.code());
+        self.state.metrics.rpc.started(rpc);
+        self.state.metrics.rpc.handled(rpc, status.code());
         status
     }
 }
 
-fn log_failure(rpc: &str, error: &LabError) {
+fn log_failure(rpc: Rpc, error: &LabError) {
+    let rpc = rpc.name();
     match error {
         LabError::InvalidArgument { .. } => tracing::debug!(rpc, %error, "refused"),
         _ => tracing::warn!(rpc, %error, "failed"),
@@ -276,8 +269,9 @@ impl lab_server::Lab for Lab {
         &self,
         request: Request<proto::FastRequest>,
     ) -> Result<Response<proto::FastReply>, Status> {
-        let message = fast::plan(request.get_ref().clone()).map_err(|e| self.refuse("Fast", e))?;
-        let call = Call::new("Fast", "", &request)?;
+        let message =
+            fast::plan(request.get_ref().clone()).map_err(|e| self.refuse(Rpc::Fast, e))?;
+        let call = Call::new(Rpc::Fast, "", &request)?;
         self.run(call, async move { Ok(fast::reply(message)) })
             .await
     }
@@ -289,8 +283,8 @@ impl lab_server::Lab for Lab {
         let state = Arc::clone(&self.state);
         let mut plan =
             backend::BackendPlan::new(request.get_ref(), &state.limits, state.backend.seed_rows())
-                .map_err(|e| self.refuse("SlowBackend", e))?;
-        let call = Call::new("SlowBackend", plan.query.as_str_name(), &request)?;
+                .map_err(|e| self.refuse(Rpc::SlowBackend, e))?;
+        let call = Call::new(Rpc::SlowBackend, plan.query.as_str_name(), &request)?;
         plan.deadline = call.deadline;
         self.run(call, async move { state.backend.run(plan).await })
             .await
@@ -301,24 +295,10 @@ impl lab_server::Lab for Lab {
         request: Request<proto::CpuBoundRequest>,
     ) -> Result<Response<proto::CpuBoundReply>, Status> {
         let plan = cpu::CpuPlan::new(request.get_ref(), &self.state.limits)
-            .map_err(|e| self.refuse("CpuBound", e))?;
-        let call = Call::new("CpuBound", plan.mode_name(), &request)?;
+            .map_err(|e| self.refuse(Rpc::CpuBound, e))?;
+        let call = Call::new(Rpc::CpuBound, plan.mode_name(), &request)?;
         let compute = Arc::clone(&self.state.compute);
-        let metrics = Arc::clone(&self.state.metrics);
-        self.run(call, async move {
-            let result = plan.run(compute).await;
-            match &result {
-                Ok(reply) if plan.runs_elsewhere() => metrics
-                    .compute_queue_wait
-                    .observe(reply.queue_us as f64 / 1e6),
-                Err(LabError::ComputeQueueFull { .. }) => {
-                    metrics.compute_rejected.inc();
-                }
-                _ => {}
-            }
-            result
-        })
-        .await
+        self.run(call, plan.run(compute)).await
     }
 
     async fn sleep(
@@ -326,8 +306,8 @@ impl lab_server::Lab for Lab {
         request: Request<proto::SleepRequest>,
     ) -> Result<Response<proto::SleepReply>, Status> {
         let plan = sleep::SleepPlan::new(request.get_ref(), &self.state.limits)
-            .map_err(|e| self.refuse("Sleep", e))?;
-        let call = Call::new("Sleep", plan.mode.as_str_name(), &request)?;
+            .map_err(|e| self.refuse(Rpc::Sleep, e))?;
+        let call = Call::new(Rpc::Sleep, plan.mode.as_str_name(), &request)?;
         self.run(call, plan.run()).await
     }
 
@@ -336,13 +316,13 @@ impl lab_server::Lab for Lab {
         request: Request<proto::UpstreamCallRequest>,
     ) -> Result<Response<proto::UpstreamCallReply>, Status> {
         let plan = upstream::UpstreamPlan::new(request.get_ref(), &self.state.limits)
-            .map_err(|e| self.refuse("UpstreamCall", e))?;
+            .map_err(|e| self.refuse(Rpc::UpstreamCall, e))?;
         let mode = if plan.new_client {
             "new-client"
         } else {
             "shared-client"
         };
-        let call = Call::new("UpstreamCall", mode, &request)?;
+        let call = Call::new(Rpc::UpstreamCall, mode, &request)?;
         let deadline = call.deadline;
         let client = self.state.upstream.clone();
         self.run(call, async move { client.call(plan, deadline).await })

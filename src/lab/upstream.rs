@@ -5,7 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use prometheus_client::metrics::{counter::Counter, family::Family, histogram::Histogram};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::Registry,
+};
 use tracing::{Instrument, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -16,34 +20,78 @@ use crate::{
     proto::{UpstreamAttempt, UpstreamCallReply, UpstreamCallRequest},
     simulator::{MAX_LATENCY_MS, WorkParams, WorkReply},
     telemetry::{
-        metrics::{Metrics, OutcomeLabels},
+        metrics::{LatencyHistogram, latency_histogram, register_fields},
         otel,
     },
 };
 
-/// The attempt metrics the client records into.
-#[derive(Debug, Clone)]
-pub struct UpstreamMetrics {
-    attempts: Family<OutcomeLabels, Counter>,
-    durations: Family<OutcomeLabels, Histogram, fn() -> Histogram>,
+/// How one HTTP attempt to the upstream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AttemptOutcome {
+    /// A 2xx answer with a body the client could read.
+    Ok,
+    /// Any other HTTP answer.
+    HttpError,
+    /// The per-attempt timeout (or the caller's deadline) passed first.
+    Timeout,
+    /// No connection could be made.
+    ConnectError,
+    /// The connection failed during the exchange.
+    TransportError,
 }
 
-impl From<&Metrics> for UpstreamMetrics {
-    fn from(metrics: &Metrics) -> Self {
-        Self {
-            attempts: metrics.upstream_attempts.clone(),
-            durations: metrics.upstream_attempt_duration.clone(),
+impl AttemptOutcome {
+    /// The word the reply's `attempt_log`, the span and the `outcome` label carry.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::HttpError => "http-error",
+            Self::Timeout => "timeout",
+            Self::ConnectError => "connect-error",
+            Self::TransportError => "transport-error",
         }
     }
 }
 
+impl EncodeLabelValue for AttemptOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        std::fmt::Write::write_str(encoder, self.name())
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: AttemptOutcome,
+}
+
+/// The attempts in Prometheus: `holdup_upstream_attempts_total` and
+/// `holdup_upstream_attempt_duration_seconds`, by outcome.
+#[derive(Debug, Clone)]
+pub struct UpstreamMetrics {
+    attempts: Family<OutcomeLabels, Counter>,
+    attempt_duration: Family<OutcomeLabels, Histogram, LatencyHistogram>,
+}
+
 impl UpstreamMetrics {
-    fn record(&self, attempt: &UpstreamAttempt, outcome: &'static str) {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            attempts: Family::default(),
+            attempt_duration: Family::new_with_constructor(latency_histogram),
+        };
+        register_fields!(registry.sub_registry_with_prefix("holdup_upstream"), metrics, {
+            attempts: "HTTP attempts to the upstream, by outcome \
+                       (ok, http-error, timeout, connect-error, transport-error)",
+            attempt_duration [Seconds]: "Duration of each upstream attempt, by outcome",
+        });
+        metrics
+    }
+
+    fn record(&self, outcome: AttemptOutcome, duration: Duration) {
         let labels = OutcomeLabels { outcome };
         self.attempts.get_or_create(&labels).inc();
-        self.durations
+        self.attempt_duration
             .get_or_create(&labels)
-            .observe(attempt.duration_us as f64 / 1e6);
+            .observe(duration.as_secs_f64());
     }
 }
 
@@ -74,10 +122,6 @@ impl UpstreamClient {
 
     fn builder() -> reqwest::ClientBuilder {
         reqwest::Client::builder().tcp_nodelay(true)
-    }
-
-    pub fn base(&self) -> &str {
-        &self.base
     }
 
     /// Runs the attempts of `plan`, stopping at `deadline`.
@@ -126,11 +170,11 @@ impl UpstreamClient {
                 ))
                 .await;
             let attempt = attempt(&client, &url, timeout, number, backoff).await;
-            self.metrics.record(&attempt.log, attempt.outcome);
+            self.metrics.record(attempt.outcome, attempt.duration);
             let cut_by_deadline =
-                attempt.log.outcome == "timeout" && timeout < plan.attempt_timeout;
-            let status = attempt.log.http_status;
-            log.push(attempt.log);
+                attempt.outcome == AttemptOutcome::Timeout && timeout < plan.attempt_timeout;
+            let status = attempt.http_status;
+            log.push(attempt.log(number, backoff));
             if let Some(reply) = attempt.reply {
                 return Ok(UpstreamCallReply {
                     attempts: number,
@@ -164,9 +208,10 @@ impl UpstreamClient {
 fn summary(log: &[UpstreamAttempt]) -> String {
     log.iter()
         .map(|a| {
-            let what = match a.outcome.as_str() {
-                "http-error" => format!("HTTP {}", a.http_status),
-                other => other.to_owned(),
+            let what = if a.outcome == AttemptOutcome::HttpError.name() {
+                format!("HTTP {}", a.http_status)
+            } else {
+                a.outcome.clone()
             };
             format!(
                 "; attempt {}: {what} after {} ms",
@@ -178,9 +223,24 @@ fn summary(log: &[UpstreamAttempt]) -> String {
 }
 
 struct Attempted {
-    log: UpstreamAttempt,
-    outcome: &'static str,
+    outcome: AttemptOutcome,
+    /// 0 when no HTTP answer came.
+    http_status: u32,
+    duration: Duration,
     reply: Option<WorkReply>,
+}
+
+impl Attempted {
+    /// The attempt as the reply's `attempt_log` shows it.
+    fn log(&self, number: u32, backoff: Duration) -> UpstreamAttempt {
+        UpstreamAttempt {
+            number,
+            duration_us: micros(self.duration),
+            http_status: self.http_status,
+            outcome: self.outcome.name().to_owned(),
+            backoff_us: micros(backoff),
+        }
+    }
 }
 
 async fn attempt(
@@ -216,31 +276,27 @@ async fn attempt(
     })
     .instrument(span.clone())
     .await;
+    let duration = started.elapsed();
     let (http_status, outcome, reply) = match result {
-        Err(_elapsed) => (0, "timeout", None),
-        Ok(Err(e)) if e.is_connect() => (0, "connect-error", None),
-        Ok(Err(_)) => (0, "transport-error", None),
+        Err(_elapsed) => (0, AttemptOutcome::Timeout, None),
+        Ok(Err(e)) if e.is_connect() => (0, AttemptOutcome::ConnectError, None),
+        Ok(Err(_)) => (0, AttemptOutcome::TransportError, None),
         Ok(Ok((status, Ok(body)))) if (200..300).contains(&status) => {
-            (u32::from(status), "ok", Some(body))
+            (u32::from(status), AttemptOutcome::Ok, Some(body))
         }
-        Ok(Ok((status, _))) => (u32::from(status), "http-error", None),
+        Ok(Ok((status, _))) => (u32::from(status), AttemptOutcome::HttpError, None),
     };
-    span.record("holdup.outcome", outcome);
+    span.record("holdup.outcome", outcome.name());
     if http_status != 0 {
         span.record("http.response.status_code", http_status);
     }
-    if outcome != "ok" {
+    if outcome != AttemptOutcome::Ok {
         span.record("otel.status_code", "ERROR");
     }
     Attempted {
-        log: UpstreamAttempt {
-            number,
-            duration_us: micros(started.elapsed()),
-            http_status,
-            outcome: outcome.to_owned(),
-            backoff_us: micros(backoff),
-        },
         outcome,
+        http_status,
+        duration,
         reply,
     }
 }

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::{
     histogram::Latencies,
-    report::{SlowestRequest, SplitSummary, Stats, Timeline},
+    report::{SlowestRequest, SplitMeans, SplitSummary, Stats, Timeline},
     rpc::{Outcome, code_name},
     schedule::{Clock, Schedule},
 };
@@ -261,8 +261,6 @@ impl SplitSums {
             return None;
         }
         let mean = |sum: u128| sum as f64 / self.replies as f64 / 1_000.0;
-        let waiting = self.idle_us.saturating_sub(self.queue_us);
-        let outside = self.client_us.saturating_sub(self.total_us);
         let blame = self
             .blame_us
             .iter()
@@ -270,14 +268,15 @@ impl SplitSums {
             .collect();
         let mut summary = SplitSummary::new(
             self.replies,
-            [
-                ("busy", mean(self.busy_us)),
-                ("scheduled", mean(self.scheduled_us)),
-                ("idle", mean(waiting)),
-                ("queue", mean(self.queue_us)),
-                ("outside", mean(outside)),
-            ],
-            mean(self.total_us),
+            SplitMeans {
+                total_ms: mean(self.total_us),
+                busy_ms: mean(self.busy_us),
+                scheduled_ms: mean(self.scheduled_us),
+                // The reply's idle, queue included, as everywhere else.
+                idle_ms: mean(self.idle_us),
+                queue_ms: mean(self.queue_us),
+                outside_ms: mean(self.client_us.saturating_sub(self.total_us)),
+            },
             self.verdicts.clone(),
         );
         summary.blame = blame;
@@ -290,6 +289,7 @@ impl SplitSums {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::load::report::SplitComponent;
     use tonic::Code;
 
     fn ms(n: u64) -> Duration {
@@ -306,6 +306,7 @@ mod tests {
             scheduled_us: 1_500,
             busy_us: 100,
             idle_us: 400,
+            queue_us: 100,
             verdict: "runtime-contention".into(),
             ..Diagnostics::default()
         };
@@ -334,10 +335,13 @@ mod tests {
             "{stats:?}"
         );
         let split = stats.split.expect("replies carried diagnostics");
-        assert_eq!(split.dominant, "scheduled");
+        assert_eq!(split.dominant, SplitComponent::Scheduled);
         assert_eq!(split.verdict, "runtime-contention");
-        assert!((split.scheduled_ms - 1.5).abs() < 1e-9);
-        assert!((split.outside_ms - 1.0).abs() < 1e-9);
+        assert!((split.means.scheduled_ms - 1.5).abs() < 1e-9);
+        assert!((split.means.outside_ms - 1.0).abs() < 1e-9);
+        // Idle as the reply defines it: the queue is part of it.
+        assert!((split.means.idle_ms - 0.4).abs() < 1e-9, "{split:?}");
+        assert!((split.means.queue_ms - 0.1).abs() < 1e-9, "{split:?}");
         assert!((stats.throughput - 10.0).abs() < 1e-9);
     }
 }

@@ -85,24 +85,65 @@ pub struct Timeline {
     pub longest_gap_ms: f64,
 }
 
-/// Where the replies' own time went, on average, and the verdicts they gave.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SplitSummary {
-    pub replies: u64,
+/// The mean of each part of the replies' delay split, in milliseconds. The names and meanings
+/// are the reply's `Diagnostics`: `idle` includes `queue`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct SplitMeans {
     /// Handler wall time.
     pub total_ms: f64,
     /// Polled on a lab worker.
     pub busy_ms: f64,
     /// Ready, waiting for a lab worker.
     pub scheduled_ms: f64,
-    /// Parked on I/O, timers, offloaded work (queue time excluded).
+    /// Parked: on I/O, timers, offloaded work, or queued for a bounded resource.
     pub idle_ms: f64,
-    /// Queued for a bounded resource.
+    /// The part of `idle_ms` spent queued for a bounded resource (pool connection, compute
+    /// slot).
     pub queue_ms: f64,
     /// Client latency minus handler time: transport, network, the client itself.
     pub outside_ms: f64,
-    /// The largest of the five components above.
-    pub dominant: String,
+}
+
+/// One of the disjoint parts a reply's latency splits into, which together make the whole
+/// client latency: `idle` is `queue` + `waiting`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SplitComponent {
+    Busy,
+    Scheduled,
+    /// Idle, queued for a bounded resource.
+    Queue,
+    /// Idle, but not in a queue: awaiting I/O, a timer, offloaded work.
+    Waiting,
+    Outside,
+}
+
+impl SplitComponent {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Busy => "busy",
+            Self::Scheduled => "scheduled",
+            Self::Queue => "queue",
+            Self::Waiting => "waiting",
+            Self::Outside => "outside",
+        }
+    }
+}
+
+impl std::fmt::Display for SplitComponent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Where the replies' own time went, on average, and the verdicts they gave.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SplitSummary {
+    pub replies: u64,
+    #[serde(flatten)]
+    pub means: SplitMeans,
+    /// The largest of the disjoint components (see [`SplitComponent`]).
+    pub dominant: SplitComponent,
     /// How many replies gave each verdict.
     pub verdicts: BTreeMap<String, u64>,
     /// The most frequent verdict.
@@ -193,32 +234,26 @@ impl SlowestRequest {
 }
 
 impl SplitSummary {
-    /// `components` are `(name, mean ms)` for busy, scheduled, idle, queue, outside.
-    pub fn new(
-        replies: u64,
-        components: [(&'static str, f64); 5],
-        total_ms: f64,
-        verdicts: BTreeMap<String, u64>,
-    ) -> Self {
-        let dominant = components
-            .iter()
-            .copied()
-            .max_by(|a, b| a.1.total_cmp(&b.1))
-            .map_or("none", |(name, _)| name);
+    pub fn new(replies: u64, means: SplitMeans, verdicts: BTreeMap<String, u64>) -> Self {
+        let waiting = (means.idle_ms - means.queue_ms).max(0.0);
+        let dominant = [
+            (SplitComponent::Busy, means.busy_ms),
+            (SplitComponent::Scheduled, means.scheduled_ms),
+            (SplitComponent::Queue, means.queue_ms),
+            (SplitComponent::Waiting, waiting),
+            (SplitComponent::Outside, means.outside_ms),
+        ]
+        .into_iter()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map_or(SplitComponent::Outside, |(component, _)| component);
         let verdict = verdicts
             .iter()
             .max_by_key(|(_, n)| **n)
             .map_or_else(|| "none".to_owned(), |(v, _)| v.clone());
-        let [busy, scheduled, idle, queue, outside] = components.map(|(_, ms)| ms);
         Self {
             replies,
-            total_ms,
-            busy_ms: busy,
-            scheduled_ms: scheduled,
-            idle_ms: idle,
-            queue_ms: queue,
-            outside_ms: outside,
-            dominant: dominant.to_owned(),
+            means,
+            dominant,
             verdicts,
             verdict,
             blame: BTreeMap::new(),
@@ -379,19 +414,26 @@ mod tests {
     #[test]
     fn the_dominant_component_and_verdict_are_the_largest() {
         let verdicts = BTreeMap::from([("none".to_owned(), 3), ("resource-queue".to_owned(), 7)]);
-        let split = SplitSummary::new(
-            10,
-            [
-                ("busy", 0.1),
-                ("scheduled", 0.2),
-                ("idle", 50.0),
-                ("queue", 150.0),
-                ("outside", 0.5),
-            ],
-            200.3,
-            verdicts,
-        );
-        assert_eq!(split.dominant, "queue");
+        let means = SplitMeans {
+            total_ms: 200.3,
+            busy_ms: 0.1,
+            scheduled_ms: 0.2,
+            idle_ms: 200.0,
+            queue_ms: 150.0,
+            outside_ms: 0.5,
+        };
+        let split = SplitSummary::new(10, means, verdicts);
+        assert_eq!(split.dominant, SplitComponent::Queue);
         assert_eq!(split.verdict, "resource-queue");
+        // Idle includes queue: the same idle with less of it queued is mostly waiting.
+        let waiting = SplitSummary::new(
+            10,
+            SplitMeans {
+                queue_ms: 50.0,
+                ..means
+            },
+            BTreeMap::new(),
+        );
+        assert_eq!(waiting.dominant, SplitComponent::Waiting);
     }
 }

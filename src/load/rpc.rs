@@ -5,9 +5,12 @@ use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use tonic::{Code, Request, transport::Channel};
 
-use crate::proto::{
-    CpuBoundRequest, CpuMode, Diagnostics, FastRequest, Query, SleepMode, SleepRequest,
-    SlowBackendRequest, UpstreamCallRequest, lab_client::LabClient,
+use crate::{
+    lab::Rpc,
+    proto::{
+        CpuBoundRequest, CpuMode, Diagnostics, FastRequest, Query, SleepMode, SleepRequest,
+        SlowBackendRequest, UpstreamCallRequest, lab_client::LabClient,
+    },
 };
 
 /// Extra time the client waits past the gRPC deadline it sent, so that the server's own
@@ -68,39 +71,36 @@ impl RpcSpec {
         })
     }
 
-    /// The RPC's name as the proto spells it.
-    pub fn rpc_name(&self) -> &'static str {
+    /// The RPC this call is.
+    pub fn rpc(&self) -> Rpc {
         match self {
-            Self::Fast(_) => "Fast",
-            Self::Sleep(_) => "Sleep",
-            Self::Cpu(_) => "CpuBound",
-            Self::Backend(_) => "SlowBackend",
-            Self::Upstream(_) => "UpstreamCall",
+            Self::Fast(_) => Rpc::Fast,
+            Self::Sleep(_) => Rpc::Sleep,
+            Self::Cpu(_) => Rpc::CpuBound,
+            Self::Backend(_) => Rpc::SlowBackend,
+            Self::Upstream(_) => Rpc::UpstreamCall,
         }
     }
 
     /// A short human description, e.g. `CpuBound INLINE work_ms=50`.
     pub fn describe(&self) -> String {
+        let rpc = self.rpc();
         match self {
-            Self::Fast(_) => "Fast".to_owned(),
+            Self::Fast(_) => rpc.name().to_owned(),
             Self::Sleep(r) => format!(
-                "Sleep {} duration_ms={}",
+                "{rpc} {} duration_ms={}",
                 r.mode().as_str_name(),
                 r.duration_ms
             ),
             Self::Cpu(r) if r.iterations > 0 => {
                 format!(
-                    "CpuBound {} iterations={}",
+                    "{rpc} {} iterations={}",
                     r.mode().as_str_name(),
                     r.iterations
                 )
             }
-            Self::Cpu(r) => format!("CpuBound {} work_ms={}", r.mode().as_str_name(), r.work_ms),
-            Self::Backend(r) => format!(
-                "SlowBackend {} hold_ms={}",
-                r.query().as_str_name(),
-                r.hold_ms
-            ),
+            Self::Cpu(r) => format!("{rpc} {} work_ms={}", r.mode().as_str_name(), r.work_ms),
+            Self::Backend(r) => format!("{rpc} {} hold_ms={}", r.query().as_str_name(), r.hold_ms),
             Self::Upstream(r) => describe_upstream(r),
         }
     }
@@ -193,7 +193,8 @@ fn with_deadline<T: Clone>(message: &T, timeout: Duration, timeline: bool) -> Re
 
 fn describe_upstream(r: &UpstreamCallRequest) -> String {
     let mut parts = vec![format!(
-        "UpstreamCall {}",
+        "{} {}",
+        Rpc::UpstreamCall,
         if r.new_client {
             "new-client"
         } else {

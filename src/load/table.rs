@@ -142,12 +142,12 @@ fn split(s: &Stats) -> String {
         || "-".into(),
         |d| {
             format!(
-                "busy {} | sched {} | idle {} | queue {} | outside {} ms",
-                ms(d.busy_ms),
-                ms(d.scheduled_ms),
-                ms(d.idle_ms),
-                ms(d.queue_ms),
-                ms(d.outside_ms)
+                "busy {} | sched {} | idle {} (queue {} of it) | outside {} ms",
+                ms(d.means.busy_ms),
+                ms(d.means.scheduled_ms),
+                ms(d.means.idle_ms),
+                ms(d.means.queue_ms),
+                ms(d.means.outside_ms)
             )
         },
     )

@@ -79,12 +79,7 @@ impl InProcessServer {
         thread::Builder::new()
             .name("holdup-in-process".into())
             .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(threads)
-                    .thread_name("holdup-io")
-                    .enable_all()
-                    .build()
-                {
+                let runtime = match crate::runtime::multi_thread("holdup-io", threads) {
                     Ok(runtime) => runtime,
                     Err(e) => {
                         let _ = ready_tx.send(Err(LoadError::Thread(e)));
@@ -116,10 +111,6 @@ impl InProcessServer {
             done: Some(done_rx),
             grace,
         })
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
     }
 
     pub fn url(&self) -> String {

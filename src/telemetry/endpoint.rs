@@ -19,7 +19,7 @@ use crate::http_server::HttpServer;
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Refreshes gauges that mirror live state, just before each scrape.
-pub type Refresh = Arc<dyn Fn(&Metrics) + Send + Sync>;
+pub type Refresh = Arc<dyn Fn() + Send + Sync>;
 
 #[derive(Clone)]
 struct Scrape {
@@ -28,7 +28,7 @@ struct Scrape {
 }
 
 async fn scrape(State(scrape): State<Scrape>, headers: HeaderMap) -> Response {
-    (scrape.refresh)(&scrape.metrics);
+    (scrape.refresh)();
     let wants_openmetrics = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -57,8 +57,8 @@ pub async fn bind(
     metrics: Arc<Metrics>,
     refresh: Refresh,
     limits: crate::transport::ConnectionLimits,
+    transport: crate::transport::TransportMetrics,
 ) -> io::Result<HttpServer> {
-    let transport = metrics.transport.clone();
     let router = Router::new()
         .route("/metrics", get(scrape))
         .with_state(Scrape { metrics, refresh });

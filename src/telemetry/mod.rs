@@ -4,7 +4,8 @@
 //!   the diagnosis engine's stage layer);
 //! - [`otel`]: OTLP export and W3C trace-context propagation;
 //! - [`lag`]: the runtime lag probe;
-//! - [`metrics`], [`endpoint`]: the Prometheus registry and its `/metrics` endpoint.
+//! - [`metrics`], [`endpoint`]: the Prometheus registry and its `/metrics` endpoint;
+//!   [`runtime_metrics`]: the lab runtime in it.
 //!
 //! The per-request split, verdict and blame are the diagnosis engine's (`crate::diagnose`).
 
@@ -12,4 +13,5 @@ pub mod endpoint;
 pub mod lag;
 pub mod metrics;
 pub mod otel;
+pub mod runtime_metrics;
 pub mod subscriber;

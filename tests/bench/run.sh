@@ -67,7 +67,7 @@ holdup_serve() { # holdup_serve [EXTRA FLAGS]: full instrumentation unless told 
 
 # Closed-loop Fast load with holdup's own generator; prints "throughput p99_ms".
 holdup_load() {
-    "$BIN/holdup" load --target "http://127.0.0.1:$PORT" --rpc fast \
+    "$BIN/holdup" load --target "http://127.0.0.1:$PORT" fast \
         --concurrency "$CONCURRENCY" --connections "$CONNECTIONS" \
         --duration "${DURATION}s" --warmup "${WARMUP}s" --json >"$WORK/load.json"
     python3 -c 'import json,sys; m=json.load(open(sys.argv[1]))["main"]; print(round(m["throughput"]), m["latency"]["p99_ms"], sum(m["errors"].values()))' "$WORK/load.json"

@@ -8,7 +8,10 @@
 use std::{process::Output, time::Duration};
 
 use crate::common::spawn_app;
-use holdup::experiment::{findings::Finding, report::ExperimentReport};
+use holdup::{
+    experiment::{findings::Finding, report::ExperimentReport},
+    load::report::SplitComponent,
+};
 use tokio::process::Command;
 
 /// A cause must multiply the probe's p99 by at least this much...
@@ -66,7 +69,12 @@ fn assert_blocks_the_runtime(cause: &Finding) {
         cause.id,
         cause.probe_scheduled_ms
     );
-    assert_eq!(cause.probe_dominant, "scheduled", "{}", cause.id);
+    assert_eq!(
+        cause.probe_dominant,
+        Some(SplitComponent::Scheduled),
+        "{}",
+        cause.id
+    );
     assert!(
         cause.conclusion.starts_with("Fast p99 x"),
         "{}",

@@ -3,9 +3,12 @@
 use std::time::{Duration, Instant};
 
 use crate::common::{diagnostics, ms, spawn_app, spawn_with};
-use holdup::proto::{
-    CpuBoundRequest, CpuMode, FastRequest, Query, SleepMode, SleepRequest, SlowBackendRequest,
-    UpstreamCallRequest,
+use holdup::{
+    diagnose::NOT_LATE_BELOW,
+    proto::{
+        CpuBoundRequest, CpuMode, FastRequest, Query, SleepMode, SleepRequest, SlowBackendRequest,
+        UpstreamCallRequest,
+    },
 };
 use sha2::{Digest, Sha256};
 use tonic::{Code, Request};
@@ -23,22 +26,45 @@ fn assert_deadline(status: &tonic::Status) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fast_echoes_and_is_not_late() {
+    let _serial = crate::common::serial().await;
     let mut app = spawn_app().await;
-    let reply = app
-        .client
-        .fast(FastRequest {
-            message: "hello".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(reply.message, "hello");
-    let d = diagnostics(&reply.diagnostics);
-    assert!(d.total_us > 0);
-    // The request's own future is polled to hand the work over and to reply, its handler task
-    // once (twice in all when the handler is done before the hand-over poll ends).
-    assert!((2..=3).contains(&d.polls), "{d:?}");
-    assert!(!d.verdict.is_empty());
+    let not_late_below_us = u64::try_from(NOT_LATE_BELOW.as_micros()).unwrap();
+    // On a shared machine one call may be descheduled past the bound, and a debug build spends
+    // a few hundred microseconds of its own on each call (decoding, handing over to the lab
+    // runtime, replying); among several, the quick ones must be called not late and the slow
+    // ones must name a cause.
+    let mut quick = 0;
+    for n in 0..20 {
+        let message = format!("hello {n}");
+        let reply = app
+            .client
+            .fast(FastRequest {
+                message: message.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reply.message, message);
+        let d = diagnostics(&reply.diagnostics);
+        assert!(d.total_us > 0, "{d:?}");
+        // The request's own future is polled to hand the work over and to reply, its handler
+        // task once (twice in all when the handler is done before the hand-over poll ends).
+        assert!((2..=3).contains(&d.polls), "{d:?}");
+        if d.total_us < not_late_below_us {
+            quick += 1;
+            assert_eq!(
+                d.verdict, "none",
+                "a {} µs reply is not late: {d:?}",
+                d.total_us
+            );
+        } else {
+            assert_ne!(d.verdict, "none", "a late reply names its cause: {d:?}");
+        }
+    }
+    assert!(
+        quick >= 5,
+        "only {quick} of 20 Fast calls took under {not_late_below_us} µs"
+    );
     app.shutdown().await.unwrap();
 }
 

@@ -222,7 +222,6 @@ async fn the_text_table_names_the_rpc_and_its_percentiles() {
         "load",
         "--target",
         &target,
-        "--rpc",
         "cpu",
         "--mode",
         "compute-pool",
@@ -257,11 +256,11 @@ async fn the_text_table_names_the_rpc_and_its_percentiles() {
 
 #[tokio::test]
 async fn a_flag_for_another_rpc_exits_with_a_usage_error() {
-    let output = run(&["load", "--rpc", "sleep", "--work-ms", "5"]).await;
+    let output = run(&["load", "sleep", "--work-ms", "5"]).await;
     assert_eq!(output.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("--work-ms") && stderr.contains("cpu"),
+        stderr.contains("--work-ms") && stderr.contains("holdup load sleep"),
         "{stderr}"
     );
 }

@@ -60,6 +60,8 @@ fn point() -> SlowBackendRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_backend_recovers_when_postgres_comes_back() {
+    // It stops the PostgreSQL server the postgres:: tests share: never while one of them runs.
+    let _serial = crate::common::serial().await;
     let (Some(url), Some(ctl)) = (
         env_or_skip("HOLDUP_TEST_DATABASE_URL"),
         env_or_skip("HOLDUP_TEST_PG_CTL"),

@@ -3,8 +3,9 @@
 //! The seed is printed; `HOLDUP_FUZZ_SEED=N` replays a run.
 
 use crate::common::spawn_with;
-use holdup::proto::{
-    CpuBoundRequest, FastRequest, SleepRequest, SlowBackendRequest, UpstreamCallRequest,
+use holdup::{
+    config::{SimulatorConfig, UpstreamTarget},
+    proto::{CpuBoundRequest, FastRequest, SleepRequest, SlowBackendRequest, UpstreamCallRequest},
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use tonic::Code;
@@ -62,9 +63,16 @@ async fn random_requests_never_break_the_server() {
         c.limits.max_sleep_ms = 5;
         c.limits.max_retries = 2;
         c.db.seed_rows = 50;
+        // A stalled upstream call hangs this long, not the default 30 s.
+        c.upstream = UpstreamTarget::InProcess(SimulatorConfig {
+            stall_ms: 20,
+            ..SimulatorConfig::default()
+        });
     })
     .await;
     let mut by_code = std::collections::BTreeMap::<String, usize>::new();
+    // Calls that asked the upstream to stall some of its answers, with a valid rate.
+    let mut stalling = 0;
     for i in 0..CALLS {
         let c = &mut app.client;
         let opt = |rng: &mut StdRng, v: u32| rng.random_bool(0.7).then_some(v);
@@ -110,14 +118,15 @@ async fn random_requests_never_break_the_server() {
                 let jitter = u32_near(&mut rng, 3);
                 let retries = u32_near(&mut rng, 2);
                 let timeout = u32_near(&mut rng, 50);
+                let stall_rate = rng.random_bool(0.3).then(|| rate(&mut rng));
+                if stall_rate.is_some_and(|r| r > 0.0 && r <= 1.0) {
+                    stalling += 1;
+                }
                 c.upstream_call(UpstreamCallRequest {
                     latency_ms: opt(&mut rng, latency.min(70_000)),
                     jitter_ms: opt(&mut rng, jitter.min(70_000)),
                     error_rate: rng.random_bool(0.5).then(|| rate(&mut rng)),
-                    stall_rate: rng
-                        .random_bool(0.2)
-                        .then(|| rate(&mut rng))
-                        .map(|r| r.min(0.0)),
+                    stall_rate,
                     attempt_timeout_ms: opt(&mut rng, timeout),
                     max_retries: opt(&mut rng, retries),
                     new_client: rng.random_bool(0.2),
@@ -149,7 +158,8 @@ async fn random_requests_never_break_the_server() {
             }
         }
     }
-    eprintln!("status counts: {by_code:?}");
+    eprintln!("status counts: {by_code:?}; {stalling} calls with a stall rate");
+    assert!(stalling > 0, "no call asked for stalls (seed {seed})");
     assert!(
         by_code.get("Ok").copied().unwrap_or(0) > 0,
         "no call succeeded: {by_code:?}"

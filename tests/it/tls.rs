@@ -6,6 +6,12 @@ use holdup::{
     config::TlsFiles,
     proto::{FastRequest, lab_client::LabClient},
 };
+use std::time::Duration;
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,10 +29,29 @@ async fn serves_over_tls() {
     std::fs::write(&files.cert, cert.pem()).unwrap();
     std::fs::write(&files.key, key.serialize_pem()).unwrap();
     let app = spawn_with(|c| c.tls = Some(files.clone())).await;
+    // Plaintext HTTP/2 is answered with a TLS alert record (content type 21, version 3.x),
+    // not with HTTP/2 and not by a closed port.
+    let mut tcp = TcpStream::connect(app.addr)
+        .await
+        .expect("the port is open");
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .expect("preface sent");
+    let mut record = [0u8; 3];
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut record))
+        .await
+        .expect("the server answers within 5 s")
+        .expect("the server answers before closing");
+    assert_eq!(record[..2], [21, 3], "not a TLS alert: {record:?}");
+    // So a plaintext gRPC call fails in the transport, with no status from the service.
     let mut plaintext = app.client.clone();
+    let refused = plaintext
+        .fast(FastRequest::default())
+        .await
+        .expect_err("plaintext call answered");
     assert!(
-        plaintext.fast(FastRequest::default()).await.is_err(),
-        "plaintext call answered"
+        std::error::Error::source(&refused).is_some_and(|e| e.is::<tonic::transport::Error>()),
+        "not a transport failure: {refused:?}"
     );
 
     let tls = ClientTlsConfig::new()

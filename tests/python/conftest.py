@@ -36,6 +36,10 @@ LAB_PROTO = Path("holdup/v1/lab.proto")
 # The options every test in this suite relies on (bounds such as key <= 2000
 # follow from --seed-rows).
 SEED_ROWS = 2000
+# Row i (1..=SEED_ROWS) lies in bucket i % BUCKETS (src/lab/backend.rs), so a SCAN of any
+# bucket counts exactly this many rows.
+BUCKETS = 1000
+SCAN_ROWS = SEED_ROWS // BUCKETS
 
 # CpuBound's hash chain starts from sha256(b"holdup"); chain() recomputes its digest.
 SEED = hashlib.sha256(b"holdup").digest()

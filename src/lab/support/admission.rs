@@ -1,18 +1,16 @@
 //! Admission control: every lab call takes a slot of the server-wide limit and, for the costly
 //! RPCs, one of its own RPC's limit and one of the costly RPCs' shared limit, which is the
 //! server-wide one less the slots reserved for `Fast`: however full the costly RPCs, the
-//! canary still gets in. No slot: RESOURCE_EXHAUSTED at once, never an unbounded queue. The slots are owned permits that travel with the handler task, so a slot frees when
-//! the work really stops, not when the caller stops waiting.
+//! canary still gets in. No slot: RESOURCE_EXHAUSTED at once, never an unbounded queue. The
+//! slots are owned permits that travel with the handler task, so a slot frees when the work
+//! really stops, not when the caller stops waiting.
 
 use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::LabError;
-use crate::config::Limits;
-
-/// The RPCs with a limit of their own.
-const COSTLY: [&str; 4] = ["CpuBound", "SlowBackend", "Sleep", "UpstreamCall"];
+use crate::{config::Limits, lab::Rpc};
 
 #[derive(Debug)]
 pub struct Admission {
@@ -21,7 +19,9 @@ pub struct Admission {
     /// The costly RPCs together: `max_in_flight - reserved_for_fast`.
     costly: Arc<Semaphore>,
     costly_limit: usize,
-    per_rpc: Vec<(&'static str, Arc<Semaphore>)>,
+    /// The slots of each RPC, indexed by `Rpc as usize`; `None` for an RPC without a limit of
+    /// its own (see [`Rpc::is_costly`]).
+    per_rpc: [Option<Arc<Semaphore>>; Rpc::ALL.len()],
     per_rpc_limit: usize,
 }
 
@@ -43,19 +43,20 @@ impl Admission {
             global_limit: limits.max_in_flight,
             costly: Arc::new(Semaphore::new(costly_limit)),
             costly_limit,
-            per_rpc: COSTLY
-                .iter()
-                .map(|rpc| (*rpc, Arc::new(Semaphore::new(limits.max_in_flight_per_rpc))))
-                .collect(),
+            per_rpc: Rpc::ALL.map(|rpc| {
+                rpc.is_costly()
+                    .then(|| Arc::new(Semaphore::new(limits.max_in_flight_per_rpc)))
+            }),
             per_rpc_limit: limits.max_in_flight_per_rpc,
         }
     }
 
     /// # Errors
     /// [`LabError::Overloaded`] when the server or this RPC has no free slot.
-    pub fn admit(&self, rpc: &'static str) -> Result<Admitted, LabError> {
-        let rpc_permit = match self.per_rpc.iter().find(|(name, _)| *name == rpc) {
-            Some((_, slots)) => {
+    pub fn admit(&self, rpc: Rpc) -> Result<Admitted, LabError> {
+        // `Rpc::ALL` lists every variant in declaration order, so `rpc as usize` is in range.
+        let rpc_permit = match &self.per_rpc[rpc as usize] {
+            Some(slots) => {
                 let own =
                     Arc::clone(slots)
                         .try_acquire_owned()
@@ -102,15 +103,15 @@ mod tests {
             reserved_for_fast: 0,
             ..Limits::default()
         });
-        let a = admission.admit("CpuBound").unwrap();
-        let _b = admission.admit("CpuBound").unwrap();
-        let err = admission.admit("CpuBound").unwrap_err();
+        let a = admission.admit(Rpc::CpuBound).unwrap();
+        let _b = admission.admit(Rpc::CpuBound).unwrap();
+        let err = admission.admit(Rpc::CpuBound).unwrap_err();
         assert!(err.to_string().contains("--max-in-flight-per-rpc"), "{err}");
-        let _c = admission.admit("Fast").unwrap();
-        let err = admission.admit("Fast").unwrap_err();
+        let _c = admission.admit(Rpc::Fast).unwrap();
+        let err = admission.admit(Rpc::Fast).unwrap_err();
         assert!(err.to_string().contains("--max-in-flight)"), "{err}");
         drop(a);
-        assert!(admission.admit("Fast").is_ok());
+        assert!(admission.admit(Rpc::Fast).is_ok());
     }
 
     #[test]
@@ -121,14 +122,14 @@ mod tests {
             reserved_for_fast: 2,
             ..Limits::default()
         });
-        let _sleep = admission.admit("Sleep").unwrap();
-        let _upstream = admission.admit("UpstreamCall").unwrap();
-        let err = admission.admit("CpuBound").unwrap_err();
+        let _sleep = admission.admit(Rpc::Sleep).unwrap();
+        let _upstream = admission.admit(Rpc::UpstreamCall).unwrap();
+        let err = admission.admit(Rpc::CpuBound).unwrap_err();
         assert!(err.to_string().contains("--reserved-for-fast"), "{err}");
-        let _fast = admission.admit("Fast").expect("the reserve is Fast's");
-        let _fast2 = admission.admit("Fast").expect("the reserve is Fast's");
+        let _fast = admission.admit(Rpc::Fast).expect("the reserve is Fast's");
+        let _fast2 = admission.admit(Rpc::Fast).expect("the reserve is Fast's");
         assert!(
-            admission.admit("Fast").is_err(),
+            admission.admit(Rpc::Fast).is_err(),
             "the server-wide limit still holds"
         );
     }

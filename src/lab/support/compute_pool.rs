@@ -9,25 +9,65 @@ use std::{
     io,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
         mpsc::{self, Receiver, SyncSender, TrySendError},
     },
     thread,
     time::{Duration, Instant},
 };
 
+use prometheus_client::{
+    metrics::{counter::Counter, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
 use tokio::sync::oneshot;
 
 use super::error::LabError;
+use crate::telemetry::metrics::{latency_histogram, register_fields, to_i64};
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// Offloaded CPU work in Prometheus: `holdup_compute_{threads,queue_depth,rejected}` and
+/// `holdup_compute_queue_wait_seconds`.
+#[derive(Debug, Clone)]
+pub struct ComputeMetrics {
+    threads: Gauge,
+    /// Jobs submitted but not yet started: the pool counts its queue in this gauge itself.
+    queue_depth: Gauge,
+    queue_wait: Histogram,
+    rejected: Counter,
+}
+
+impl Default for ComputeMetrics {
+    /// Metrics in no registry, for a pool nobody scrapes.
+    fn default() -> Self {
+        Self {
+            threads: Gauge::default(),
+            queue_depth: Gauge::default(),
+            queue_wait: latency_histogram(),
+            rejected: Counter::default(),
+        }
+    }
+}
+
+impl ComputeMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        register_fields!(registry.sub_registry_with_prefix("holdup_compute"), metrics, {
+            threads: "Threads of the compute pool",
+            queue_depth: "Jobs waiting for a compute thread",
+            queue_wait [Seconds]:
+                "Time offloaded CPU jobs waited for a thread (compute pool and blocking pool)",
+            rejected: "Jobs refused because the compute queue was full",
+        });
+        metrics
+    }
+}
 
 #[derive(Debug)]
 pub struct ComputePool {
     sender: SyncSender<Job>,
     threads: usize,
-    /// Jobs submitted but not yet started: the queue depth that metrics report.
-    queued: Arc<AtomicUsize>,
+    metrics: ComputeMetrics,
 }
 
 impl ComputePool {
@@ -35,7 +75,7 @@ impl ComputePool {
     ///
     /// # Errors
     /// The I/O error if a thread cannot be spawned.
-    pub fn start(threads: usize, capacity: usize) -> io::Result<Self> {
+    pub fn start(threads: usize, capacity: usize, metrics: ComputeMetrics) -> io::Result<Self> {
         let (sender, receiver) = mpsc::sync_channel::<Job>(capacity);
         let receiver = Arc::new(Mutex::new(receiver));
         for n in 0..threads {
@@ -44,19 +84,23 @@ impl ComputePool {
                 .name(format!("holdup-compute-{n}"))
                 .spawn(move || work_loop(&receiver))?;
         }
+        metrics.threads.set(to_i64(threads));
         Ok(Self {
             sender,
             threads,
-            queued: Arc::new(AtomicUsize::new(0)),
+            metrics,
         })
     }
 
-    pub fn threads(&self) -> usize {
-        self.threads
+    /// Jobs submitted but not yet started.
+    pub fn queued(&self) -> usize {
+        usize::try_from(self.metrics.queue_depth.get()).unwrap_or(0)
     }
 
-    pub fn queued(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
+    /// Records how long an offloaded job (this pool's, or `spawn_blocking`'s) waited for a
+    /// thread.
+    pub fn observe_queue_wait(&self, waited: Duration) {
+        self.metrics.queue_wait.observe(waited.as_secs_f64());
     }
 
     /// Queues `job`, which receives how long it waited for a thread.
@@ -70,25 +114,26 @@ impl ComputePool {
     {
         let (done, result) = oneshot::channel();
         let enqueued = Instant::now();
-        let queued = Arc::clone(&self.queued);
-        queued.fetch_add(1, Ordering::Relaxed);
-        let started = Arc::clone(&queued);
+        let queued = &self.metrics.queue_depth;
+        queued.inc();
+        let started = queued.clone();
         let boxed: Job = Box::new(move || {
-            started.fetch_sub(1, Ordering::Relaxed);
+            started.dec();
             // The caller may have gone; its result is then simply dropped.
             let _ = done.send(job(enqueued.elapsed()));
         });
         match self.sender.try_send(boxed) {
             Ok(()) => Ok(result),
             Err(TrySendError::Full(_)) => {
-                let waiting = queued.fetch_sub(1, Ordering::Relaxed) - 1;
+                let waiting = queued.dec() - 1;
+                self.metrics.rejected.inc();
                 Err(LabError::ComputeQueueFull {
-                    queued: waiting,
+                    queued: usize::try_from(waiting).unwrap_or(0),
                     threads: self.threads,
                 })
             }
             Err(TrySendError::Disconnected(_)) => {
-                queued.fetch_sub(1, Ordering::Relaxed);
+                queued.dec();
                 Err(LabError::ShuttingDown)
             }
         }
@@ -116,7 +161,7 @@ mod tests {
 
     #[tokio::test]
     async fn runs_jobs_and_measures_queue_wait() {
-        let pool = ComputePool::start(1, 4).unwrap();
+        let pool = ComputePool::start(1, 4, ComputeMetrics::default()).unwrap();
         let first = pool
             .submit(|_| std::thread::sleep(Duration::from_millis(50)))
             .unwrap();
@@ -128,7 +173,7 @@ mod tests {
 
     #[tokio::test]
     async fn refuses_when_full() {
-        let pool = ComputePool::start(1, 1).unwrap();
+        let pool = ComputePool::start(1, 1, ComputeMetrics::default()).unwrap();
         let (release, hold) = std::sync::mpsc::channel::<()>();
         let running = pool
             .submit(move |_| {

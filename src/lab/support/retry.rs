@@ -28,16 +28,36 @@ pub fn backoff(retry: u32, rng: &mut impl Rng) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    use rand::{SeedableRng, rngs::StdRng};
+
     use super::*;
 
+    /// The smallest and largest of many backoffs before retry `retry`.
+    fn range(retry: u32, rng: &mut StdRng) -> (Duration, Duration) {
+        let samples: Vec<Duration> = (0..1_000).map(|_| backoff(retry, rng)).collect();
+        let min = samples.iter().copied().min().unwrap_or_default();
+        let max = samples.iter().copied().max().unwrap_or_default();
+        (min, max)
+    }
+
     #[test]
-    fn grows_then_caps() {
-        let mut rng = rand::rng();
-        for _ in 0..200 {
-            assert_eq!(backoff(0, &mut rng), Duration::ZERO);
-            assert!(backoff(1, &mut rng) <= BASE);
-            assert!(backoff(3, &mut rng) <= BASE * 4);
-            assert!(backoff(30, &mut rng) <= CAP);
+    fn full_jitter_fills_a_ceiling_that_doubles_then_caps() {
+        // Seeded: the same 1,000 draws every run, so the bounds below cannot flake.
+        let mut rng = StdRng::seed_from_u64(7);
+        assert_eq!(range(0, &mut rng), (Duration::ZERO, Duration::ZERO));
+        for (retry, ceiling) in [(1, BASE), (2, BASE * 2), (3, BASE * 4), (30, CAP)] {
+            let (min, max) = range(retry, &mut rng);
+            assert!(max <= ceiling, "retry {retry}: {max:?} over {ceiling:?}");
+            // Full jitter: the draws reach across the whole range, near zero and near the
+            // ceiling, so the waits of many callers spread apart.
+            assert!(
+                min < ceiling / 20,
+                "retry {retry}: none near zero ({min:?})"
+            );
+            assert!(
+                max > ceiling * 19 / 20,
+                "retry {retry}: none near {ceiling:?} ({max:?})"
+            );
         }
     }
 }
