@@ -205,7 +205,10 @@ def test_slow_backend_hold_only(lab, pb):
     assert reply.pool_size > 0
     d = check_diagnostics(reply, verdict="backend")
     assert d.total_us >= reply.hold_us
-    assert d.queue_us == reply.pool_wait_us, (d, reply.pool_wait_us)
+    # The engine counts as queue only the part of the pool wait spent parked in pool.acquire;
+    # the handler's own clock also counts acquire's polls. They agree to a few milliseconds.
+    assert d.queue_us <= reply.pool_wait_us + 1_000, (d, reply.pool_wait_us)
+    assert reply.pool_wait_us - d.queue_us < 5_000, (d, reply.pool_wait_us)
 
 
 @pytest.mark.parametrize("key", [1, SEED_ROWS // 2, SEED_ROWS])
