@@ -497,7 +497,8 @@ def test_dashboards_cover_what_the_issue_asks_for():
     every = " ".join(exprs.values())
     for metric in [
         "grpc_server_started_total", "grpc_server_handled_total", "grpc_server_handling_seconds_bucket",
-        "holdup_delay_seconds", "holdup_verdicts_total", "holdup_long_polls_total", "holdup_runtime_lag_seconds",
+        "holdup_delay_seconds", "holdup_verdicts_total", "holdup_long_polls_total", "holdup_blame_seconds_total",
+        "holdup_runtime_lag_seconds",
         "holdup_tokio_worker_busy_seconds_total", "holdup_tokio_global_queue_depth", "holdup_tokio_alive_tasks",
         "holdup_db_pool_size", "holdup_db_pool_in_use", "holdup_db_pool_waiters", "holdup_db_pool_wait_seconds",
         "holdup_upstream_attempts_total", "holdup_upstream_attempt_duration_seconds", "holdup_sim_requests_total",
