@@ -319,6 +319,7 @@ async fn tokio_console_shows_the_inline_task_by_name_with_its_busy_time() {
     // Updates come once a second: new tasks, then their stats. Watch until the INLINE task
     // shows its busy time, or give up after 15 s.
     let mut inline_ids = std::collections::HashSet::new();
+    let mut inline_names = Vec::new();
     let mut busiest = Duration::ZERO;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while busiest < ms(150) && tokio::time::Instant::now() < deadline {
@@ -335,6 +336,13 @@ async fn tokio_console_shows_the_inline_task_by_name_with_its_busy_time() {
                 && let Some(id) = &task.id
             {
                 inline_ids.insert(id.id);
+                inline_names.extend(task.fields.iter().filter_map(|f| match &f.value {
+                    Some(
+                        console_api::field::Value::StrVal(v)
+                        | console_api::field::Value::DebugVal(v),
+                    ) if v.contains("CpuBound INLINE") => Some(v.trim_matches('"').to_owned()),
+                    _ => None,
+                }));
             }
         }
         for (id, stats) in &tasks.stats_update {
@@ -345,10 +353,17 @@ async fn tokio_console_shows_the_inline_task_by_name_with_its_busy_time() {
             }
         }
     }
-    call.await.unwrap().expect("CpuBound answers");
+    let reply = call.await.unwrap().expect("CpuBound answers").into_inner();
     assert!(
         !inline_ids.is_empty(),
         "no task named CpuBound INLINE in the console"
+    );
+    // The task's name leads to its trace: the first 8 hex digits of the reply's trace id.
+    let trace_id = reply.diagnostics.expect("diagnostics").trace_id;
+    let expected = format!("CpuBound INLINE {}", &trace_id[..8]);
+    assert!(
+        inline_names.contains(&expected),
+        "no task named {expected:?} among {inline_names:?}"
     );
     assert!(
         busiest >= ms(150),
