@@ -30,10 +30,21 @@ static TRACING: Once = Once::new();
 /// such tests at once would measure each other.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// How long a test may wait for its turn: far more than every serial test together takes, so
+/// that running out means a holder hangs (or a test takes the lock twice, which deadlocks).
+const SERIAL_WAIT: Duration = Duration::from_secs(900);
+
 /// Waits until no other latency-measuring or machine-loading test runs, and keeps it so until
-/// the guard is dropped.
+/// the guard is dropped. Take it once per test: the lock is not reentrant.
 pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().await
+    tokio::time::timeout(SERIAL_WAIT, SERIAL.lock())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "waited {SERIAL_WAIT:?} for common::serial(): a test holding it hangs, \
+                 or took it twice"
+            )
+        })
 }
 
 /// The subscriber a server needs (the diagnosis engine's stage layer, and trace ids so that

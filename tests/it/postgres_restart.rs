@@ -60,7 +60,8 @@ fn point() -> SlowBackendRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_backend_recovers_when_postgres_comes_back() {
-    // It stops the PostgreSQL server the postgres:: tests share: never while one of them runs.
+    // It stops the PostgreSQL server the tests in postgres.rs use, which take `serial` too:
+    // since the tests share one binary, they would otherwise see their connections reset.
     let _serial = crate::common::serial().await;
     let (Some(url), Some(ctl)) = (
         env_or_skip("HOLDUP_TEST_DATABASE_URL"),
@@ -68,9 +69,6 @@ async fn slow_backend_recovers_when_postgres_comes_back() {
     ) else {
         return;
     };
-    // It stops the PostgreSQL server the tests in postgres.rs use, which take `serial` too:
-    // since the tests share one binary, they would otherwise see their connections reset.
-    let _serial = crate::common::serial().await;
     let mut app = spawn_with(|c| {
         c.db.database = Database::Url(url);
         c.db.pool_size = 2;
