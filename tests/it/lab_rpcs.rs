@@ -48,8 +48,9 @@ async fn fast_echoes_and_is_not_late() {
         let d = diagnostics(&reply.diagnostics);
         assert!(d.total_us > 0, "{d:?}");
         // The request's own future is polled to hand the work over and to reply, its handler
-        // task once (twice in all when the handler is done before the hand-over poll ends).
-        assert!((2..=3).contains(&d.polls), "{d:?}");
+        // task once (twice in all when the handler is done before the hand-over poll ends),
+        // and once more when the message's frame arrives after its headers were dispatched.
+        assert!((2..=5).contains(&d.polls), "{d:?}");
         if d.total_us < not_late_below_us {
             quick += 1;
             assert_eq!(
