@@ -60,10 +60,10 @@ pub struct Finding {
     pub pressure_verdict: String,
 
     /// The diagnosis scored against the catalogue's answer key (see [`Expect`]): the share of
-    /// pressure calls whose measured verdict is the expected one. Where the pressure holds
-    /// workers itself (`own-cpu`, `blocking-call`), a call that mostly waited behind another
-    /// pressure call is right to say `runtime-contention` blamed on the pressure's own RPC, and
-    /// counts as right.
+    /// pressure calls whose measured verdict is the expected one. A call that mostly waited
+    /// behind other pressure calls is right to say so, and counts as right: `runtime-contention`
+    /// blamed on the pressure's own RPC where the pressure holds workers (or is `Fast`),
+    /// `resource-queue` where it uses a bounded pool of its own (compute threads, connections).
     pub pressure_expected: String,
     pub pressure_verdict_share: f64,
     /// For the probe: the share of late probes (verdict other than `none`) whose verdict is
@@ -157,10 +157,15 @@ fn pressure_share(stats: &Stats, expected: Verdict) -> f64 {
     }
     let count = |word: &str| split.verdicts.get(word).copied().unwrap_or(0);
     let method = stats.rpc.split_whitespace().next().unwrap_or_default();
-    let behind_itself = if matches!(expected, Verdict::OwnCpu | Verdict::BlockingCall) {
-        split.contention_by.get(method).copied().unwrap_or(0)
-    } else {
-        0
+    let behind_itself = match expected {
+        // Calls that hold workers (or do nothing) can only queue for a worker: right when the
+        // largest culprit was a call of their own kind.
+        Verdict::OwnCpu | Verdict::BlockingCall | Verdict::None => {
+            split.contention_by.get(method).copied().unwrap_or(0)
+        }
+        // Calls that use a bounded pool of their own (compute threads, connections) queue for it.
+        Verdict::OffloadedCpu | Verdict::Backend => count(Verdict::ResourceQueue.as_str()),
+        _ => 0,
     };
     (count(expected.as_str()) + behind_itself) as f64 / all as f64
 }
