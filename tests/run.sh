@@ -4,7 +4,9 @@
 # lints, then runs the Rust tests (unit + integration against real servers on loopback) and
 # the Python tests (grpcio and the grpcurl binary against the real holdup binary).
 # PostgreSQL: a throwaway cluster on a loopback port for the Rust tests (tests/it/postgres.rs),
-# started here and stopped on exit. Deploy files: tests/python/test_deploy.py validates them,
+# started here and stopped on exit. The real peers the tests talk to (Jaeger v2, current grpcurl,
+# ghz, grpc-health-probe, the tokio-console TUI) are built from pinned versions by
+# tests/tools.sh into target/tools (cached: a second run builds nothing) and put on PATH. Deploy files: tests/python/test_deploy.py validates them,
 # tests/python/test_prometheus.py runs every dashboard query against a real Prometheus.
 #
 # Node: the @grpc/grpc-js client tests (tests/node, `npm ci` from the committed lock file, skipped
@@ -18,9 +20,10 @@ venv=${HOLDUP_TEST_VENV:-target/test-venv}
 [[ $venv = /* ]] || venv="$PWD/$venv"
 step() { printf '\n== %s\n' "$*"; }
 
-step "Debian packages (prometheus: promtool and a real Prometheus; postgresql)"
+step "Debian packages (prometheus: promtool and a real Prometheus; postgresql; tmux for the console TUI)"
 missing=()
 command -v promtool >/dev/null || missing+=(prometheus)
+command -v tmux >/dev/null || missing+=(tmux)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 if ((${#missing[@]})); then
     if [ "$(id -u)" -ne 0 ]; then
@@ -66,6 +69,16 @@ if ((node_ok)); then
     fi
     echo "node $(node --version), @grpc/grpc-js $(node -p 'require("./tests/node/node_modules/@grpc/grpc-js/package.json").version')"
 fi
+
+step "Pinned tools into target/tools (tests/tools.sh): Jaeger, grpcurl, ghz, grpc-health-probe, tokio-console"
+tools=${HOLDUP_TOOLS_DIR:-$PWD/target/tools}
+[[ $tools = /* ]] || tools="$PWD/$tools"
+if ! HOLDUP_TOOLS_DIR="$tools" tests/tools.sh; then
+    # Outside CI the tests that need a missing tool skip, each naming its install command.
+    [ -z "${CI:-}" ] || exit 1
+    echo "warning: some tools are missing (above); the tests that need them will skip" >&2
+fi
+export PATH="$tools/go/bin:$tools/cargo/bin:$PATH"
 
 step "PostgreSQL: a throwaway cluster on a loopback port (HOLDUP_TEST_DATABASE_URL)"
 pg_bin=$(compgen -G '/usr/lib/postgresql/*/bin' | sort -V | tail -n 1)
