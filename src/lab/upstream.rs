@@ -259,9 +259,11 @@ async fn attempt(
         http.request.method = "GET",
         url.full = url,
         http.response.status_code = Empty,
-        holdup.attempt = number,
-        holdup.backoff_us = micros(backoff),
-        holdup.timeout_ms = timeout.as_millis() as u64,
+        // Signed: tracing-opentelemetry exports unsigned integers as strings, and OTel's
+        // conventions (and typed trace queries) want integers.
+        holdup.attempt = i64::from(number),
+        holdup.backoff_us = i64::try_from(micros(backoff)).unwrap_or(i64::MAX),
+        holdup.timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX),
         holdup.outcome = Empty,
     );
     // The upstream continues this attempt's trace: its span becomes a child of this one.
@@ -288,7 +290,7 @@ async fn attempt(
     };
     span.record("holdup.outcome", outcome.name());
     if http_status != 0 {
-        span.record("http.response.status_code", http_status);
+        span.record("http.response.status_code", i64::from(http_status));
     }
     if outcome != AttemptOutcome::Ok {
         span.record("otel.status_code", "ERROR");
