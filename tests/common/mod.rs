@@ -2,6 +2,7 @@
 //! client connected to it.
 
 pub mod collector;
+pub mod jaeger;
 pub mod process;
 
 use std::{net::SocketAddr, sync::Once, time::Duration};

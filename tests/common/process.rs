@@ -170,3 +170,82 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// How much of a [`Program`]'s output is kept for failure messages.
+const MAX_KEPT_OUTPUT: usize = 64 * 1024;
+
+/// An outside program a test runs beside holdup (Jaeger): its stdout and stderr kept (the last
+/// 64 KiB) so that a failing test can show them, and killed when the handle drops.
+pub struct Program {
+    name: String,
+    child: Child,
+    output: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Program {
+    #[track_caller]
+    pub fn start(name: &str, mut command: Command) -> Self {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({command:?}): {e}"));
+        let output = std::sync::Arc::default();
+        keep(child.stdout.take(), &output);
+        keep(child.stderr.take(), &output);
+        Self {
+            name: name.to_owned(),
+            child,
+            output,
+        }
+    }
+
+    /// What the program wrote so far, stdout and stderr interleaved by line.
+    pub fn output(&self) -> String {
+        self.output.lock().expect("not poisoned").clone()
+    }
+
+    /// Panics, with the output, if the program has exited.
+    #[track_caller]
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("try_wait") {
+            panic!(
+                "{} exited ({status}); its output:\n{}",
+                self.name,
+                self.output()
+            );
+        }
+    }
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Drains `pipe` on a thread of its own (so the child never blocks on a full pipe), keeping
+/// the tail in `output`.
+fn keep(
+    pipe: Option<impl std::io::Read + Send + 'static>,
+    output: &std::sync::Arc<std::sync::Mutex<String>>,
+) {
+    let Some(pipe) = pipe else { return };
+    let output = std::sync::Arc::clone(output);
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            let mut kept = output.lock().expect("not poisoned");
+            kept.push_str(&line);
+            kept.push('\n');
+            if kept.len() > MAX_KEPT_OUTPUT {
+                let cut = (kept.len() - MAX_KEPT_OUTPUT..kept.len())
+                    .find(|&i| kept.is_char_boundary(i))
+                    .unwrap_or(kept.len());
+                kept.drain(..cut);
+            }
+        }
+    });
+}

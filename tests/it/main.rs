@@ -13,6 +13,7 @@ mod contention;
 mod experiment;
 mod exposed;
 mod greeter;
+mod jaeger;
 mod lab_rpcs;
 mod load;
 mod metrics;

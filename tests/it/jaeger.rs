@@ -1,0 +1,263 @@
+//! Traces as a user reads them in Jaeger: `holdup serve` and `holdup upstream` run as separate
+//! processes (as in deploy/) and export to a real Jaeger v2; every check goes through
+//! Jaeger's query APIs (`/api/traces/{id}`, `/api/v3/traces/{id}`, `/api/services`).
+//!
+//! The project's own OTLP collector (`tests/observability.rs`) stays for span-level details
+//! Jaeger does not show exactly (span kinds, events, the console).
+
+use std::net::SocketAddr;
+
+use crate::common::{
+    client,
+    jaeger::{Jaeger, Span, Trace},
+    process::{self, KillOnDrop},
+};
+use holdup::proto::UpstreamCallRequest;
+use tonic::{Code, Request};
+
+/// Jaeger, the upstream simulator and holdup serve, wired as in deploy/.
+struct Stack {
+    jaeger: Jaeger,
+    serve: SocketAddr,
+    _processes: [KillOnDrop; 2],
+}
+
+impl Stack {
+    /// `None` when Jaeger is not installed (outside CI). `serve_args` come after
+    /// [`process::serve`]'s defaults and the separate upstream's URL.
+    async fn start(serve_args: &[&str]) -> Option<Self> {
+        let jaeger = Jaeger::start().await?;
+        let endpoint = jaeger.otlp_endpoint();
+        // Export every 100 ms instead of every 5 s: the reads below poll for the spans.
+        let env = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ];
+        let upstream = process::start(
+            &["upstream", "--listen", "127.0.0.1:0", "--no-console"],
+            &env,
+            None,
+        );
+        let upstream_url = format!(
+            "http://{}",
+            upstream.addr_after("holdup upstream simulator listening on ")
+        );
+        let mut args = vec!["--upstream-url", upstream_url.as_str()];
+        args.extend_from_slice(serve_args);
+        let (serve, serve_addr) = process::serve(&args, &env);
+        Some(Self {
+            jaeger,
+            serve: serve_addr,
+            _processes: [KillOnDrop(Some(serve.child)), KillOnDrop(Some(upstream.child))],
+        })
+    }
+}
+
+/// A fresh W3C trace id and parent span id, as a caller would send them.
+fn caller_context() -> (String, String) {
+    let hex = |bytes: usize| -> String {
+        (0..bytes)
+            .map(|_| format!("{:02x}", rand::random::<u8>()))
+            .collect()
+    };
+    (hex(16), hex(8))
+}
+
+fn with_traceparent<T>(message: T, trace_id: &str, parent: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-{parent}-01")
+            .parse()
+            .expect("a valid header value"),
+    );
+    request
+}
+
+/// OTLP's span kinds, as the v3 API renders them.
+const SPAN_KIND_SERVER: &str = "2";
+const SPAN_KIND_CLIENT: &str = "3";
+
+#[track_caller]
+fn micros(span: &Span, tag: &str) -> u64 {
+    span.tag(tag)
+        .unwrap_or_else(|| panic!("{} has no {tag}: {:?}", span.operation, span.tags))
+        .parse()
+        .unwrap_or_else(|e| panic!("{tag} is not a number: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_call_is_one_trace_across_both_services() {
+    let Some(stack) = Stack::start(&[]).await else {
+        return;
+    };
+    // Every attempt is answered 503: two attempts, each with the upstream's span under it.
+    let (trace_id, caller_span) = caller_context();
+    let request = with_traceparent(
+        UpstreamCallRequest {
+            latency_ms: Some(20),
+            error_rate: Some(1.0),
+            max_retries: Some(1),
+            ..Default::default()
+        },
+        &trace_id,
+        &caller_span,
+    );
+    let status = client(stack.serve)
+        .await
+        .upstream_call(request)
+        .await
+        .expect_err("every attempt fails");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+
+    // The server span, two attempts, two upstream spans.
+    let trace: Trace = stack.jaeger.trace(&trace_id, 5).await;
+    assert_eq!(trace.trace_id, trace_id);
+    assert_eq!(
+        trace.services(),
+        ["holdup", "holdup-upstream"].into(),
+        "{trace:#?}"
+    );
+    let server = trace.named("holdup.v1.Lab/UpstreamCall");
+    assert_eq!(server.service, "holdup");
+    assert_eq!(
+        server.parent(),
+        Some(caller_span.as_str()),
+        "the caller's span is the parent"
+    );
+    assert_eq!(server.tag("rpc.system").as_deref(), Some("grpc"));
+    assert_eq!(server.tag("rpc.method").as_deref(), Some("UpstreamCall"));
+    assert_eq!(server.tag("rpc.grpc.status_code").as_deref(), Some("14"));
+    assert_eq!(server.tag("span.kind").as_deref(), Some("server"));
+    assert!(
+        trace.spans.iter().all(|s| s.trace_id == trace_id),
+        "{trace:#?}"
+    );
+
+    let attempts = trace.children(server);
+    assert_eq!(
+        attempts.len(),
+        2,
+        "one stage span per attempt: {attempts:#?}"
+    );
+    for attempt in &attempts {
+        assert_eq!(attempt.operation, "GET /work");
+        assert_eq!(attempt.service, "holdup");
+        assert_eq!(attempt.tag("span.kind").as_deref(), Some("client"));
+        assert_eq!(
+            attempt.tag("http.response.status_code").as_deref(),
+            Some("503")
+        );
+        let upstream = trace.children(attempt);
+        assert_eq!(upstream.len(), 1, "one upstream span under {attempt:#?}");
+        assert_eq!(upstream[0].service, "holdup-upstream");
+        assert_eq!(upstream[0].operation, "GET /work");
+        assert_eq!(upstream[0].tag("span.kind").as_deref(), Some("server"));
+    }
+    assert_eq!(trace.spans.len(), 5, "{trace:#?}");
+
+    // The same trace through the v3 API (OTLP JSON): the same spans, the same tree.
+    let v3 = stack.jaeger.trace_v3(&trace_id, 5).await;
+    let ids = |ids: Vec<&str>| -> std::collections::BTreeSet<String> {
+        ids.into_iter().map(str::to_owned).collect()
+    };
+    assert_eq!(
+        ids(v3.iter().map(|s| s.span_id.as_str()).collect()),
+        ids(trace.spans.iter().map(|s| s.span_id.as_str()).collect()),
+    );
+    let v3_server = v3
+        .iter()
+        .find(|s| s.name == "holdup.v1.Lab/UpstreamCall")
+        .expect("the server span in API v3");
+    assert_eq!(v3_server.service, "holdup");
+    assert_eq!(v3_server.trace_id, trace_id);
+    assert_eq!(v3_server.parent_span_id, caller_span);
+    assert_eq!(
+        v3_server.attr("rpc.grpc.status_code").as_deref(),
+        Some("14")
+    );
+    assert_eq!(v3_server.kind, SPAN_KIND_SERVER);
+    for attempt in v3.iter().filter(|s| s.parent_span_id == v3_server.span_id) {
+        assert_eq!(attempt.kind, SPAN_KIND_CLIENT);
+        // An integer, as OTel's HTTP conventions (and typed trace queries) want it.
+        assert_eq!(
+            attempt.attribute("http.response.status_code"),
+            Some(&serde_json::json!({ "intValue": "503" })),
+            "{attempt:#?}"
+        );
+    }
+    assert_eq!(
+        v3.iter().filter(|s| s.service == "holdup-upstream").count(),
+        2
+    );
+    // Nothing here waited for a runtime worker: no span links (blame) to other requests.
+    assert!(v3.iter().all(|s| s.links.is_empty()), "{v3:#?}");
+
+    let services = stack.jaeger.services(&["holdup", "holdup-upstream"]).await;
+    assert_eq!(
+        services,
+        ["holdup".to_owned(), "holdup-upstream".to_owned()].into()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jaeger_shows_the_split_the_reply_carries() {
+    let Some(stack) = Stack::start(&[]).await else {
+        return;
+    };
+    let (trace_id, caller_span) = caller_context();
+    let request = with_traceparent(
+        UpstreamCallRequest {
+            latency_ms: Some(30),
+            error_rate: Some(0.0),
+            stall_rate: Some(0.0),
+            max_retries: Some(0),
+            ..Default::default()
+        },
+        &trace_id,
+        &caller_span,
+    );
+    let reply = client(stack.serve)
+        .await
+        .upstream_call(request)
+        .await
+        .expect("the upstream answers")
+        .into_inner();
+    let d = crate::common::diagnostics(&reply.diagnostics);
+    assert_eq!(d.trace_id, trace_id);
+
+    let trace = stack.jaeger.trace(&trace_id, 3).await;
+    let server = trace.named("holdup.v1.Lab/UpstreamCall");
+    for (tag, value) in [
+        ("holdup.total_us", d.total_us),
+        ("holdup.busy_us", d.busy_us),
+        ("holdup.scheduled_us", d.scheduled_us),
+        ("holdup.idle_us", d.idle_us),
+        ("holdup.queue_us", d.queue_us),
+        ("holdup.polls", d.polls),
+        ("holdup.max_poll_us", d.max_poll_us),
+    ] {
+        assert_eq!(
+            micros(server, tag),
+            value,
+            "{tag}: Jaeger and the reply differ"
+        );
+    }
+    assert_eq!(server.tag("holdup.verdict"), Some(d.verdict.clone()));
+    assert_eq!(d.verdict, "upstream", "{d:?}");
+    assert!(
+        d.busy_us + d.scheduled_us + d.idle_us <= d.total_us + 1_000,
+        "busy + scheduled + idle exceed total: {d:?}"
+    );
+    // It waited for no runtime worker, so it blames nobody: no links to other requests.
+    assert!(server.links().is_empty(), "{server:#?}");
+    let attempt = trace.children(server);
+    assert_eq!(attempt.len(), 1, "{trace:#?}");
+    assert_eq!(
+        attempt[0].tag("http.response.status_code").as_deref(),
+        Some("200")
+    );
+    let upstream = trace.children(attempt[0]);
+    assert_eq!(upstream.len(), 1, "{trace:#?}");
+    assert_eq!(upstream[0].service, "holdup-upstream");
+}
