@@ -4,6 +4,7 @@
 pub mod collector;
 pub mod jaeger;
 pub mod process;
+pub mod tmux;
 
 use std::{net::SocketAddr, sync::Once, time::Duration};
 
