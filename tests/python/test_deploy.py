@@ -562,58 +562,67 @@ def container_commands() -> dict[str, tuple[list[str], dict[str, str]]]:
     return commands
 
 
+def base_env() -> dict[str, str]:
+    """This environment without holdup's or OpenTelemetry's settings, in plain text."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HOLDUP_", "OTEL_"))}
+    env["NO_COLOR"] = "1"
+    return env
+
+
+def start_command(name: str, args: list[str], env: dict, closed: int, tmp_path: Path):
+    """Starts a container's holdup command on loopback (see on_loopback); returns the process
+    and the address it announced."""
+    env = {**base_env(), **{k: on_loopback(str(v), closed) for k, v in env.items()}}
+    args = [on_loopback(a, closed) for a in args]
+    log = open(tmp_path / f"{name.replace(' ', '-')}.log", "wb")
+    proc = subprocess.Popen([str(holdup_binary()), *args], stdout=subprocess.PIPE, stderr=log, env=env, text=True)
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read():
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    deadline = time.monotonic() + 60
+    while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=remaining)
+        except queue.Empty:
+            break
+        if line is None:
+            break
+        if match := re.search(r"listening on (?:http://)?(\S+)", line):
+            return proc, match.group(1)
+    proc.kill()
+    pytest.fail(f"{name}: {args} did not start:\n{(tmp_path / log.name).read_text()}", pytrace=False)
+
+
+def stop_command(name: str, proc, timeout: float = 30) -> None:
+    """SIGTERM; the command must exit 0 within `timeout`."""
+    proc.terminate()
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"{name} did not stop within {timeout:.0f} s of SIGTERM", pytrace=False)
+    assert code == 0, f"{name} exited with {code} after SIGTERM"
+
+
 def test_every_container_command_runs_with_the_real_binary(tmp_path):
     """The flags in compose and the manifests are real flags with valid values: each server
     command starts (listen addresses moved to loopback, peers to a closed port) and stops
     cleanly on SIGTERM; each load command runs briefly against the compose holdup."""
     binary = holdup_binary()
     closed = closed_port()
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("HOLDUP_", "OTEL_"))}
-    base_env["NO_COLOR"] = "1"
     commands = container_commands()
     assert len(commands) == 6, commands
-
-    def start(name: str):
-        args, env = commands[name]
-        env = {**base_env, **{k: on_loopback(str(v), closed) for k, v in env.items()}}
-        args = [on_loopback(a, closed) for a in args]
-        log = open(tmp_path / f"{name.replace(' ', '-')}.log", "wb")
-        proc = subprocess.Popen([str(binary), *args], stdout=subprocess.PIPE, stderr=log, env=env, text=True)
-        lines: queue.Queue[str | None] = queue.Queue()
-
-        def read():
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                lines.put(line)
-            lines.put(None)
-
-        threading.Thread(target=read, daemon=True).start()
-        deadline = time.monotonic() + 60
-        while (remaining := deadline - time.monotonic()) > 0:
-            try:
-                line = lines.get(timeout=remaining)
-            except queue.Empty:
-                break
-            if line is None:
-                break
-            if match := re.search(r"listening on (?:http://)?(\S+)", line):
-                return proc, match.group(1)
-        proc.kill()
-        pytest.fail(f"{name}: {args} did not start:\n{(tmp_path / log.name).read_text()}", pytrace=False)
-
-    def stop(name: str, proc) -> None:
-        proc.terminate()
-        try:
-            code = proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            pytest.fail(f"{name} did not stop within 30 s of SIGTERM", pytrace=False)
-        assert code == 0, f"{name} exited with {code} after SIGTERM"
 
     servers = {}
     try:
         for name in ("compose holdup", "compose upstream", "k8s holdup", "k8s holdup-upstream"):
-            servers[name] = start(name)
+            servers[name] = start_command(name, *commands[name], closed, tmp_path)
         target = servers["compose holdup"][1]
         for name in ("compose load", "k8s holdup-load"):
             args, _ = commands[name]
@@ -624,10 +633,59 @@ def test_every_container_command_runs_with_the_real_binary(tmp_path):
             ]
             assert args[0] == "load" and any(a.startswith("--target=") for a in args), args
             result = subprocess.run(
-                [str(binary), *args, "--warmup=0s"], capture_output=True, text=True, timeout=60, env=base_env
+                [str(binary), *args, "--warmup=0s"], capture_output=True, text=True, timeout=60, env=base_env()
             )
             assert result.returncode == 0, f"{name}: {args}\n{result.stdout}{result.stderr}"
     finally:
         for name, (proc, _) in servers.items():
             if proc.poll() is None:
-                stop(name, proc)
+                stop_command(name, proc)
+
+
+def test_the_probes_agree_with_grpc_health_probe(k8s, tmp_path):
+    """Each native gRPC probe of the holdup Deployment, made by grpc-health-probe (the same
+    grpc.health.v1 Check the kubelet sends: passes on SERVING only) against the manifest's own
+    holdup command: every probe passes while it serves; after SIGTERM, during its
+    --drain-delay-ms, readiness and liveness fail with NOT_SERVING (exit 4) from a server that
+    still answers; once it has exited they fail to connect (exit 2)."""
+    probe_bin = tool("grpc-health-probe", "tests/tools.sh grpc-health-probe, then put target/tools/go/bin on PATH")
+    version = run(probe_bin, "-version")
+    assert version.returncode == 0 and "v0.4.62" in version.stdout + version.stderr, version
+    (holdup,) = containers(k8s[("Deployment", "holdup")])
+    drain_s = int(flag(holdup["args"], "--drain-delay-ms")) / 1000
+    assert drain_s >= 1, "a drain delay this short leaves no time to see NOT_SERVING"
+    proc, addr = start_command("k8s holdup", *container_commands()["k8s holdup"], closed_port(), tmp_path)
+
+    def probe(name: str) -> subprocess.CompletedProcess:
+        spec = holdup[name]
+        timeout = f"{spec.get('timeoutSeconds', 1)}s"  # the kubelet's default is 1 s
+        service = spec["grpc"].get("service", "")
+        return run(
+            probe_bin, f"-addr={addr}", f"-service={service}",
+            f"-connect-timeout={timeout}", f"-rpc-timeout={timeout}",
+        )
+
+    probes = ("startupProbe", "readinessProbe", "livenessProbe")
+    try:
+        for name in probes:
+            result = probe(name)
+            assert result.returncode == 0, f"{name} fails while serving: {result}"
+            assert "status: SERVING" in result.stdout + result.stderr, result
+        proc.terminate()
+        signalled = time.monotonic()
+        while (result := probe("readinessProbe")).returncode == 0:
+            assert time.monotonic() - signalled < drain_s, "readiness still passes after the drain delay"
+            time.sleep(0.05)
+        liveness = probe("livenessProbe")
+        draining_for = time.monotonic() - signalled
+        assert draining_for < drain_s, f"the probes took {draining_for:.1f} s, beyond the drain delay"
+        for name, failed in (("readinessProbe", result), ("livenessProbe", liveness)):
+            assert failed.returncode == 4, f"{name} during the drain: {failed}"
+            assert "NOT_SERVING" in failed.stdout + failed.stderr, failed
+        code = proc.wait(timeout=drain_s + 30)
+        assert code == 0, f"holdup exited with {code} after SIGTERM"
+        gone = probe("readinessProbe")
+        assert gone.returncode == 2, f"after exit: {gone}"
+    finally:
+        if proc.poll() is None:
+            stop_command("k8s holdup", proc)
