@@ -134,6 +134,22 @@ impl Jaeger {
         .await
     }
 
+    /// The trace ids a search by service finds (`/api/traces?service=…`, Grafana's Jaeger
+    /// search), once `trace_id` is among them.
+    pub async fn search(&self, service: &str, trace_id: &str) -> Vec<String> {
+        let path = format!("/api/traces?service={service}&lookback=1h&limit=100");
+        let what = format!("trace {trace_id} in a search for service {service}");
+        self.poll(&path, &what, |json| {
+            let found: Vec<String> = json["data"]
+                .as_array()?
+                .iter()
+                .map(|t| string(t, "traceID"))
+                .collect();
+            found.iter().any(|t| t == trace_id).then_some(found)
+        })
+        .await
+    }
+
     /// `/api/traces/{trace_id}`, once it holds at least `min_spans` spans.
     pub async fn trace(&self, trace_id: &str, min_spans: usize) -> Trace {
         let path = format!("/api/traces/{trace_id}");

@@ -12,8 +12,8 @@ use crate::common::{
     jaeger::{Jaeger, Span, Trace},
     process::{self, KillOnDrop},
 };
-use holdup::proto::UpstreamCallRequest;
-use tonic::{Code, Request};
+use holdup::proto::{UpstreamCallReply, UpstreamCallRequest};
+use tonic::{Code, Request, Status};
 
 /// Jaeger, the upstream simulator and holdup serve, wired as in deploy/.
 struct Stack {
@@ -53,25 +53,33 @@ impl Stack {
     }
 }
 
-/// A fresh W3C trace id and parent span id, as a caller would send them.
-fn caller_context() -> (String, String) {
-    let hex = |bytes: usize| -> String {
-        (0..bytes)
-            .map(|_| format!("{:02x}", rand::random::<u8>()))
-            .collect()
-    };
-    (hex(16), hex(8))
-}
-
-fn with_traceparent<T>(message: T, trace_id: &str, parent: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert(
-        "traceparent",
-        format!("00-{trace_id}-{parent}-01")
-            .parse()
-            .expect("a valid header value"),
-    );
-    request
+impl Stack {
+    /// Sends `request` as a caller with a trace of its own would (a fresh W3C `traceparent`);
+    /// returns the caller's trace id and span id, and the outcome.
+    async fn upstream_call(
+        &self,
+        request: UpstreamCallRequest,
+    ) -> (String, String, Result<UpstreamCallReply, Status>) {
+        let hex = |bytes: usize| -> String {
+            (0..bytes)
+                .map(|_| format!("{:02x}", rand::random::<u8>()))
+                .collect()
+        };
+        let (trace_id, caller_span) = (hex(16), hex(8));
+        let mut request = Request::new(request);
+        request.metadata_mut().insert(
+            "traceparent",
+            format!("00-{trace_id}-{caller_span}-01")
+                .parse()
+                .expect("a valid header value"),
+        );
+        let outcome = client(self.serve)
+            .await
+            .upstream_call(request)
+            .await
+            .map(tonic::Response::into_inner);
+        (trace_id, caller_span, outcome)
+    }
 }
 
 /// OTLP's span kinds, as the v3 API renders them.
@@ -92,22 +100,15 @@ async fn an_upstream_call_is_one_trace_across_both_services() {
         return;
     };
     // Every attempt is answered 503: two attempts, each with the upstream's span under it.
-    let (trace_id, caller_span) = caller_context();
-    let request = with_traceparent(
-        UpstreamCallRequest {
+    let (trace_id, caller_span, outcome) = stack
+        .upstream_call(UpstreamCallRequest {
             latency_ms: Some(20),
             error_rate: Some(1.0),
             max_retries: Some(1),
             ..Default::default()
-        },
-        &trace_id,
-        &caller_span,
-    );
-    let status = client(stack.serve)
-        .await
-        .upstream_call(request)
-        .await
-        .expect_err("every attempt fails");
+        })
+        .await;
+    let status = outcome.expect_err("every attempt fails");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
 
     // The server span, two attempts, two upstream spans.
@@ -193,6 +194,10 @@ async fn an_upstream_call_is_one_trace_across_both_services() {
     // Nothing here waited for a runtime worker: no span links (blame) to other requests.
     assert!(v3.iter().all(|s| s.links.is_empty()), "{v3:#?}");
 
+    // Grafana's Jaeger data source finds it by either service.
+    for service in ["holdup", "holdup-upstream"] {
+        stack.jaeger.search(service, &trace_id).await;
+    }
     let services = stack.jaeger.services(&["holdup", "holdup-upstream"]).await;
     assert_eq!(
         services,
@@ -205,24 +210,16 @@ async fn jaeger_shows_the_split_the_reply_carries() {
     let Some(stack) = Stack::start(&[]).await else {
         return;
     };
-    let (trace_id, caller_span) = caller_context();
-    let request = with_traceparent(
-        UpstreamCallRequest {
+    let (trace_id, _, outcome) = stack
+        .upstream_call(UpstreamCallRequest {
             latency_ms: Some(30),
             error_rate: Some(0.0),
             stall_rate: Some(0.0),
             max_retries: Some(0),
             ..Default::default()
-        },
-        &trace_id,
-        &caller_span,
-    );
-    let reply = client(stack.serve)
-        .await
-        .upstream_call(request)
-        .await
-        .expect("the upstream answers")
-        .into_inner();
+        })
+        .await;
+    let reply = outcome.expect("the upstream answers");
     let d = crate::common::diagnostics(&reply.diagnostics);
     assert_eq!(d.trace_id, trace_id);
 
