@@ -97,16 +97,18 @@ install_go_tool() {
 }
 
 install_tokio_console() {
-    local bin="$cargo_root/bin/tokio-console" pin="tokio-console|$TOKIO_CONSOLE_VERSION"
+    local bin="$cargo_root/bin/tokio-console" pin="tokio-console|$TOKIO_CONSOLE_VERSION|debug"
     if current tokio-console "$bin" "$pin"; then
         echo "tokio-console $TOKIO_CONSOLE_VERSION: cached"
         return 0
     fi
     local start=$SECONDS
     # Its own build directory (removed afterwards), never this project's target/: the
-    # project's CARGO_TARGET_DIR and rustflags are not the console's business.
+    # project's CARGO_TARGET_DIR and rustflags are not the console's business. --debug: an
+    # unoptimised build compiles in a fraction of the time, and a TUI that redraws once a
+    # second does not need the optimiser.
     env -u CARGO_TARGET_DIR -u RUSTFLAGS -u CARGO_BUILD_RUSTFLAGS \
-        cargo install --quiet --locked --force --version "$TOKIO_CONSOLE_VERSION" \
+        cargo install --quiet --locked --debug --force --version "$TOKIO_CONSOLE_VERSION" \
         --root "$cargo_root" tokio-console || {
         fail tokio-console "build failed; retry with: tests/tools.sh tokio-console"
         return 0
