@@ -4,10 +4,12 @@
 # lints, then runs the Rust tests (unit + integration against real servers on loopback) and
 # the Python tests (grpcio and the grpcurl binary against the real holdup binary).
 # PostgreSQL: a throwaway cluster on a loopback port for the Rust tests (tests/it/postgres.rs),
-# started here and stopped on exit. The real peers the tests talk to (Jaeger v2, current grpcurl,
-# ghz, grpc-health-probe, the tokio-console TUI) are built from pinned versions by
-# tests/tools.sh into target/tools (cached: a second run builds nothing) and put on PATH. Deploy files: tests/python/test_deploy.py validates them,
+# started here and stopped on exit. Deploy files: tests/python/test_deploy.py validates them,
 # tests/python/test_prometheus.py runs every dashboard query against a real Prometheus.
+# The real programs the tests talk to (Jaeger v2, current grpcurl, ghz, grpc-health-probe, the
+# tokio-console TUI) are built from pinned versions by tests/tools.sh into target/tools (cached:
+# a second run builds nothing), in the background while the Rust code builds: on a fresh
+# machine both take minutes, and neither keeps two cores busy all the time.
 #
 # Node: the @grpc/grpc-js client tests (tests/node, `npm ci` from the committed lock file, skipped
 # when the lock file has not changed since the last install) run with `node --test`.
@@ -33,6 +35,16 @@ if ((${#missing[@]})); then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+tools=${HOLDUP_TOOLS_DIR:-$PWD/target/tools}
+[[ $tools = /* ]] || tools="$PWD/$tools"
+mkdir -p "$tools"
+step "Pinned tools (tests/tools.sh): building in the background, log in $tools/build.log"
+# A session of its own, so that an early exit can stop the whole build (go, cargo and all).
+HOLDUP_TOOLS_DIR="$tools" setsid tests/tools.sh >"$tools/build.log" 2>&1 &
+tools_pid=$!
+stop_tools() { kill -TERM -- "-$tools_pid" 2>/dev/null || true; }
+trap stop_tools EXIT
 
 step "Python test tools into $venv (hash-pinned: tests/requirements.txt)"
 if [ ! -x "$venv/bin/python" ]; then
@@ -70,16 +82,6 @@ if ((node_ok)); then
     echo "node $(node --version), @grpc/grpc-js $(node -p 'require("./tests/node/node_modules/@grpc/grpc-js/package.json").version')"
 fi
 
-step "Pinned tools into target/tools (tests/tools.sh): Jaeger, grpcurl, ghz, grpc-health-probe, tokio-console"
-tools=${HOLDUP_TOOLS_DIR:-$PWD/target/tools}
-[[ $tools = /* ]] || tools="$PWD/$tools"
-if ! HOLDUP_TOOLS_DIR="$tools" tests/tools.sh; then
-    # Outside CI the tests that need a missing tool skip, each naming its install command.
-    [ -z "${CI:-}" ] || exit 1
-    echo "warning: some tools are missing (above); the tests that need them will skip" >&2
-fi
-export PATH="$tools/go/bin:$tools/cargo/bin:$PATH"
-
 step "PostgreSQL: a throwaway cluster on a loopback port (HOLDUP_TEST_DATABASE_URL)"
 pg_bin=$(compgen -G '/usr/lib/postgresql/*/bin' | sort -V | tail -n 1)
 pg_dir=$(mktemp -d "${TMPDIR:-/tmp}/holdup-pg.XXXXXX")
@@ -93,7 +95,7 @@ stop_postgres() {
     "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate -w stop >/dev/null 2>&1 || true
     rm -rf "$pg_dir"
 }
-trap stop_postgres EXIT
+trap 'stop_postgres; stop_tools' EXIT
 "${as_pg[@]}" "$pg_bin/initdb" -D "$pg_dir/data" -U postgres -A trust -E UTF8 --no-sync \
     >"$pg_dir/initdb.log" 2>&1 || { cat "$pg_dir/initdb.log" >&2; exit 1; }
 pg_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -111,6 +113,20 @@ echo "PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}') at $HOLDUP_T
 step "cargo fmt and clippy"
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
+
+step "cargo test: build"
+cargo test --locked --no-run
+
+step "Pinned tools (tests/tools.sh): waiting for the build"
+tools_ok=true
+wait "$tools_pid" || tools_ok=false
+grep -v '^go: downloading' "$tools/build.log" || true
+if ! $tools_ok; then
+    # Outside CI the tests that need a missing tool skip, each naming its install command.
+    [ -z "${CI:-}" ] || { echo "tests/tools.sh failed (log: $tools/build.log)" >&2; exit 1; }
+    echo "warning: some tools are missing (above); the tests that need them will skip" >&2
+fi
+export PATH="$tools/go/bin:$tools/cargo/bin:$PATH"
 
 step "cargo test"
 # Build first, then run under a bound: a test that hangs fails the run with its name on
