@@ -20,12 +20,16 @@ struct Stack {
     jaeger: Jaeger,
     serve: SocketAddr,
     _processes: [KillOnDrop; 2],
+    /// Starting three processes loads the machine for a moment: not while another test
+    /// measures latency.
+    _serial: tokio::sync::MutexGuard<'static, ()>,
 }
 
 impl Stack {
     /// `None` when Jaeger is not installed (outside CI). `serve_args` come after
     /// [`process::serve`]'s defaults and the separate upstream's URL.
     async fn start(serve_args: &[&str]) -> Option<Self> {
+        let serial = crate::common::serial().await;
         let jaeger = Jaeger::start().await?;
         let endpoint = jaeger.otlp_endpoint();
         // Export every 100 ms instead of every 5 s: the reads below poll for the spans.
@@ -49,6 +53,7 @@ impl Stack {
             jaeger,
             serve: serve_addr,
             _processes: [KillOnDrop(Some(serve.child)), KillOnDrop(Some(upstream.child))],
+            _serial: serial,
         })
     }
 }
