@@ -150,15 +150,15 @@ impl Jaeger {
         .await
     }
 
-    /// `/api/traces/{trace_id}`, once it holds at least `min_spans` spans.
-    pub async fn trace(&self, trace_id: &str, min_spans: usize) -> Trace {
+    /// `/api/traces/{trace_id}`, once `ready` accepts it (`what` names what it waits for).
+    pub async fn trace(&self, trace_id: &str, what: &str, ready: impl Fn(&Trace) -> bool) -> Trace {
         let path = format!("/api/traces/{trace_id}");
-        let what = format!("{min_spans} spans of trace {trace_id}");
+        let what = format!("trace {trace_id} with {what}");
         self.poll(&path, &what, |json| {
             let traces = json["data"].as_array()?;
             assert_eq!(traces.len(), 1, "one trace per id: {json}");
             let trace = Trace::from_v1(&traces[0]);
-            (trace.spans.len() >= min_spans).then_some(trace)
+            ready(&trace).then_some(trace)
         })
         .await
     }
@@ -269,6 +269,16 @@ impl Trace {
             .iter()
             .filter(|s| s.parent() == Some(parent.span_id.as_str()))
             .collect()
+    }
+
+    /// How many spans `service` sent.
+    pub fn count(&self, service: &str) -> usize {
+        self.spans.iter().filter(|s| s.service == service).count()
+    }
+
+    /// Whether a span called `operation` has arrived.
+    pub fn has(&self, operation: &str) -> bool {
+        self.spans.iter().any(|s| s.operation == operation)
     }
 
     /// The service names of the trace's spans.
