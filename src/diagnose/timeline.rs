@@ -51,9 +51,22 @@ struct State {
     culprits: Vec<Culprit>,
     events: Vec<Event>,
     events_dropped: u64,
+    /// The end of the latest stretch charged to the split. The request's own future and its
+    /// handler task run on different threads, so their stretches can overlap (a wake of the
+    /// future while the task computes, a poll of each at the hand-over); each instant is
+    /// charged once, to the first stretch that ends past it, so that the parts never add up
+    /// to more than the total.
+    charged_to: u64,
 }
 
 impl State {
+    /// Claims `from..to` for the split: the part not charged yet.
+    fn claim(&mut self, from: u64, to: u64) -> u64 {
+        let from = from.max(self.charged_to);
+        self.charged_to = self.charged_to.max(to);
+        to.saturating_sub(from)
+    }
+
     fn event(&mut self, want: bool, event: Event) {
         if !want {
             return;
@@ -71,8 +84,8 @@ impl State {
             return;
         };
         let from = park.since;
-        let ns = until.saturating_sub(from);
         park.since = until;
+        let ns = self.claim(from, until);
         if ns == 0 {
             return;
         }
@@ -191,6 +204,11 @@ impl Timeline {
             state.charge_idle(self.want_events, now);
             state.parked = None;
         }
+        let waited = if waited > 0 {
+            state.claim(ready_since, now)
+        } else {
+            0
+        };
         state.split.scheduled += waited;
         state.polling[depth.min(1)] = Some(now);
         if waited > 0 {
@@ -206,7 +224,7 @@ impl Timeline {
             );
         }
         if let Some((culprits, blamed)) = blamed {
-            state.split.blamed += blamed;
+            state.split.blamed += blamed.min(waited);
             blame::merge(&mut state.culprits, culprits);
         }
     }
@@ -216,9 +234,19 @@ impl Timeline {
         let mut state = self.lock();
         state.polling[depth.min(1)] = None;
         let ns = end.saturating_sub(start);
-        state.split.busy += ns;
-        state.split.on_cpu += used.on_cpu;
-        state.split.cpu_wait += used.cpu_wait;
+        let charged = state.claim(start, end);
+        state.split.busy += charged;
+        // A poll partly charged already keeps its measured proportions.
+        let part = |x: u64| {
+            if charged == ns {
+                x
+            } else {
+                u64::try_from(u128::from(x) * u128::from(charged) / u128::from(ns.max(1)))
+                    .unwrap_or(x)
+            }
+        };
+        state.split.on_cpu += part(used.on_cpu);
+        state.split.cpu_wait += part(used.cpu_wait);
         state.split.polls += 1;
         state.split.max_poll = state.split.max_poll.max(ns);
         state.event(
@@ -286,12 +314,15 @@ impl Timeline {
         let mut state = self.lock();
         state.charge_idle(self.want_events, now);
         let mut split = state.split;
-        for &start in state.polling.iter().flatten() {
-            let so_far = now.saturating_sub(start);
+        if let Some(&earliest) = state.polling.iter().flatten().min() {
+            // Running polls, counted once however many run at once, as far as not charged.
+            let so_far = now.saturating_sub(earliest.max(state.charged_to));
             split.busy += so_far;
             split.on_cpu += so_far;
-            split.polls += 1;
-            split.max_poll = split.max_poll.max(so_far);
+            for &start in state.polling.iter().flatten() {
+                split.polls += 1;
+                split.max_poll = split.max_poll.max(now.saturating_sub(start));
+            }
         }
         split.total = now.saturating_sub(self.started);
         Report {
@@ -303,5 +334,77 @@ impl Timeline {
             events: state.events.clone(),
             events_dropped: state.events_dropped,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::SpanContext;
+
+    fn timeline(started: u64) -> Timeline {
+        let identity = Identity::new(
+            http::uri::PathAndQuery::from_static("/t.S/M"),
+            &SpanContext::empty_context(),
+        );
+        let engine = Engine {
+            config: super::super::engine::EngineConfig::default(),
+            metrics: None,
+        };
+        Timeline::new(
+            Arc::new(identity),
+            tracing::Span::none(),
+            Arc::new(engine),
+            started,
+            false,
+        )
+    }
+
+    fn cpu(on_cpu: u64) -> PollCpu {
+        PollCpu {
+            on_cpu,
+            cpu_wait: 0,
+        }
+    }
+
+    /// The request's future, woken while its handler task computes on another thread, waits
+    /// for a worker during the task's poll: each instant is charged once.
+    #[test]
+    fn overlapping_stretches_are_charged_once() {
+        let t = timeline(0);
+        let outer_woken = AtomicU64::new(0);
+        t.poll_started(0, 0, 0);
+        let depth = t.delegate_started();
+        t.poll_ended(0, 0, 1_000, cpu(1_000));
+        t.park(0, 1_000, &outer_woken);
+        // The handler task: waits 1 µs for a worker, computes 10 µs.
+        t.poll_started(depth, 1_000, 2_000);
+        t.poll_ended(depth, 2_000, 12_000, cpu(10_000));
+        t.delegate_finished();
+        // The outer future was ready since 5 µs (woken mid-task), polled at 13 µs.
+        t.poll_started(0, 5_000, 13_000);
+        t.poll_ended(0, 13_000, 14_000, cpu(1_000));
+        let split = t.report(14_000).split;
+        assert_eq!(split.total, 14_000);
+        let parts = split.busy + split.scheduled + split.idle_total();
+        assert!(parts <= split.total, "{split:?}");
+        assert_eq!(split.busy, 12_000, "{split:?}");
+        assert_eq!(split.scheduled, 2_000, "{split:?}");
+        assert!(split.on_cpu <= split.busy, "{split:?}");
+    }
+
+    /// A poll half charged already keeps its on-CPU share.
+    #[test]
+    fn a_partly_charged_poll_keeps_its_proportions() {
+        let t = timeline(0);
+        t.poll_started(0, 0, 0);
+        t.poll_ended(0, 0, 4_000, cpu(4_000));
+        t.poll_started(1, 0, 2_000);
+        t.poll_ended(1, 2_000, 6_000, cpu(1_000));
+        let split = t.report(6_000).split;
+        assert_eq!(split.busy, 6_000, "{split:?}");
+        assert_eq!(split.on_cpu, 4_500, "{split:?}");
+        assert_eq!(split.polls, 2);
+        assert_eq!(split.max_poll, 4_000);
     }
 }
