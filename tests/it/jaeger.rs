@@ -12,7 +12,9 @@ use crate::common::{
     jaeger::{Jaeger, Span, Trace},
     process::{self, KillOnDrop},
 };
-use holdup::proto::{UpstreamCallReply, UpstreamCallRequest};
+use holdup::proto::{
+    CpuBoundRequest, CpuMode, FastRequest, UpstreamCallReply, UpstreamCallRequest,
+};
 use tonic::{Code, Request, Status};
 
 /// Jaeger, the upstream simulator and holdup serve, wired as in deploy/.
@@ -323,4 +325,116 @@ async fn jaeger_shows_the_split_the_reply_carries() {
     let upstream = trace.children(attempt[0]);
     assert_eq!(upstream.len(), 1, "{trace:#?}");
     assert_eq!(upstream[0].service, "holdup-upstream");
+}
+
+/// How long each of the two inline `CpuBound` calls holds its lab worker.
+const SPIN_MS: u32 = 600;
+
+/// Who made a request late, as Jaeger shows it: the victim's server span carries a reference
+/// (an OpenTelemetry link) to the server span of each request that held the workers, and those
+/// are spans of traces Jaeger has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_request_references_the_requests_that_held_the_workers() {
+    let Some(stack) = Stack::start(&["--workers", "2"]).await else {
+        return;
+    };
+    // Two inline spins, one per lab worker, each on a connection of its own.
+    let mut spins = Vec::new();
+    for _ in 0..2 {
+        let mut c = client(stack.serve).await;
+        spins.push(tokio::spawn(async move {
+            let reply = c
+                .cpu_bound(CpuBoundRequest {
+                    mode: CpuMode::Inline.into(),
+                    work_ms: SPIN_MS,
+                    iterations: 0,
+                })
+                .await
+                .expect("CpuBound answers")
+                .into_inner();
+            crate::common::diagnostics(&reply.diagnostics).clone()
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let reply = client(stack.serve)
+        .await
+        .fast(FastRequest {
+            message: "victim".into(),
+        })
+        .await
+        .expect("Fast answers")
+        .into_inner();
+    let victim = crate::common::diagnostics(&reply.diagnostics).clone();
+    let mut spun = Vec::new();
+    for spin in spins {
+        spun.push(spin.await.expect("the spin finished").trace_id);
+    }
+    assert_eq!(victim.verdict, "runtime-contention", "{victim:?}");
+    // Requests are named by trace; a task outside any request (a connection's, for a few
+    // milliseconds) may be blamed too, by its task name, and has no trace to link to.
+    let requests: Vec<_> = victim
+        .culprits
+        .iter()
+        .filter(|c| !c.trace_id.is_empty())
+        .collect();
+    let mut blamed: Vec<_> = requests.iter().map(|c| c.trace_id.clone()).collect();
+    blamed.sort_unstable();
+    spun.sort_unstable();
+    assert_eq!(
+        blamed, spun,
+        "the reply blames the spins: {:?}",
+        victim.culprits
+    );
+
+    let trace = stack
+        .jaeger
+        .trace(&victim.trace_id, "the Fast span and its links", |t| {
+            t.has("holdup.v1.Lab/Fast") && !t.named("holdup.v1.Lab/Fast").links().is_empty()
+        })
+        .await;
+    let server = trace.named("holdup.v1.Lab/Fast");
+    assert_eq!(
+        server.tag("holdup.verdict").as_deref(),
+        Some("runtime-contention")
+    );
+    let mut referenced: Vec<(String, String)> = server
+        .links()
+        .iter()
+        .map(|r| (r.trace_id.clone(), r.span_id.clone()))
+        .collect();
+    referenced.sort_unstable();
+    let mut culprits: Vec<(String, String)> = requests
+        .iter()
+        .map(|c| (c.trace_id.clone(), c.span_id.clone()))
+        .collect();
+    culprits.sort_unstable();
+    assert_eq!(
+        referenced, culprits,
+        "Jaeger's references are the reply's culprits"
+    );
+
+    // Each reference leads to a trace Jaeger has: the culprit's own CpuBound server span.
+    for (trace_id, span_id) in &referenced {
+        let culprit = stack
+            .jaeger
+            .trace(trace_id, "the culprit's server span", |t| {
+                t.has("holdup.v1.Lab/CpuBound")
+            })
+            .await;
+        let span = culprit.named("holdup.v1.Lab/CpuBound");
+        assert_eq!(
+            &span.span_id, span_id,
+            "the link names the culprit's server span"
+        );
+        assert_eq!(span.tag("holdup.verdict").as_deref(), Some("own-cpu"));
+    }
+    // The v3 API (OTLP JSON) carries the same links.
+    let v3 = stack.jaeger.trace_v3(&victim.trace_id, 1).await;
+    let fast = v3
+        .iter()
+        .find(|s| s.name == "holdup.v1.Lab/Fast")
+        .expect("the Fast span in API v3");
+    let mut links = fast.links.clone();
+    links.sort_unstable();
+    assert_eq!(links, culprits);
 }
