@@ -309,7 +309,8 @@ impl Backend {
             Ok::<(), sqlx::Error>(())
         }
         .instrument(hold_span)
-        .await?;
+        .await
+        .map_err(|e| hold_failed(e, plan.deadline))?;
         let hold = held.elapsed();
 
         let queried = Instant::now();
@@ -395,5 +396,27 @@ impl BackendPlan {
             key,
             deadline: None,
         })
+    }
+}
+
+/// PostgreSQL's `query_canceled` SQLSTATE: what `statement_timeout` ends a statement with.
+const QUERY_CANCELED: &str = "57014";
+
+/// The hold failed. With a deadline, a cancelled statement is the `statement_timeout` set from
+/// it running out: the caller's deadline passed, which is what the caller must hear (it often
+/// comes back from PostgreSQL a moment before the caller's own timer fires).
+fn hold_failed(err: sqlx::Error, deadline: Option<Instant>) -> LabError {
+    let canceled = err
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == QUERY_CANCELED);
+    if canceled && deadline.is_some() {
+        LabError::DeadlineExceeded {
+            during: "during the database hold (PostgreSQL's statement_timeout, set to the \
+                     caller's deadline, stopped it)"
+                .into(),
+        }
+    } else {
+        LabError::Database(err)
     }
 }

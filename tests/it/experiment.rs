@@ -80,11 +80,14 @@ fn assert_blocks_the_runtime(cause: &Finding) {
         cause.id,
         cause.probe_scheduled_ms
     );
-    assert_eq!(
-        cause.probe_dominant,
-        Some(SplitComponent::Scheduled),
-        "{}",
-        cause.id
+    // Where outside load slowed the probe, the time it lost outside the server (its client
+    // shares the cores) may outweigh even this wait.
+    assert!(
+        cause.probe_dominant == Some(SplitComponent::Scheduled)
+            || (polluted && cause.probe_dominant == Some(SplitComponent::Outside)),
+        "{}: {:?}",
+        cause.id,
+        cause.probe_dominant
     );
     assert!(
         cause.conclusion.starts_with("Fast p99 x"),
