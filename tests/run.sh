@@ -6,10 +6,10 @@
 # PostgreSQL: a throwaway cluster on a loopback port for the Rust tests (tests/it/postgres.rs),
 # started here and stopped on exit. Deploy files: tests/python/test_deploy.py validates them,
 # tests/python/test_prometheus.py runs every dashboard query against a real Prometheus.
-# The real programs the tests talk to (Jaeger v2, current grpcurl, ghz, grpc-health-probe, the
+# The real programs the tests talk to (Jaeger v2, current grpcurl, grpc-health-probe, the
 # tokio-console TUI) are built from pinned versions by tests/tools.sh into target/tools (cached:
-# a second run builds nothing), in the background while the Rust code builds: on a fresh
-# machine both take minutes, and neither keeps two cores busy all the time.
+# a second run builds nothing), in the background while the packages install and the Rust code
+# builds: on a fresh machine both take minutes, and neither keeps two cores busy all the time.
 #
 # Node: the @grpc/grpc-js client tests (tests/node, `npm ci` from the committed lock file, skipped
 # when the lock file has not changed since the last install) run with `node --test`.
@@ -21,6 +21,23 @@ cd "$(dirname "$0")/.."
 venv=${HOLDUP_TEST_VENV:-target/test-venv}
 [[ $venv = /* ]] || venv="$PWD/$venv"
 step() { printf '\n== %s\n' "$*"; }
+
+# The two long builds start first, in the background, and run while the packages install:
+# the pinned tools the tests talk to (ghz is only for tests/bench/ghz.sh, which builds it) and
+# the Rust test binaries. Each in a session of its own, so that an early exit stops it whole.
+tools=${HOLDUP_TOOLS_DIR:-$PWD/target/tools}
+[[ $tools = /* ]] || tools="$PWD/$tools"
+mkdir -p "$tools"
+step "Pinned tools (tests/tools.sh): building in the background, log in $tools/build.log"
+HOLDUP_TOOLS_DIR="$tools" setsid tests/tools.sh jaeger grpcurl grpc-health-probe tokio-console \
+    >"$tools/build.log" 2>&1 &
+tools_pid=$!
+build_log="$tools/cargo-test-build.log"
+step "Rust test binaries (cargo test --no-run): building in the background, log in $build_log"
+setsid cargo test --locked --no-run >"$build_log" 2>&1 &
+build_pid=$!
+stop_builds() { kill -TERM -- "-$tools_pid" "-$build_pid" 2>/dev/null || true; }
+trap stop_builds EXIT
 
 step "Debian packages (prometheus: promtool and a real Prometheus; postgresql; tmux for the console TUI)"
 missing=()
@@ -36,15 +53,6 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-tools=${HOLDUP_TOOLS_DIR:-$PWD/target/tools}
-[[ $tools = /* ]] || tools="$PWD/$tools"
-mkdir -p "$tools"
-step "Pinned tools (tests/tools.sh): building in the background, log in $tools/build.log"
-# A session of its own, so that an early exit can stop the whole build (go, cargo and all).
-HOLDUP_TOOLS_DIR="$tools" setsid tests/tools.sh >"$tools/build.log" 2>&1 &
-tools_pid=$!
-stop_tools() { kill -TERM -- "-$tools_pid" 2>/dev/null || true; }
-trap stop_tools EXIT
 
 step "Python test tools into $venv (hash-pinned: tests/requirements.txt)"
 if [ ! -x "$venv/bin/python" ]; then
@@ -95,7 +103,7 @@ stop_postgres() {
     "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate -w stop >/dev/null 2>&1 || true
     rm -rf "$pg_dir"
 }
-trap 'stop_postgres; stop_tools' EXIT
+trap 'stop_postgres; stop_builds' EXIT
 "${as_pg[@]}" "$pg_bin/initdb" -D "$pg_dir/data" -U postgres -A trust -E UTF8 --no-sync \
     >"$pg_dir/initdb.log" 2>&1 || { cat "$pg_dir/initdb.log" >&2; exit 1; }
 pg_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -110,12 +118,16 @@ export HOLDUP_TEST_PG_CTL="${as_pg[*]} $pg_bin/pg_ctl -D $pg_dir/data -l $pg_dir
 export HOLDUP_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/holdup_test"
 echo "PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}') at $HOLDUP_TEST_DATABASE_URL"
 
+step "cargo test: waiting for the build"
+if ! wait "$build_pid"; then
+    cat "$build_log" >&2
+    exit 1
+fi
+tail -n 3 "$build_log"
+
 step "cargo fmt and clippy"
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
-
-step "cargo test: build"
-cargo test --locked --no-run
 
 step "Pinned tools (tests/tools.sh): waiting for the build"
 tools_ok=true
