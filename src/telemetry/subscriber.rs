@@ -8,6 +8,11 @@
 //!
 //! Per-layer filters let the console see tokio's trace-level task events while the log
 //! stays quiet.
+//!
+//! The layers are a `Vec` of boxed layers, not `Option`s: an absent `Option` layer tells
+//! tracing it wants every callsite, which turns every TRACE span and event of every library
+//! (h2 opens about fifty spans per call, tokio one per task and timer) into a span in the
+//! registry that no layer reads. Measured: a third of a `Fast` call's instructions.
 
 use std::{net::SocketAddr, sync::OnceLock, time::Duration};
 
@@ -133,11 +138,14 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     // Request task names carry a short trace id only when someone reads them.
     crate::diagnose::name_tasks(config.console.is_some());
 
+    let mut layers = vec![
+        fmt.boxed(),
+        StageLayer::new().with_filter(StageFilter).boxed(),
+    ];
+    layers.extend(otel_layer.map(Layer::boxed));
+    layers.extend(console_layer.map(Layer::boxed));
     tracing_subscriber::registry()
-        .with(fmt)
-        .with(otel_layer)
-        .with(console_layer)
-        .with(StageLayer::new().with_filter(StageFilter))
+        .with(layers)
         .try_init()
         .map_err(|_| TelemetryError::AlreadySet)?;
     Ok(Telemetry {
@@ -190,11 +198,10 @@ pub fn init_local(logs: bool, trace_ids: bool) {
             .with_tracer(provider.tracer("holdup"))
             .with_filter(Targets::new().with_target("holdup", Level::INFO))
     });
-    let _ = tracing_subscriber::registry()
-        .with(fmt)
-        .with(otel_layer)
-        .with(StageLayer::new().with_filter(StageFilter))
-        .try_init();
+    let mut layers = vec![StageLayer::new().with_filter(StageFilter).boxed()];
+    layers.extend(fmt.map(Layer::boxed));
+    layers.extend(otel_layer.map(Layer::boxed));
+    let _ = tracing_subscriber::registry().with(layers).try_init();
 }
 
 /// Logs to stderr, in colour only on a terminal.
