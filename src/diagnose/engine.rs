@@ -2,13 +2,7 @@
 //! (attributes and links to the culprits' spans), into Prometheus and, for a long blamed
 //! wait, into the log.
 
-use std::{
-    sync::{
-        OnceLock,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::OnceLock, time::Duration};
 
 use tracing::field::{Field, Value};
 
@@ -49,17 +43,25 @@ impl Default for EngineConfig {
     }
 }
 
-/// Whether handler tasks get per-request names (`CpuBound INLINE 4bf92f35`): only worth the
-/// formatting when someone (tokio-console) reads task names.
-static TASK_NAMES: AtomicBool = AtomicBool::new(false);
+/// Decides, for each handler task [`Diagnosis::spawn`](super::Diagnosis::spawn) starts,
+/// whether it gets a per-request name (`CpuBound INLINE 4bf92f35`): it calls the spawn with
+/// its answer. Only worth the formatting when someone (tokio-console) reads the task.
+pub type SpawnGate = fn(&mut dyn FnMut(bool));
 
-/// Turns per-request task names on (the telemetry module does, when the console is on).
-pub fn name_tasks(on: bool) {
-    TASK_NAMES.store(on, Ordering::Relaxed);
+static SPAWN_GATE: OnceLock<SpawnGate> = OnceLock::new();
+
+/// Installs `gate` (the telemetry module does, when the console is on: the console's budget
+/// decides). Without one, handler tasks are named by their label only. The first call wins.
+pub fn name_tasks_through(gate: SpawnGate) {
+    let _ = SPAWN_GATE.set(gate);
 }
 
-pub fn task_names() -> bool {
-    TASK_NAMES.load(Ordering::Relaxed)
+/// Runs `spawn` with whether the task it spawns should carry a per-request name.
+pub(crate) fn gated_spawn(spawn: &mut dyn FnMut(bool)) {
+    match SPAWN_GATE.get() {
+        Some(gate) => gate(spawn),
+        None => spawn(false),
+    }
 }
 
 /// Shared by every request of one layer.
@@ -82,6 +84,7 @@ impl Engine {
             poll_ms = held as f64 / 1e6,
             threshold_ms = self.config.long_poll.as_secs_f64() * 1e3,
             rpc = method,
+            trace_id = %who.trace_id(),
             "long poll: this request held a runtime worker for {:.1} ms without yielding; \
              every task queued on that worker waited as long",
             held as f64 / 1e6
@@ -109,6 +112,7 @@ impl Engine {
                 target: "holdup::diagnose",
                 parent: span,
                 rpc = report.identity.method(),
+                trace_id = %report.identity.trace_id(),
                 waited_ms = report.split.scheduled as f64 / 1e6,
                 blamed_ms = report.split.blamed as f64 / 1e6,
                 culprits = culprits.join(", "),
