@@ -464,6 +464,7 @@ mod tests {
         let telemetry = args.telemetry.validate("holdup").expect("valid");
         let library = subscriber::TelemetryConfig::default();
         assert_eq!(telemetry.console_retention, library.console_retention);
+        assert_eq!(telemetry.console_budget, library.console_budget);
     }
 
     #[test]
