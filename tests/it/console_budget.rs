@@ -141,7 +141,7 @@ async fn tokio_console_shows_every_task_below_its_budget_and_a_sample_above() {
     let metrics = holdup.addr_after("metrics at ");
     let _guard = KillOnDrop(Some(holdup.child));
 
-    let mut console = InstrumentClient::connect(format!("http://{console}"))
+    let console = InstrumentClient::connect(format!("http://{console}"))
         .await
         .expect("console API answers");
     // As the tokio-console TUI does: an update may list thousands of tasks.
