@@ -3,13 +3,20 @@
 //! telemetry, no limits: what tonic alone costs, so that what holdup's instrumentation adds
 //! can be measured against it under the same load.
 //!
-//! Usage: `cargo run --release --example bare_echo -- [ADDR] [THREADS]`
+//! Usage: `cargo run --release --example bare_echo -- [ADDR] [THREADS] [--diagnose]`
 //! (default 127.0.0.1:50052, 2 threads).
+//!
+//! `--diagnose` adds holdup's diagnosis engine the way the README's "Diagnose your own
+//! service" tells a user to (and as `examples/diagnosed_greeter.rs` does): the runtime's poll
+//! hooks, the stage layer and an OpenTelemetry layer (trace ids, no exporter) in the
+//! subscriber, and `DiagnoseLayer` on the server, handlers on the same runtime. The benchmark
+//! runs both, so the engine's own cost per call is measured against bare tonic.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 
 use anyhow::Context;
+use holdup::diagnose::{DiagnoseLayer, StageFilter, StageLayer, install_hooks};
 use holdup::proto::{
     self,
     lab_server::{Lab, LabServer},
@@ -71,8 +78,23 @@ impl Lab for Bare {
     }
 }
 
+/// The subscriber a user of the engine installs: trace ids for every request (no exporter:
+/// theirs would go here) and the engine's stage layer.
+fn diagnosed_subscriber() {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::{Layer as _, layer::SubscriberExt, util::SubscriberInitExt};
+    let tracer = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .build()
+        .tracer("bare_echo");
+    tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .with(StageLayer::new().with_filter(StageFilter))
+        .init();
+}
+
 fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
+    let diagnose = std::env::args().any(|a| a == "--diagnose");
+    let mut args = std::env::args().skip(1).filter(|a| a != "--diagnose");
     let addr: SocketAddr = args
         .next()
         .unwrap_or_else(|| "127.0.0.1:50052".into())
@@ -84,7 +106,12 @@ fn main() -> anyhow::Result<()> {
             .context("the second argument must be a number of threads")?,
         None => DEFAULT_THREADS,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if diagnose {
+        diagnosed_subscriber();
+        install_hooks(&mut builder);
+    }
+    let runtime = builder
         .worker_threads(threads.max(1))
         .enable_all()
         .build()
@@ -94,13 +121,22 @@ fn main() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {addr}"))?;
         let bound = listener.local_addr().context("reading the bound address")?;
-        println!("bare_echo listening on {bound} ({threads} threads)");
+        let with = if diagnose { ", diagnosed" } else { "" };
+        println!("bare_echo listening on {bound} ({threads} threads{with})");
         // Nagle off, as holdup does: the comparison is of request paths, not of socket options.
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        Server::builder()
-            .add_service(LabServer::new(Bare))
-            .serve_with_incoming_shutdown(incoming, holdup::shutdown::signal())
-            .await
-            .context("serving")
+        let served = if diagnose {
+            Server::builder()
+                .layer(DiagnoseLayer::new())
+                .add_service(LabServer::new(Bare))
+                .serve_with_incoming_shutdown(incoming, holdup::shutdown::signal())
+                .await
+        } else {
+            Server::builder()
+                .add_service(LabServer::new(Bare))
+                .serve_with_incoming_shutdown(incoming, holdup::shutdown::signal())
+                .await
+        };
+        served.context("serving")
     })
 }

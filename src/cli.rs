@@ -9,7 +9,7 @@ use crate::config::{
     self, ConfigError, Database, DatabaseConfig, Limits, ServeConfig, SimulatorConfig,
     UpstreamTarget, check_range, millis, whole_ms,
 };
-use crate::telemetry::{lag, subscriber};
+use crate::telemetry::{console_budget, lag, subscriber};
 use crate::transport::{ConnectionLimits, limits as transport};
 
 /// holdup: a gRPC lab that shows, with evidence, why a response is late.
@@ -247,6 +247,9 @@ pub struct TelemetryArgs {
     /// How long tokio-console keeps finished tasks, in seconds.
     #[arg(long, env = "HOLDUP_CONSOLE_RETENTION_S", default_value_t = subscriber::DEFAULT_CONSOLE_RETENTION.as_secs())]
     pub console_retention_s: u64,
+    /// New tasks a second tokio-console sees; above it, a sample (said once in the log).
+    #[arg(long, env = "HOLDUP_CONSOLE_TASK_BUDGET", default_value_t = console_budget::DEFAULT_CONSOLE_BUDGET)]
+    pub console_task_budget: u32,
 }
 
 impl TelemetryArgs {
@@ -265,6 +268,12 @@ impl TelemetryArgs {
                 1,
                 86_400,
             )?),
+            console_budget: check_range(
+                "--console-task-budget",
+                self.console_task_budget,
+                1,
+                1_000_000,
+            )?,
             otlp_endpoint: None,
         })
     }
@@ -455,6 +464,7 @@ mod tests {
         let telemetry = args.telemetry.validate("holdup").expect("valid");
         let library = subscriber::TelemetryConfig::default();
         assert_eq!(telemetry.console_retention, library.console_retention);
+        assert_eq!(telemetry.console_budget, library.console_budget);
     }
 
     #[test]

@@ -34,6 +34,9 @@ fn world() -> &'static World {
         let console = free_port();
         let telemetry = subscriber::init(&TelemetryConfig {
             console: Some(console),
+            // Every task shown: the tests here share one console and look tasks up by name;
+            // the budget is tested against a process of its own (tests/it/console_budget.rs).
+            console_budget: 1_000_000,
             otlp_endpoint: Some(format!("http://{addr}")),
             ..TelemetryConfig::default()
         })
@@ -306,18 +309,26 @@ async fn tokio_console_shows_the_inline_task_by_name_with_its_busy_time() {
         .expect("watch updates")
         .into_inner();
 
+    // A trace id known before the call: other tests here run INLINE calls at the same time,
+    // so the task watched must be this call's own.
+    let trace_id = random_hex(16);
     let mut lab = app.client.clone();
-    let call = tokio::spawn(async move {
-        lab.cpu_bound(CpuBoundRequest {
-            mode: CpuMode::Inline.into(),
-            work_ms: 150,
-            iterations: 0,
-        })
-        .await
+    let mut request = Request::new(CpuBoundRequest {
+        mode: CpuMode::Inline.into(),
+        work_ms: 150,
+        iterations: 0,
     });
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-{}-01", random_hex(8))
+            .parse()
+            .unwrap(),
+    );
+    let call = tokio::spawn(async move { lab.cpu_bound(request).await });
+    let expected = format!("CpuBound INLINE {}", &trace_id[..8]);
 
-    // Updates come once a second: new tasks, then their stats. Watch until the INLINE task
-    // shows its busy time, or give up after 15 s.
+    // Updates come once a second: new tasks, then their stats. Watch until this call's INLINE
+    // task shows its busy time, or give up after 15 s.
     let mut inline_ids = std::collections::HashSet::new();
     let mut inline_names = Vec::new();
     let mut busiest = Duration::ZERO;
@@ -335,7 +346,9 @@ async fn tokio_console_shows_the_inline_task_by_name_with_its_busy_time() {
             if is_named(task, "CpuBound INLINE")
                 && let Some(id) = &task.id
             {
-                inline_ids.insert(id.id);
+                if is_named(task, &expected) {
+                    inline_ids.insert(id.id);
+                }
                 inline_names.extend(task.fields.iter().filter_map(|f| match &f.value {
                     Some(
                         console_api::field::Value::StrVal(v)
@@ -354,13 +367,8 @@ async fn tokio_console_shows_the_inline_task_by_name_with_its_busy_time() {
         }
     }
     let reply = call.await.unwrap().expect("CpuBound answers").into_inner();
-    assert!(
-        !inline_ids.is_empty(),
-        "no task named CpuBound INLINE in the console"
-    );
+    assert_eq!(reply.diagnostics.expect("diagnostics").trace_id, trace_id);
     // The task's name leads to its trace: the first 8 hex digits of the reply's trace id.
-    let trace_id = reply.diagnostics.expect("diagnostics").trace_id;
-    let expected = format!("CpuBound INLINE {}", &trace_id[..8]);
     assert!(
         inline_names.contains(&expected),
         "no task named {expected:?} among {inline_names:?}"

@@ -7,7 +7,7 @@ use std::{future::Future, io, sync::Arc};
 use tokio::{runtime::Handle, task::JoinHandle};
 
 use super::{
-    clock::now_ns, engine::task_names, identity::Identity, measured::Measured, report::Report,
+    clock::now_ns, engine::gated_spawn, identity::Identity, measured::Measured, report::Report,
     timeline::Timeline,
 };
 
@@ -38,8 +38,9 @@ impl Diagnosis {
     }
 
     /// Runs `future` as a task of its own on `runtime`, measured as this request: its polls,
-    /// its waits for a worker (blamed) and its parked time are the request's. With task names
-    /// on (tokio-console), the task is called `"{label} {short trace id}"`, else `label`.
+    /// its waits for a worker (blamed) and its parked time are the request's. When
+    /// tokio-console will show it ([`name_tasks_through`](super::name_tasks_through)), the task
+    /// is called `"{label} {short trace id}"`, else `label`.
     ///
     /// One handler task per request: the engine accounts for the waits of one task at a time.
     ///
@@ -55,17 +56,23 @@ impl Diagnosis {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        let measured = Measured::handed_over(Arc::clone(&self.0), future);
-        if task_names() {
-            let short = self.0.identity.short_trace_id();
-            let name = if short.is_empty() {
-                label.to_owned()
-            } else {
-                format!("{label} {short}")
+        let mut measured = Some(Measured::handed_over(Arc::clone(&self.0), future));
+        let mut spawned = None;
+        gated_spawn(&mut |named| {
+            let Some(measured) = measured.take() else {
+                return;
             };
-            crate::runtime::spawn_named(&name, runtime, measured)
-        } else {
-            crate::runtime::spawn_named(label, runtime, measured)
-        }
+            let short = if named {
+                self.0.identity.short_trace_id()
+            } else {
+                String::new()
+            };
+            spawned = Some(if short.is_empty() {
+                crate::runtime::spawn_named(label, runtime, measured)
+            } else {
+                crate::runtime::spawn_named(&format!("{label} {short}"), runtime, measured)
+            });
+        });
+        spawned.unwrap_or_else(|| Err(io::Error::other("the spawn gate did not spawn")))
     }
 }

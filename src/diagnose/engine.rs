@@ -2,10 +2,9 @@
 //! (attributes and links to the culprits' spans), into Prometheus and, for a long blamed
 //! wait, into the log.
 
-use std::{
-    sync::atomic::{AtomicBool, Ordering},
-    time::Duration,
-};
+use std::{sync::OnceLock, time::Duration};
+
+use tracing::field::{Field, Value};
 
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -44,17 +43,25 @@ impl Default for EngineConfig {
     }
 }
 
-/// Whether handler tasks get per-request names (`CpuBound INLINE 4bf92f35`): only worth the
-/// formatting when someone (tokio-console) reads task names.
-static TASK_NAMES: AtomicBool = AtomicBool::new(false);
+/// Decides, for each handler task [`Diagnosis::spawn`](super::Diagnosis::spawn) starts,
+/// whether it gets a per-request name (`CpuBound INLINE 4bf92f35`): it calls the spawn with
+/// its answer. Only worth the formatting when someone (tokio-console) reads the task.
+pub type SpawnGate = fn(&mut dyn FnMut(bool));
 
-/// Turns per-request task names on (the telemetry module does, when the console is on).
-pub fn name_tasks(on: bool) {
-    TASK_NAMES.store(on, Ordering::Relaxed);
+static SPAWN_GATE: OnceLock<SpawnGate> = OnceLock::new();
+
+/// Installs `gate` (the telemetry module does, when the console is on: the console's budget
+/// decides). Without one, handler tasks are named by their label only. The first call wins.
+pub fn name_tasks_through(gate: SpawnGate) {
+    let _ = SPAWN_GATE.set(gate);
 }
 
-pub fn task_names() -> bool {
-    TASK_NAMES.load(Ordering::Relaxed)
+/// Runs `spawn` with whether the task it spawns should carry a per-request name.
+pub(crate) fn gated_spawn(spawn: &mut dyn FnMut(bool)) {
+    match SPAWN_GATE.get() {
+        Some(gate) => gate(spawn),
+        None => spawn(false),
+    }
 }
 
 /// Shared by every request of one layer.
@@ -77,6 +84,7 @@ impl Engine {
             poll_ms = held as f64 / 1e6,
             threshold_ms = self.config.long_poll.as_secs_f64() * 1e3,
             rpc = method,
+            trace_id = %who.trace_id(),
             "long poll: this request held a runtime worker for {:.1} ms without yielding; \
              every task queued on that worker waited as long",
             held as f64 / 1e6
@@ -104,6 +112,7 @@ impl Engine {
                 target: "holdup::diagnose",
                 parent: span,
                 rpc = report.identity.method(),
+                trace_id = %report.identity.trace_id(),
                 waited_ms = report.split.scheduled as f64 / 1e6,
                 blamed_ms = report.split.blamed as f64 / 1e6,
                 culprits = culprits.join(", "),
@@ -115,31 +124,87 @@ impl Engine {
     }
 }
 
+/// The split fields of the request span, in [`record_on_span`]'s order.
+const SPLIT_FIELDS: [&str; 13] = [
+    "holdup.total_us",
+    "holdup.busy_us",
+    "holdup.on_cpu_us",
+    "holdup.cpu_wait_us",
+    "holdup.scheduled_us",
+    "holdup.idle_us",
+    "holdup.queue_us",
+    "holdup.blamed_us",
+    "holdup.polls",
+    "holdup.max_poll_us",
+    "holdup.verdict",
+    "holdup.waited_in",
+    "holdup.culprits",
+];
+
+/// The request span's split fields, looked up by name once: every request span comes from
+/// the one callsite in the layer.
+fn split_fields(meta: &'static tracing::Metadata<'static>) -> Option<[Field; 13]> {
+    static CACHED: OnceLock<Option<[Field; 13]>> = OnceLock::new();
+    let lookup = || {
+        let fields = meta.fields();
+        let found: Vec<Field> = SPLIT_FIELDS
+            .iter()
+            .filter_map(|n| fields.field(n))
+            .collect();
+        <[Field; 13]>::try_from(found).ok()
+    };
+    let cached = CACHED.get_or_init(lookup).as_ref();
+    match cached {
+        Some(fields) if fields[0].callsite() == meta.callsite() => Some(fields.clone()),
+        _ => lookup(),
+    }
+}
+
 /// The split and verdict as attributes of the request's span, and a link to each culprit
-/// request's span (Jaeger shows them as references).
+/// request's span (Jaeger shows them as references). All fields in one `record`: each record
+/// costs every layer a span lookup and, in the log layer, a formatting pass.
 fn record_on_span(report: &Report, span: &tracing::Span) {
-    if span.is_disabled() {
+    let Some(meta) = span.metadata() else { return };
+    let Some(fields) = split_fields(meta) else {
         return;
-    }
+    };
     let s = &report.split;
-    span.record("holdup.total_us", micros(s.total));
-    span.record("holdup.busy_us", micros(s.busy));
-    span.record("holdup.on_cpu_us", micros(s.on_cpu));
-    span.record("holdup.cpu_wait_us", micros(s.cpu_wait));
-    span.record("holdup.scheduled_us", micros(s.scheduled));
-    span.record("holdup.idle_us", micros(s.idle_total()));
-    span.record("holdup.queue_us", micros(s.queue()));
-    span.record("holdup.blamed_us", micros(s.blamed));
-    span.record("holdup.polls", s.polls);
-    span.record("holdup.max_poll_us", micros(s.max_poll));
-    span.record("holdup.verdict", report.verdict().as_str());
-    if let Some(wait) = report.longest_wait() {
-        span.record("holdup.waited_in", wait.stage);
-    }
-    if !report.culprits.is_empty() {
+    let culprits = (!report.culprits.is_empty()).then(|| {
         let names: Vec<String> = report.culprits.iter().map(culprit_label).collect();
-        span.record("holdup.culprits", names.join(",").as_str());
-    }
+        names.join(",")
+    });
+    let values: [u64; 10] = [
+        micros(s.total),
+        micros(s.busy),
+        micros(s.on_cpu),
+        micros(s.cpu_wait),
+        micros(s.scheduled),
+        micros(s.idle_total()),
+        micros(s.queue()),
+        micros(s.blamed),
+        s.polls,
+        micros(s.max_poll),
+    ];
+    let verdict = report.verdict().as_str();
+    let waited_in = report.longest_wait().map(|w| w.stage);
+    let number = |i: usize| Some(&values[i] as &dyn Value);
+    let set = [
+        (&fields[0], number(0)),
+        (&fields[1], number(1)),
+        (&fields[2], number(2)),
+        (&fields[3], number(3)),
+        (&fields[4], number(4)),
+        (&fields[5], number(5)),
+        (&fields[6], number(6)),
+        (&fields[7], number(7)),
+        (&fields[8], number(8)),
+        (&fields[9], number(9)),
+        (&fields[10], Some(&verdict as &dyn Value)),
+        (&fields[11], waited_in.as_ref().map(|w| w as &dyn Value)),
+        (&fields[12], culprits.as_ref().map(|c| c as &dyn Value)),
+    ];
+    // `value_set` is how tracing's own macros build a record; hidden, but stable in 0.1.
+    span.record_all(&meta.fields().value_set(&set));
     for culprit in &report.culprits {
         if let Some(context) = culprit.request().and_then(|c| c.span_context()) {
             span.add_link_with_attributes(

@@ -43,6 +43,9 @@ pub const TRACE_ID_HEADER: &str = "x-trace-id";
 /// (the Lab returns it in `Diagnostics.timeline`).
 pub const TIMELINE_HEADER: &str = "holdup-timeline";
 
+/// The target of the request spans the layer opens (name `rpc`).
+pub const REQUEST_SPAN_TARGET: &str = "holdup::rpc";
+
 /// Adds the diagnosis engine to a tonic server: `Server::builder().layer(DiagnoseLayer::new())`.
 #[derive(Debug, Clone, Default)]
 pub struct DiagnoseLayer {
@@ -154,7 +157,7 @@ fn start<B>(engine: &Arc<Engine>, request: &http::Request<B>, started: u64) -> A
     let full = path.path().trim_start_matches('/');
     let (service, method) = split_method(full);
     let span = tracing::info_span!(
-        target: "holdup::rpc",
+        target: REQUEST_SPAN_TARGET,
         "rpc",
         otel.name = full,
         otel.kind = "server",

@@ -60,13 +60,13 @@ pub use blame::Culprit;
 pub use clock::{CPU_MARK_EVERY, CPU_SPLIT_FROM};
 pub use diagnosis::Diagnosis;
 pub use engine::{
-    DEFAULT_BLAME_FROM, DEFAULT_LONG_POLL, DEFAULT_WARN_BLAMED_FROM, EngineConfig, name_tasks,
-    task_names,
+    DEFAULT_BLAME_FROM, DEFAULT_LONG_POLL, DEFAULT_WARN_BLAMED_FROM, EngineConfig, SpawnGate,
+    name_tasks_through,
 };
 pub use identity::Identity;
 pub use layer::{
-    DIAGNOSIS_HEADER, Diagnose, DiagnoseLayer, DiagnosedBody, ResponseFuture, TIMELINE_HEADER,
-    TRACE_ID_HEADER,
+    DIAGNOSIS_HEADER, Diagnose, DiagnoseLayer, DiagnosedBody, REQUEST_SPAN_TARGET, ResponseFuture,
+    TIMELINE_HEADER, TRACE_ID_HEADER,
 };
 pub use metrics::DiagnoseMetrics;
 pub use occupancy::{Holder, RECORD_POLLS_FROM, install_hooks, name_task};

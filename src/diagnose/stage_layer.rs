@@ -35,10 +35,16 @@ impl StageLayer {
         Self
     }
 
-    /// Spans the layer needs to see: not tokio's own task and resource instrumentation, which
-    /// is the console's and never a stage.
+    /// Spans the layer needs to see: DEBUG and above, and not tokio's own task and resource
+    /// instrumentation, which is the console's and never a stage.
+    ///
+    /// Not TRACE: libraries open TRACE spans around every frame they read or write (h2 opens
+    /// about fifty per unary call), never across a wait, so none is a stage; admitting them
+    /// made every one a span in the registry, and they cost the request path more than
+    /// everything else the engine does.
     pub fn wants(meta: &Metadata<'_>) -> bool {
         meta.is_span()
+            && *meta.level() <= tracing::Level::DEBUG
             && !meta.target().starts_with("tokio")
             && !meta.name().starts_with("runtime.")
     }

@@ -124,6 +124,12 @@ impl Metrics {
             "Span batches the OTLP exporter failed to deliver",
             super::subscriber::export_failures(),
         );
+        registry.register(
+            "holdup_console_tasks",
+            "New tasks tokio-console was shown, and those left out because they came faster than \
+             its budget (--console-task-budget)",
+            super::console_budget::tasks_metric(),
+        );
         Self { registry }
     }
 

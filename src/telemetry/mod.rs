@@ -2,6 +2,7 @@
 //!
 //! - [`subscriber`]: the one tracing registry and its layers (fmt, OpenTelemetry, console, and
 //!   the diagnosis engine's stage layer);
+//! - [`console_budget`]: the new tasks a second tokio-console sees;
 //! - [`otel`]: OTLP export and W3C trace-context propagation;
 //! - [`lag`]: the runtime lag probe;
 //! - [`metrics`], [`endpoint`]: the Prometheus registry and its `/metrics` endpoint;
@@ -9,6 +10,7 @@
 //!
 //! The per-request split, verdict and blame are the diagnosis engine's (`crate::diagnose`).
 
+pub mod console_budget;
 pub mod endpoint;
 pub mod lag;
 pub mod metrics;

@@ -1,29 +1,36 @@
 #!/usr/bin/env bash
-# The benchmark of issue 4, part 3. Not a test: it prints measured ratios.
+# The benchmark of issue 13. Not a test: it prints measured ratios, medians over rounds.
 #
-#   1. Fast max throughput and p99: `holdup serve` (full instrumentation) vs a bare tonic echo
-#      server built from this repo (examples/bare_echo.rs), same closed-loop load.
-#   2. The load generator: `holdup load` vs h2load (Debian package nghttp2-client) against the
-#      same server, same connections and concurrency: achieved rate. Measured against the bare
-#      server (where the generators, not the server, set the pace) and against holdup serve.
-#   3. tokio-console's instrumentation: `holdup serve` vs `holdup serve --no-console`.
+# Three servers, the same closed-loop `Fast` load (`holdup load`), release build:
+#   bare      examples/bare_echo.rs: tonic alone, no telemetry, no lab runtime
+#   quiet     holdup serve --no-console
+#   default   holdup serve (tokio-console on, as shipped)
+# Each round loads every server once, alone, in an order that rotates from round to round
+# (so that no server always runs first or last on a machine whose load drifts). Per run:
+# throughput, p99, the server's CPU time per call (utime + stime from /proc over the calls
+# completed), its RSS after the run, and the rate h2load (and ghz, where installed) reaches
+# against the same server with the same connections and concurrency.
 #
-# Servers run one at a time, each loaded alone, so no two measurements share the cores.
-# On a small machine the load generator and the server share the cores: the ratios compare
-# like with like, the absolute numbers only describe this machine.
+# The generator and the server share the cores: the ratios compare like with like in the
+# same run; the absolute numbers only describe this machine.
 #
-# Usage: tests/bench/run.sh            (env: DURATION=10 WARMUP=2 CONCURRENCY=32 CONNECTIONS=4)
+# Usage: tests/bench/run.sh   (env: ROUNDS=3 DURATION=10 WARMUP=2 CONCURRENCY=32 CONNECTIONS=4)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
+ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 CONCURRENCY=${CONCURRENCY:-32}
 CONNECTIONS=${CONNECTIONS:-4}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 BIN="$TARGET_DIR/release"
+CLK_TCK=$(getconf CLK_TCK)
 
-cargo build --release --quiet --bin holdup --example bare_echo
+# Apart: built together, the example's dev-dependencies would change the features (and so
+# the code) of holdup's own dependencies; the binary measured is the one users build.
+cargo build --release --locked --quiet --bin holdup
+cargo build --release --locked --quiet --example bare_echo
 
 WORK=$(mktemp -d)
 SERVER_PID=""
@@ -46,9 +53,19 @@ wait_for_port() {
     return 1
 }
 
-start() { # start NAME COMMAND...: runs a server in the background, waits for its port
-    local name=$1; shift
-    "$@" >"$WORK/$name.log" 2>&1 &
+holdup_serve() { # holdup_serve [EXTRA FLAGS]
+    # exec: the background job *is* the server, so that stop's signal reaches it.
+    OTEL_TRACES_EXPORTER=none exec "$BIN/holdup" serve --listen "127.0.0.1:$PORT" \
+        --metrics-addr "127.0.0.1:$(free_port)" --console-addr "127.0.0.1:$(free_port)" \
+        --seed-rows 1000 "$@"
+}
+
+start() { # start SERVER: runs it in the background on $PORT, waits for the port
+    case $1 in
+        bare) "$BIN/examples/bare_echo" "127.0.0.1:$PORT" 2 >"$WORK/$1.log" 2>&1 & ;;
+        quiet) holdup_serve --no-console >"$WORK/$1.log" 2>&1 & ;;
+        default) holdup_serve >"$WORK/$1.log" 2>&1 & ;;
+    esac
     SERVER_PID=$!
     wait_for_port "$PORT"
 }
@@ -59,18 +76,14 @@ stop() {
     SERVER_PID=""
 }
 
-holdup_serve() { # holdup_serve [EXTRA FLAGS]: full instrumentation unless told otherwise
-    # exec: the background job *is* the server, so that stop's signal reaches it.
-    exec "$BIN/holdup" serve --listen "127.0.0.1:$PORT" --metrics-addr "127.0.0.1:$(free_port)" \
-        --console-addr "127.0.0.1:$(free_port)" --seed-rows 1000 "$@"
-}
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$SERVER_PID/stat"; }
+rss_kb() { awk '/VmRSS/ { print $2 }' "/proc/$SERVER_PID/status"; }
 
-# Closed-loop Fast load with holdup's own generator; prints "throughput p99_ms".
-holdup_load() {
+# Closed-loop Fast load with holdup's own generator, for `seconds`; writes $WORK/load.json.
+holdup_load() { # holdup_load SECONDS
     "$BIN/holdup" load --target "http://127.0.0.1:$PORT" fast \
         --concurrency "$CONCURRENCY" --connections "$CONNECTIONS" \
-        --duration "${DURATION}s" --warmup "${WARMUP}s" --json >"$WORK/load.json"
-    python3 -c 'import json,sys; m=json.load(open(sys.argv[1]))["main"]; print(round(m["throughput"]), m["latency"]["p99_ms"], sum(m["errors"].values()))' "$WORK/load.json"
+        --duration "$1s" --warmup 0s --json >"$WORK/load.json"
 }
 
 # The same load with h2load; prints its requests per second.
@@ -83,47 +96,104 @@ h2load_rate() {
     awk '/^finished in/ { gsub(",", "", $4); printf "%.0f\n", $4 }' "$WORK/h2load.txt"
 }
 
-# h2load's rate, or nothing when h2load is not installed.
-maybe_h2load() {
-    if command -v h2load >/dev/null; then h2load_rate; fi
+# The same load with ghz; prints its requests per second.
+ghz_rate() {
+    ghz --insecure --proto proto/holdup/v1/lab.proto --import-paths proto \
+        --call holdup.v1.Lab/Fast --data '{"message":"x"}' \
+        --concurrency "$CONCURRENCY" --connections "$CONNECTIONS" \
+        --duration "$((WARMUP + DURATION))s" --format json "127.0.0.1:$PORT" >"$WORK/ghz.json"
+    python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["rps"]))' "$WORK/ghz.json"
 }
 
-ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print(f'{a/b:.2f}' if b else 'n/a')" "$1" "$2"; }
+run() { # run ROUND SERVER: one measured run; appends a row to $WORK/rows.tsv
+    local round=$1 server=$2
+    PORT=$(free_port)
+    start "$server"
+    holdup_load "$WARMUP" # warm-up: connections, caches, the allocator's pages
+    local cpu_before cpu_after rss h2 ghz
+    cpu_before=$(cpu_ticks)
+    holdup_load "$DURATION"
+    cpu_after=$(cpu_ticks)
+    rss=$(rss_kb)
+    h2=$(if command -v h2load >/dev/null; then h2load_rate; else echo nan; fi)
+    ghz=$(if command -v ghz >/dev/null; then ghz_rate; else echo nan; fi)
+    stop
+    python3 - "$WORK/load.json" "$round" "$server" "$((cpu_after - cpu_before))" "$CLK_TCK" \
+        "$rss" "$h2" "$ghz" >>"$WORK/rows.tsv" <<'PY'
+import json, sys
+path, round_, server, ticks, clk, rss, h2, ghz = sys.argv[1:]
+m = json.load(open(path))["main"]
+cpu_us = int(ticks) * 1e6 / int(clk) / max(m["completed"], 1)
+errors = sum(m["errors"].values())
+print(round_, server, round(m["throughput"]), m["latency"]["p99_ms"], errors,
+      f"{cpu_us:.1f}", int(rss) // 1024, h2, ghz, sep="\t")
+PY
+    tail -n 1 "$WORK/rows.tsv" | awk -F'\t' '{ printf "  round %s %-8s %6s calls/s  p99 %5s ms  %s errors  %6s CPU us/call  RSS %4s MB  h2load %s  ghz %s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9 }'
+}
 
-echo "load: Fast, closed loop, $CONCURRENCY concurrent over $CONNECTIONS connections, ${WARMUP}s warm-up + ${DURATION}s; $(nproc) cores"
+echo "load: Fast, closed loop, $CONCURRENCY concurrent over $CONNECTIONS connections," \
+    "${WARMUP}s warm-up + ${DURATION}s, $ROUNDS rounds; $(nproc) cores"
+command -v h2load >/dev/null || echo "h2load: not installed (apt-get install nghttp2-client)"
+command -v ghz >/dev/null || echo "ghz: not installed; its column stays empty"
+servers=(bare quiet default)
+for round in $(seq 1 "$ROUNDS"); do
+    for i in 0 1 2; do
+        run "$round" "${servers[$(((i + round - 1) % 3))]}"
+    done
+done
 
-PORT=$(free_port)
-start bare "$BIN/examples/bare_echo" "127.0.0.1:$PORT" 2
-result=$(holdup_load)
-read -r bare_rate bare_p99 bare_errors <<<"$result"
-h2_bare=$(maybe_h2load)
-stop
-echo "bare tonic echo:             ${bare_rate} calls/s, p99 ${bare_p99} ms, ${bare_errors} errors; h2load ${h2_bare:-n/a} req/s"
+python3 - "$WORK/rows.tsv" <<'PY'
+import math, statistics, sys
+from collections import defaultdict
 
-PORT=$(free_port)
-start full holdup_serve
-result=$(holdup_load)
-read -r full_rate full_p99 full_errors <<<"$result"
-h2_full=$(maybe_h2load)
-stop
-echo "holdup serve (console on):   ${full_rate} calls/s, p99 ${full_p99} ms, ${full_errors} errors; h2load ${h2_full:-n/a} req/s"
+rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1])]
+cols = ["round", "server", "rate", "p99", "errors", "cpu_us", "rss_mb", "h2load", "ghz"]
+runs = defaultdict(dict)  # round -> server -> row
+for r in rows:
+    row = dict(zip(cols, r))
+    for k in cols[2:]:
+        row[k] = float(row[k])
+    runs[row["round"]][row["server"]] = row
 
-PORT=$(free_port)
-start quiet holdup_serve --no-console
-result=$(holdup_load)
-read -r quiet_rate quiet_p99 quiet_errors <<<"$result"
-stop
-echo "holdup serve --no-console:   ${quiet_rate} calls/s, p99 ${quiet_p99} ms, ${quiet_errors} errors"
+def spread(values):
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "n/a"
+    med = statistics.median(values)
+    fmt = (lambda v: f"{v:.2f}") if med < 10 else (lambda v: f"{v:.0f}")
+    return f"{fmt(med)} ({fmt(min(values))}–{fmt(max(values))})"
 
-echo
-echo "holdup (console on) / bare throughput:   $(ratio "$full_rate" "$bare_rate")"
-echo "holdup (console on) / bare p99:          $(ratio "$full_p99" "$bare_p99")"
-echo "holdup (no console) / bare throughput:   $(ratio "$quiet_rate" "$bare_rate")"
-echo "holdup (no console) / bare p99:          $(ratio "$quiet_p99" "$bare_p99")"
-if [[ -n "$h2_bare" && -n "$h2_full" ]]; then
-    echo "holdup load / h2load rate, bare server:  $(ratio "$bare_rate" "$h2_bare")"
-    echo "holdup load / h2load rate, holdup serve: $(ratio "$full_rate" "$h2_full")"
-else
-    echo "holdup load / h2load rate:               n/a (install h2load: apt-get install nghttp2-client)"
-fi
-echo "console on / off throughput:             $(ratio "$full_rate" "$quiet_rate")"
+names = {"bare": "bare tonic echo", "quiet": "holdup serve --no-console",
+         "default": "holdup serve (console on)"}
+print()
+print("medians over rounds (min–max):")
+print("| server | calls/s | p99 ms | CPU µs/call | RSS after, MB | h2load req/s | ghz req/s |")
+print("|---|---|---|---|---|---|---|")
+for s in ["bare", "quiet", "default"]:
+    got = [runs[r][s] for r in runs if s in runs[r]]
+    cells = [spread([g[k] for g in got]) for k in ["rate", "p99", "cpu_us", "rss_mb", "h2load", "ghz"]]
+    errors = sum(g["errors"] for g in got)
+    note = f" ({errors:.0f} errors)" if errors else ""
+    print(f"| {names[s]}{note} | " + " | ".join(cells) + " |")
+
+def ratio(s, k, base="bare"):
+    return spread([runs[r][s][k] / runs[r][base][k] for r in runs
+                   if s in runs[r] and base in runs[r] and runs[r][base][k]])
+
+print()
+print("ratios, each round's runs against each other (median, min–max):")
+print("| ratio | value |")
+print("|---|---|")
+print(f"| --no-console / bare, throughput (target >= 0.85) | {ratio('quiet', 'rate')} |")
+print(f"| --no-console / bare, p99 (target <= 1.3) | {ratio('quiet', 'p99')} |")
+print(f"| console on / bare, throughput (target >= 0.5) | {ratio('default', 'rate')} |")
+print(f"| console on / bare, p99 | {ratio('default', 'p99')} |")
+print(f"| --no-console / bare, CPU per call | {ratio('quiet', 'cpu_us')} |")
+print(f"| console on / bare, CPU per call | {ratio('default', 'cpu_us')} |")
+for s in ["bare", "quiet", "default"]:
+    for gen in ["h2load", "ghz"]:
+        values = [runs[r][s]["rate"] / runs[r][s][gen] for r in runs
+                  if s in runs[r] and runs[r][s][gen] > 0]
+        if values:
+            print(f"| holdup load / {gen}, rate against {names[s]} | {spread(values)} |")
+PY

@@ -9,6 +9,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod console_budget;
 mod console_tui;
 mod contention;
 mod experiment;
