@@ -81,6 +81,10 @@ fn random_hex(bytes: usize) -> String {
 const SERVER: i32 = 2;
 const CLIENT: i32 = 3;
 
+/// How much later the span's clock may stop than the reply's, in µs (or polls): the way from
+/// the handler's reply to the response leaving, on a loaded 2-core machine in a debug build.
+const REPLY_TO_SPAN_SLACK: u64 = 50_000;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_span_continues_the_callers_trace_with_rpc_conventions() {
     world();
@@ -113,19 +117,35 @@ async fn server_span_continues_the_callers_trace_with_rpc_conventions() {
     assert_eq!(server.attr("rpc.service").as_deref(), Some("holdup.v1.Lab"));
     assert_eq!(server.attr("rpc.method").as_deref(), Some("Fast"));
     assert_eq!(server.attr("rpc.grpc.status_code").as_deref(), Some("0"));
-    // The span carries the very split the reply did.
+    // The span carries the same request's split as the reply, taken a moment later (when the
+    // response leaves rather than when the handler builds the reply): each part as large or a
+    // little larger.
     for (key, value) in [
-        ("holdup.total_us", d.total_us.to_string()),
-        ("holdup.busy_us", d.busy_us.to_string()),
-        ("holdup.scheduled_us", d.scheduled_us.to_string()),
-        ("holdup.idle_us", d.idle_us.to_string()),
-        ("holdup.queue_us", d.queue_us.to_string()),
-        ("holdup.polls", d.polls.to_string()),
-        ("holdup.max_poll_us", d.max_poll_us.to_string()),
-        ("holdup.verdict", d.verdict.clone()),
+        ("holdup.total_us", d.total_us),
+        ("holdup.busy_us", d.busy_us),
+        ("holdup.scheduled_us", d.scheduled_us),
+        ("holdup.idle_us", d.idle_us),
+        ("holdup.queue_us", d.queue_us),
+        ("holdup.polls", d.polls),
+        ("holdup.max_poll_us", d.max_poll_us),
     ] {
-        assert_eq!(server.attr(key), Some(value), "server span's {key}");
+        let shown: u64 = server
+            .attr(key)
+            .unwrap_or_else(|| panic!("server span has no {key}"))
+            .parse()
+            .expect("a number");
+        assert!(
+            shown >= value && shown - value <= REPLY_TO_SPAN_SLACK,
+            "server span's {key}: {shown}, the reply's {value}"
+        );
     }
+    let verdict = server.attr("holdup.verdict").expect("a verdict");
+    assert!(
+        holdup::diagnose::Verdict::ALL
+            .iter()
+            .any(|v| v.as_str() == verdict),
+        "{verdict}"
+    );
     app.shutdown().await.unwrap();
 }
 
