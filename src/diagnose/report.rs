@@ -177,8 +177,11 @@ impl Report {
 
     /// The `holdup-diagnosis` header: space-separated `key=value`, durations in ms.
     ///
-    /// `verdict=runtime-contention total=412.3ms busy=0.2ms on_cpu=0.2ms blocked=0.0ms
-    /// scheduled=410.1ms idle=2.0ms queue=0.0ms culprits=SayHello@4bf9…4736/205.0ms,…`
+    /// `verdict=runtime-contention total=412.3ms busy=0.2ms on_cpu=0.2ms cpu_wait=0.0ms
+    /// blocked=0.0ms scheduled=410.1ms idle=2.0ms queue=0.0ms culprits=SayHello@4bf9…4736/205.0ms,…`
+    ///
+    /// `busy` is `on_cpu + cpu_wait + blocked`: computing, runnable while the machine ran
+    /// something else, and holding the worker off the CPU.
     ///
     /// `waited_in=<stage>` names the stage of the longest wait when there is one; each culprit is
     /// `<method>[@<trace id>]/<share>`, or `task:<name or id>/<share>` for a task that is not a
@@ -188,11 +191,12 @@ impl Report {
         let mut out = String::with_capacity(160);
         let _ = write!(
             out,
-            "verdict={} total={} busy={} on_cpu={} blocked={} scheduled={} idle={} queue={}",
+            "verdict={} total={} busy={} on_cpu={} cpu_wait={} blocked={} scheduled={} idle={} queue={}",
             self.verdict(),
             ms(s.total),
             ms(s.busy),
             ms(s.on_cpu),
+            ms(s.cpu_wait),
             ms(s.blocked()),
             ms(s.scheduled),
             ms(s.idle_total()),
