@@ -87,7 +87,11 @@ fn diagnosed_subscriber() {
         .build()
         .tracer("bare_echo");
     tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+        )
         .with(StageLayer::new().with_filter(StageFilter))
         .init();
 }

@@ -37,7 +37,9 @@ use tonic::{
     transport::{Server, server::TcpIncoming},
 };
 use tracing::Instrument;
-use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing_subscriber::{
+    EnvFilter, Layer, filter::LevelFilter, layer::SubscriberExt, util::SubscriberInitExt,
+};
 
 pub mod pb {
     #![allow(clippy::all, clippy::pedantic, missing_docs)]
@@ -179,7 +181,13 @@ fn main() -> anyhow::Result<()> {
                 .with_ansi(std::io::stderr().is_terminal())
                 .with_filter(EnvFilter::new("info")),
         )
-        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        // INFO and above: h2 and hyper open dozens of TRACE spans per request, and an
+        // unfiltered OpenTelemetry layer would build a span for each (9x bare tonic's CPU).
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(LevelFilter::INFO),
+        )
         .with(StageLayer::new().with_filter(StageFilter))
         .init();
     let (connections, handlers) = if args.single_runtime {
