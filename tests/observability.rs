@@ -440,10 +440,26 @@ async fn a_victims_span_links_to_its_culprits_spans() {
         culprit_spans.push(named(&spans, "holdup.v1.Lab/CpuBound").span_id());
     }
     assert_eq!(probe.verdict, "runtime-contention", "{probe:?}");
+    // The tests of this binary run at once, each with its own server in this process: a poll
+    // of another test's request may overlap the wait too and be named beside the two.
     let mut blamed: Vec<String> = probe.culprits.iter().map(|c| c.span_id.clone()).collect();
     blamed.sort();
     culprit_spans.sort();
-    assert_eq!(blamed, culprit_spans, "the reply names the culprits' spans");
+    assert!(
+        culprit_spans.iter().all(|s| blamed.contains(s)),
+        "the reply names the culprits' spans {culprit_spans:?}: {:?}",
+        probe.culprits
+    );
+    let pressure_share: u64 = probe
+        .culprits
+        .iter()
+        .filter(|c| culprit_spans.contains(&c.span_id))
+        .map(|c| c.share_us)
+        .sum();
+    assert!(
+        pressure_share * 2 >= probe.blamed_us,
+        "the two inline calls carry most of the blame: {probe:?}"
+    );
 
     let spans = trace(&probe.trace_id, 1).await;
     let victim = named(&spans, "holdup.v1.Lab/Fast");
@@ -454,7 +470,17 @@ async fn a_victims_span_links_to_its_culprits_spans() {
         .map(|l| hex::encode(&l.span_id))
         .collect();
     linked.sort();
-    assert_eq!(linked, culprit_spans, "links of the victim's span");
+    let mut requests: Vec<String> = probe
+        .culprits
+        .iter()
+        .filter(|c| !c.span_id.is_empty())
+        .map(|c| c.span_id.clone())
+        .collect();
+    requests.sort();
+    assert_eq!(
+        linked, requests,
+        "the victim's span links to each culprit request's span"
+    );
     assert_eq!(
         victim.attr("holdup.verdict").as_deref(),
         Some("runtime-contention")
