@@ -112,12 +112,7 @@ impl TestApp {
 
     /// The `/metrics` page in Prometheus text format.
     pub async fn scrape(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.metrics_addr))
-            .await
-            .expect("metrics endpoint answers")
-            .text()
-            .await
-            .expect("metrics body")
+        scrape(self.metrics_addr).await
     }
 
     /// The value of one sample (`name{labels}` exactly as exported), 0 when absent.
@@ -141,6 +136,16 @@ pub fn diagnostics<T>(d: &Option<T>) -> &T {
 
 pub fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
+}
+
+/// One scrape of the `/metrics` endpoint at `metrics`.
+pub async fn scrape(metrics: SocketAddr) -> String {
+    reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .expect("metrics endpoint answers")
+        .text()
+        .await
+        .expect("metrics body")
 }
 
 /// The value of `series` (`name{labels}` exactly as exported) in a scrape, 0 when absent.

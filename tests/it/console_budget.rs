@@ -115,14 +115,8 @@ async fn fast_calls(addr: SocketAddr, n: u16, callers: u16, every: Duration) {
 }
 
 async fn sampled_out(metrics: SocketAddr) -> f64 {
-    let page = reqwest::get(format!("http://{metrics}/metrics"))
-        .await
-        .expect("metrics answer")
-        .text()
-        .await
-        .expect("metrics body");
     sample(
-        &page,
+        &crate::common::scrape(metrics).await,
         r#"holdup_console_tasks_total{outcome="sampled_out"}"#,
     )
 }

@@ -406,12 +406,7 @@ async fn the_accept_loop_backs_off_at_the_descriptor_limit() {
         .fast(FastRequest::default())
         .await
         .expect("Fast answers after the exhaustion");
-    let page = reqwest::get(format!("http://{metrics}/metrics"))
-        .await
-        .expect("metrics answer")
-        .text()
-        .await
-        .expect("metrics body");
+    let page = crate::common::scrape(metrics).await;
     let backoffs = crate::common::sample(
         &page,
         "holdup_transport_accept_backoffs_total{listener=\"grpc\"}",
