@@ -11,9 +11,17 @@
 //!
 //! A task the console does not see costs nothing more: tokio gives it no span, so its polls
 //! and wakes emit no events. Timers, locks and channels (the console's *resources*) are shown
-//! when a shown task creates them, so they cost no tokens and follow their task. Request
-//! handler tasks are named with their trace id only when they will be shown
+//! when a shown *named* task creates them (holdup's handlers and background jobs), so they cost
+//! no tokens and follow their task. The unnamed tasks are tonic's and hyper's connections and
+//! streams: a connection polls its keep-alive and idle timers on every read, and with those
+//! timers shown, every call cost the console three span entries and a poll-op event per timer,
+//! enough to keep its aggregator waking hundreds of times a second. Request handler tasks are
+//! named with their trace id only when they will be shown
 //! ([`crate::diagnose::name_tasks_through`]).
+//!
+//! For the same reason tokio's poll-op events (one per poll of any timer, lock or channel) are
+//! left out: the console's resource detail loses its list of poll results, and keeps each
+//! resource, its attributes and its task.
 
 use std::{
     cell::Cell,
@@ -40,6 +48,9 @@ use tracing_subscriber::{
 /// background tasks. With [`super::subscriber::DEFAULT_CONSOLE_RETENTION`] it bounds the
 /// finished tasks the console keeps (README, Performance).
 pub const DEFAULT_CONSOLE_BUDGET: u32 = 250;
+
+/// The event tokio emits at every poll of a timer, lock or channel (`trace_poll_op!`).
+const POLL_OP_TARGET: &str = "runtime::resource::poll_op";
 
 /// The span tokio opens for every task (spawn, spawn_blocking, block_on).
 const TASK_SPAN: &str = "runtime.spawn";
@@ -163,7 +174,7 @@ thread_local! {
     /// The decision already taken for the next task spawned on this thread (by
     /// [`decide_next_spawn`]), so that the filter does not take a second token.
     static DECIDED: Cell<Option<bool>> = const { Cell::new(None) };
-    /// How many shown tasks' spans are entered on this thread: a resource made inside one
+    /// How many shown named tasks' spans are entered on this thread: a resource made inside one
     /// is shown with it.
     static IN_SHOWN_TASK: Cell<u32> = const { Cell::new(0) };
 }
@@ -197,7 +208,8 @@ impl ConsoleFilter {
     /// What the console reads at all: tokio's instrumentation.
     fn wants(meta: &Metadata<'_>) -> bool {
         if meta.is_event() {
-            meta.target().starts_with("runtime") || meta.target().starts_with("tokio")
+            meta.target() != POLL_OP_TARGET
+                && (meta.target().starts_with("runtime") || meta.target().starts_with("tokio"))
         } else {
             meta.name().starts_with("runtime.") || meta.target().starts_with("tokio")
         }
@@ -239,15 +251,68 @@ where
         }
     }
 
+    fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
+        if attrs.metadata().name() != TASK_SPAN {
+            return;
+        }
+        let mut named = NamedTask(false);
+        attrs.record(&mut named);
+        if named.0
+            && let Some(span) = ctx.span(id)
+        {
+            span.extensions_mut().insert(ShowsResources);
+        }
+    }
+
     fn on_enter(&self, id: &span::Id, ctx: Context<'_, S>) {
-        if ctx.metadata(id).is_some_and(|m| m.name() == TASK_SPAN) {
+        if shows_resources(id, &ctx) {
             IN_SHOWN_TASK.set(IN_SHOWN_TASK.get() + 1);
         }
     }
 
     fn on_exit(&self, id: &span::Id, ctx: Context<'_, S>) {
-        if ctx.metadata(id).is_some_and(|m| m.name() == TASK_SPAN) {
+        if shows_resources(id, &ctx) {
             IN_SHOWN_TASK.set(IN_SHOWN_TASK.get().saturating_sub(1));
+        }
+    }
+}
+
+/// In the extensions of a shown task whose resources are shown too.
+struct ShowsResources;
+
+fn shows_resources<S>(id: &span::Id, ctx: &Context<'_, S>) -> bool
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+{
+    ctx.span(id).is_some_and(|span| {
+        span.name() == TASK_SPAN && span.extensions().get::<ShowsResources>().is_some()
+    })
+}
+
+/// Whether a task span's `task.name` is not empty (tokio records it with `%`, empty for an
+/// unnamed task): writes nothing, allocates nothing.
+struct NamedTask(bool);
+
+impl tracing::field::Visit for NamedTask {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "task.name" {
+            self.0 = !value.is_empty();
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        /// Notes whether anything at all is written.
+        struct Any(bool);
+        impl std::fmt::Write for Any {
+            fn write_str(&mut self, s: &str) -> std::fmt::Result {
+                self.0 |= !s.is_empty();
+                Ok(())
+            }
+        }
+        if field.name() == "task.name" {
+            let mut any = Any(false);
+            let _ = std::fmt::write(&mut any, format_args!("{value:?}"));
+            self.0 = any.0;
         }
     }
 }

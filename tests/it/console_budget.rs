@@ -185,3 +185,87 @@ async fn tokio_console_shows_every_task_below_its_budget_and_a_sample_above() {
         2_000 - shown
     );
 }
+
+/// Timers, locks and channels are shown with the named tasks that make them (here the `Sleep`
+/// handler's timer), never with the connections' own timers, which are polled on every read
+/// and would cost the console a span entry and an event per call each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_console_shows_a_handlers_timer_and_not_the_connections() {
+    use holdup::proto::{SleepMode, SleepRequest};
+
+    let _serial = crate::common::serial().await;
+    let console = free_port().to_string();
+    let mut args = process::serve_args(&["--console-addr", &console]);
+    args.retain(|a| *a != "--no-console");
+    let holdup = process::start(&args, &[], None);
+    let addr = holdup.addr_after("holdup listening on ");
+    let _guard = KillOnDrop(Some(holdup.child));
+
+    let mut updates = InstrumentClient::connect(format!("http://{console}"))
+        .await
+        .expect("console API answers")
+        .max_decoding_message_size(usize::MAX)
+        .watch_updates(InstrumentRequest {})
+        .await
+        .expect("watch updates")
+        .into_inner();
+    let resources = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
+    let reader = {
+        let resources = Arc::clone(&resources);
+        tokio::spawn(async move {
+            while let Ok(Some(update)) = updates.message().await {
+                let Some(update) = update.resource_update else {
+                    continue;
+                };
+                let mut resources = resources.lock().expect("not poisoned");
+                for r in update.new_resources {
+                    let file = r.location.and_then(|l| l.file).unwrap_or_default();
+                    resources.push((r.concrete_type, file));
+                }
+            }
+        })
+    };
+
+    let mut client = client(addr).await;
+    client
+        .sleep(SleepRequest {
+            mode: SleepMode::Async.into(),
+            duration_ms: 50,
+        })
+        .await
+        .expect("Sleep answers");
+    for _ in 0..20 {
+        client
+            .fast(FastRequest::default())
+            .await
+            .expect("Fast answers");
+    }
+    // Updates come once a second.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let is_handlers_timer =
+        |(kind, file): &(String, String)| kind == "Sleep" && file.contains("src/lab/");
+    while Instant::now() < deadline
+        && !resources
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .any(is_handlers_timer)
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    reader.abort();
+    let resources = resources.lock().expect("not poisoned");
+    assert!(
+        resources.iter().any(is_handlers_timer),
+        "the console must show the Sleep handler's timer; it showed {resources:?}"
+    );
+    let connections: Vec<_> = resources
+        .iter()
+        .filter(|(_, file)| file.contains("hyper") || file.contains("src/transport/"))
+        .collect();
+    assert!(
+        connections.is_empty(),
+        "the console shows the connections' own timers, polled on every read: {connections:?}"
+    );
+}
