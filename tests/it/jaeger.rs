@@ -129,9 +129,12 @@ async fn an_upstream_call_is_one_trace_across_both_services() {
         return;
     };
     // Every attempt is answered 503: two attempts, each with the upstream's span under it.
+    // Each takes 60 ms, so the upstream's 120 ms outweigh the one backoff (uniform in 0..=50
+    // ms) and the verdict is `upstream` every time (at 20 ms a backoff over 40 ms, one run in
+    // six, made it `timer`, rightly).
     let (trace_id, caller_span, outcome) = stack
         .upstream_call(UpstreamCallRequest {
-            latency_ms: Some(20),
+            latency_ms: Some(60),
             error_rate: Some(1.0),
             max_retries: Some(1),
             ..Default::default()
