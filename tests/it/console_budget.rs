@@ -33,6 +33,41 @@ use crate::common::{
 /// The default budget (`DEFAULT_CONSOLE_BUDGET`), new tasks a second.
 const BUDGET: f64 = holdup::telemetry::console_budget::DEFAULT_CONSOLE_BUDGET as f64;
 
+/// A `holdup serve` child with its console on (the default), and its console's update stream.
+struct ServedWithConsole {
+    addr: SocketAddr,
+    metrics: SocketAddr,
+    updates: Streaming<Update>,
+    guard: KillOnDrop,
+}
+
+impl ServedWithConsole {
+    async fn start() -> Self {
+        let console = free_port().to_string();
+        let mut args = process::serve_args(&["--console-addr", &console]);
+        args.retain(|a| *a != "--no-console");
+        let holdup = process::start(&args, &[], None);
+        let addr = holdup.addr_after("holdup listening on ");
+        let metrics = holdup.addr_after("metrics at ");
+        let guard = KillOnDrop(Some(holdup.child));
+        let updates = InstrumentClient::connect(format!("http://{console}"))
+            .await
+            .expect("console API answers")
+            // As the tokio-console TUI does: an update may list thousands of tasks.
+            .max_decoding_message_size(usize::MAX)
+            .watch_updates(InstrumentRequest {})
+            .await
+            .expect("watch updates")
+            .into_inner();
+        Self {
+            addr,
+            metrics,
+            updates,
+            guard,
+        }
+    }
+}
+
 /// What the console has reported so far, read as it comes: a watcher that does not keep up
 /// is sent no more updates.
 #[derive(Debug, Default)]
@@ -127,24 +162,12 @@ async fn sampled_out(metrics: SocketAddr) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokio_console_shows_every_task_below_its_budget_and_a_sample_above() {
     let _serial = crate::common::serial().await;
-    let console = free_port().to_string();
-    let mut args = process::serve_args(&["--console-addr", &console]);
-    args.retain(|a| *a != "--no-console");
-    let holdup = process::start(&args, &[], None);
-    let addr = holdup.addr_after("holdup listening on ");
-    let metrics = holdup.addr_after("metrics at ");
-    let _guard = KillOnDrop(Some(holdup.child));
-
-    let console = InstrumentClient::connect(format!("http://{console}"))
-        .await
-        .expect("console API answers");
-    // As the tokio-console TUI does: an update may list thousands of tasks.
-    let updates = console
-        .max_decoding_message_size(usize::MAX)
-        .watch_updates(InstrumentRequest {})
-        .await
-        .expect("watch updates")
-        .into_inner();
+    let ServedWithConsole {
+        addr,
+        metrics,
+        updates,
+        guard: _guard,
+    } = ServedWithConsole::start().await;
     let seen = Arc::new(Mutex::new(Seen::default()));
     let watcher = watch(updates, Arc::clone(&seen));
 
@@ -194,21 +217,12 @@ async fn tokio_console_shows_a_handlers_timer_and_not_the_connections() {
     use holdup::proto::{SleepMode, SleepRequest};
 
     let _serial = crate::common::serial().await;
-    let console = free_port().to_string();
-    let mut args = process::serve_args(&["--console-addr", &console]);
-    args.retain(|a| *a != "--no-console");
-    let holdup = process::start(&args, &[], None);
-    let addr = holdup.addr_after("holdup listening on ");
-    let _guard = KillOnDrop(Some(holdup.child));
-
-    let mut updates = InstrumentClient::connect(format!("http://{console}"))
-        .await
-        .expect("console API answers")
-        .max_decoding_message_size(usize::MAX)
-        .watch_updates(InstrumentRequest {})
-        .await
-        .expect("watch updates")
-        .into_inner();
+    let ServedWithConsole {
+        addr,
+        mut updates,
+        guard: _guard,
+        ..
+    } = ServedWithConsole::start().await;
     let resources = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
     let reader = {
         let resources = Arc::clone(&resources);
