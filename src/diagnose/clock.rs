@@ -43,6 +43,11 @@ pub fn now_ns() -> u64 {
     ns_at(Instant::now())
 }
 
+/// The instant at engine time `ns`, the inverse of [`ns_at`].
+pub fn instant_at(ns: u64) -> Instant {
+    epoch() + std::time::Duration::from_nanos(ns)
+}
+
 /// The engine time of `instant`.
 pub fn ns_at(instant: Instant) -> u64 {
     u64::try_from(instant.saturating_duration_since(epoch()).as_nanos())

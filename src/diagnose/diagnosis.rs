@@ -7,7 +7,11 @@ use std::{future::Future, io, sync::Arc};
 use tokio::{runtime::Handle, task::JoinHandle};
 
 use super::{
-    clock::now_ns, engine::gated_spawn, identity::Identity, measured::Measured, report::Report,
+    clock::{instant_at, now_ns},
+    engine::gated_spawn,
+    identity::Identity,
+    measured::Measured,
+    report::Report,
     timeline::Timeline,
 };
 
@@ -24,6 +28,14 @@ impl Diagnosis {
 
     pub fn identity(&self) -> &Identity {
         &self.0.identity
+    }
+
+    /// When the request reached the layer: the instant a caller's deadline counts from on the
+    /// server. tonic's transport starts its own `grpc-timeout` timer just after the layer is
+    /// called, and answers CANCELLED when it fires; a handler that counts from here instead of
+    /// from when it runs is never later than that timer, so it can answer DEADLINE_EXCEEDED.
+    pub fn arrived(&self) -> std::time::Instant {
+        instant_at(self.0.started)
     }
 
     /// The request's span: the server span, with the split and verdict recorded on it at the end.

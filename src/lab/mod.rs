@@ -100,11 +100,13 @@ impl Call {
     /// # Errors
     /// INTERNAL when the server was built without the diagnosis layer, which the Lab needs.
     fn new<T>(rpc: Rpc, mode: &'static str, request: &Request<T>) -> Result<Self, Status> {
-        let deadline =
-            deadline::grpc_timeout(request.metadata()).map(|timeout| Instant::now() + timeout);
         let diagnosis = Diagnosis::of(request)
             .cloned()
             .ok_or_else(|| Status::internal("the Lab needs the diagnosis layer"))?;
+        // From the request's arrival, not from now: tonic's own timer on the same header
+        // started then and would answer CANCELLED if it fired before ours.
+        let deadline =
+            deadline::grpc_timeout(request.metadata()).map(|timeout| diagnosis.arrived() + timeout);
         if !mode.is_empty() {
             diagnosis.span().set_attribute("holdup.mode", mode);
         }

@@ -474,6 +474,64 @@ async fn a_non_grpc_content_type_is_refused_with_415() {
     app.shutdown().await.expect("clean shutdown");
 }
 
+/// The gRPC status a raw reply carries: in its headers (trailers-only) or in its trailers.
+async fn grpc_status(reply: http::Response<h2::RecvStream>) -> Option<String> {
+    let text = |v: &http::HeaderValue| v.to_str().ok().map(str::to_owned);
+    if let Some(status) = reply.headers().get("grpc-status") {
+        return text(status);
+    }
+    let mut body = reply.into_body();
+    while let Some(data) = body.data().await {
+        let _ = data.ok()?;
+    }
+    body.trailers()
+        .await
+        .ok()??
+        .get("grpc-status")
+        .and_then(text)
+}
+
+/// A passed deadline is answered DEADLINE_EXCEEDED by the server itself (as the gRPC spec
+/// asks), never CANCELLED. tonic's transport runs a timer of its own on `grpc-timeout` and
+/// answers CANCELLED "Timeout expired" when it fires first; the Lab's timer must not be the
+/// later of the two. A raw HTTP/2 client sends the header and never enforces it, so what it
+/// reads is the server's answer; many calls at once, because the race is decided per call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passed_deadline_is_answered_deadline_exceeded_by_the_server() {
+    use holdup::proto::{SleepMode, SleepRequest};
+    const CALLS: u64 = 40;
+    let app = spawn_app().await;
+    let raw = raw_h2(app.addr, 65_535).await.expect("handshake");
+    let body = grpc_frame(&SleepRequest {
+        mode: SleepMode::Async.into(),
+        duration_ms: 5_000,
+    });
+    let mut calls = tokio::task::JoinSet::new();
+    for n in 0..CALLS {
+        let request = grpc_request(app.addr, "Sleep", Some("application/grpc"))
+            .header("grpc-timeout", format!("{}m", 50 + n))
+            .body(())
+            .expect("request");
+        let (send, body) = (raw.send.clone(), body.clone());
+        calls.spawn(async move {
+            let reply = send_unary(&send, request, body).await.ok()?.await.ok()?;
+            grpc_status(reply).await
+        });
+    }
+    let statuses = calls.join_all().await;
+    let not_deadline: Vec<_> = statuses
+        .iter()
+        .filter(|s| s.as_deref() != Some("4"))
+        .collect();
+    assert!(
+        not_deadline.is_empty(),
+        "{} of {CALLS} calls past their deadline were not answered DEADLINE_EXCEEDED (4): \
+         {not_deadline:?}",
+        not_deadline.len()
+    );
+    app.shutdown().await.expect("clean shutdown");
+}
+
 /// The attack of issue 11 item 1 at full size, for the numbers in the README and the issue
 /// note; not part of the suite (it runs for a minute and loads the machine). Run with
 /// `cargo test --test it transport::stalled_reader_attack -- --ignored --nocapture`;
