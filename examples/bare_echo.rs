@@ -3,14 +3,19 @@
 //! telemetry, no limits: what tonic alone costs, so that what holdup's instrumentation adds
 //! can be measured against it under the same load.
 //!
-//! Usage: `cargo run --release --example bare_echo -- [ADDR] [THREADS] [--diagnose]`
-//! (default 127.0.0.1:50052, 2 threads).
+//! Usage: `cargo run --release --example bare_echo -- [ADDR] [THREADS] [--diagnose]
+//! [--hand-over]` (default 127.0.0.1:50052, 2 threads).
 //!
 //! `--diagnose` adds holdup's diagnosis engine the way the README's "Diagnose your own
 //! service" tells a user to (and as `examples/diagnosed_greeter.rs` does): the runtime's poll
 //! hooks, the stage layer and an OpenTelemetry layer (trace ids, no exporter) in the
 //! subscriber, and `DiagnoseLayer` on the server, handlers on the same runtime. The benchmark
 //! runs both, so the engine's own cost per call is measured against bare tonic.
+//!
+//! `--hand-over` answers `Fast` the way `holdup serve` runs every handler: as a task of its own
+//! on a second runtime of `THREADS` workers, awaited by the transport's task. Nothing else is
+//! added, so it measures what that design costs by itself: two wake-ups across threads per
+//! call, the floor under any `holdup serve` figure.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -31,7 +36,10 @@ use tonic::{
 /// its handlers by default on the two-core machines this is measured on.
 const DEFAULT_THREADS: usize = 2;
 
-struct Bare;
+struct Bare {
+    /// The runtime handlers are handed over to (`--hand-over`); `None`: answered inline.
+    handlers: Option<tokio::runtime::Handle>,
+}
 
 fn fast_only() -> Status {
     Status::unimplemented("bare_echo answers Fast only")
@@ -43,10 +51,19 @@ impl Lab for Bare {
         &self,
         request: Request<proto::FastRequest>,
     ) -> Result<Response<proto::FastReply>, Status> {
-        Ok(Response::new(proto::FastReply {
-            message: request.into_inner().message,
+        let message = request.into_inner().message;
+        let reply = |message| proto::FastReply {
+            message,
             diagnostics: None,
-        }))
+        };
+        match &self.handlers {
+            None => Ok(Response::new(reply(message))),
+            Some(handlers) => handlers
+                .spawn(async move { reply(message) })
+                .await
+                .map(Response::new)
+                .map_err(|e| Status::internal(format!("handler task failed: {e}"))),
+        }
     }
 
     async fn slow_backend(
@@ -98,7 +115,10 @@ fn diagnosed_subscriber() {
 
 fn main() -> anyhow::Result<()> {
     let diagnose = std::env::args().any(|a| a == "--diagnose");
-    let mut args = std::env::args().skip(1).filter(|a| a != "--diagnose");
+    let hand_over = std::env::args().any(|a| a == "--hand-over");
+    let mut args = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--diagnose" && a != "--hand-over");
     let addr: SocketAddr = args
         .next()
         .unwrap_or_else(|| "127.0.0.1:50052".into())
@@ -120,24 +140,44 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    let handlers = if hand_over {
+        Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads.max(1))
+                .thread_name("handlers")
+                .enable_all()
+                .build()
+                .context("starting the handlers' runtime")?,
+        )
+    } else {
+        None
+    };
+    let bare = || Bare {
+        handlers: handlers.as_ref().map(|r| r.handle().clone()),
+    };
     runtime.block_on(async {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
         let bound = listener.local_addr().context("reading the bound address")?;
-        let with = if diagnose { ", diagnosed" } else { "" };
+        let with = match (diagnose, hand_over) {
+            (false, false) => "",
+            (true, false) => ", diagnosed",
+            (false, true) => ", handlers handed over",
+            (true, true) => ", diagnosed, handlers handed over",
+        };
         println!("bare_echo listening on {bound} ({threads} threads{with})");
         // Nagle off, as holdup does: the comparison is of request paths, not of socket options.
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let served = if diagnose {
             Server::builder()
                 .layer(DiagnoseLayer::new())
-                .add_service(LabServer::new(Bare))
+                .add_service(LabServer::new(bare()))
                 .serve_with_incoming_shutdown(incoming, holdup::shutdown::signal())
                 .await
         } else {
             Server::builder()
-                .add_service(LabServer::new(Bare))
+                .add_service(LabServer::new(bare()))
                 .serve_with_incoming_shutdown(incoming, holdup::shutdown::signal())
                 .await
         };

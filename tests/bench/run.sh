@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The benchmark of issue 13. Not a test: it prints measured ratios, medians over rounds.
 #
-# Three servers, the same closed-loop `Fast` load (`holdup load`), release build:
+# Five servers, the same closed-loop `Fast` load (`holdup load`), release build:
 #   bare      examples/bare_echo.rs: tonic alone, no telemetry, no lab runtime
+#   handover  the same, each handler a task on a second runtime of 2 workers, awaited
+#             (examples/bare_echo.rs --hand-over): what holdup's design (handlers on a runtime
+#             of their own) costs before any measurement; the floor under holdup serve
 #   diagnosed the same with holdup's diagnosis engine added as the README tells a user to
 #             (examples/bare_echo.rs --diagnose): the engine's own cost per call
 #   quiet     holdup serve --no-console
@@ -66,6 +69,7 @@ start() { # start SERVER: runs it in the background on $PORT, waits for the port
     case $1 in
         bare) "$BIN/examples/bare_echo" "127.0.0.1:$PORT" 2 >"$WORK/$1.log" 2>&1 & ;;
         diagnosed) "$BIN/examples/bare_echo" "127.0.0.1:$PORT" 2 --diagnose >"$WORK/$1.log" 2>&1 & ;;
+        handover) "$BIN/examples/bare_echo" "127.0.0.1:$PORT" 2 --hand-over >"$WORK/$1.log" 2>&1 & ;;
         quiet) holdup_serve --no-console >"$WORK/$1.log" 2>&1 & ;;
         default) holdup_serve >"$WORK/$1.log" 2>&1 & ;;
     esac
@@ -138,7 +142,7 @@ echo "load: Fast, closed loop, $CONCURRENCY concurrent over $CONNECTIONS connect
     "${WARMUP}s warm-up + ${DURATION}s, $ROUNDS rounds; $(nproc) cores"
 command -v h2load >/dev/null || echo "h2load: not installed (apt-get install nghttp2-client)"
 command -v ghz >/dev/null || echo "ghz: not installed; its column stays empty"
-servers=(bare diagnosed quiet default)
+servers=(bare handover diagnosed quiet default)
 for round in $(seq 1 "$ROUNDS"); do
     for i in "${!servers[@]}"; do
         run "$round" "${servers[$(((i + round - 1) % ${#servers[@]}))]}"
@@ -166,14 +170,15 @@ def spread(values):
     fmt = (lambda v: f"{v:.2f}") if med < 10 else (lambda v: f"{v:.0f}")
     return f"{fmt(med)} ({fmt(min(values))}–{fmt(max(values))})"
 
-names = {"bare": "bare tonic echo", "diagnosed": "bare echo + diagnosis engine",
+names = {"bare": "bare tonic echo", "handover": "bare echo, handlers on a 2nd runtime",
+         "diagnosed": "bare echo + diagnosis engine",
          "quiet": "holdup serve --no-console",
          "default": "holdup serve (console on)"}
 print()
 print("medians over rounds (min–max):")
 print("| server | calls/s | p99 ms | CPU µs/call | RSS after, MB | h2load req/s | ghz req/s |")
 print("|---|---|---|---|---|---|---|")
-for s in ["bare", "diagnosed", "quiet", "default"]:
+for s in ["bare", "handover", "diagnosed", "quiet", "default"]:
     got = [runs[r][s] for r in runs if s in runs[r]]
     cells = [spread([g[k] for g in got]) for k in ["rate", "p99", "cpu_us", "rss_mb", "h2load", "ghz"]]
     errors = sum(g["errors"] for g in got)
@@ -188,6 +193,9 @@ print()
 print("ratios, each round's runs against each other (median, min–max):")
 print("| ratio | value |")
 print("|---|---|")
+print(f"| handlers on a 2nd runtime / bare, throughput | {ratio('handover', 'rate')} |")
+print(f"| handlers on a 2nd runtime / bare, CPU per call | {ratio('handover', 'cpu_us')} |")
+print(f"| --no-console / handlers on a 2nd runtime, throughput | {ratio('quiet', 'rate', 'handover')} |")
 print(f"| bare + engine / bare, throughput | {ratio('diagnosed', 'rate')} |")
 print(f"| bare + engine / bare, CPU per call | {ratio('diagnosed', 'cpu_us')} |")
 print(f"| --no-console / bare, throughput (target >= 0.85) | {ratio('quiet', 'rate')} |")
@@ -196,7 +204,7 @@ print(f"| console on / bare, throughput (target >= 0.5) | {ratio('default', 'rat
 print(f"| console on / bare, p99 | {ratio('default', 'p99')} |")
 print(f"| --no-console / bare, CPU per call | {ratio('quiet', 'cpu_us')} |")
 print(f"| console on / bare, CPU per call | {ratio('default', 'cpu_us')} |")
-for s in ["bare", "diagnosed", "quiet", "default"]:
+for s in ["bare", "handover", "diagnosed", "quiet", "default"]:
     for gen in ["h2load", "ghz"]:
         values = [runs[r][s]["rate"] / runs[r][s][gen] for r in runs
                   if s in runs[r] and runs[r][s][gen] > 0]
