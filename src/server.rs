@@ -26,7 +26,9 @@ use crate::{
     simulator,
     telemetry::{endpoint, lag, metrics::Metrics},
     transport::{
-        Listener, TransportMetrics, abandon::AbandonLayer, content_type::GrpcContentTypeLayer,
+        Listener, TransportMetrics,
+        abandon::{AbandonLayer, Abandonment},
+        content_type::GrpcContentTypeLayer,
         track::TrackLayer,
     },
 };
@@ -258,7 +260,7 @@ impl Server {
             delay: config.drain_delay,
             grace: config.grace,
             start_draining: drain_tx,
-            abandon: CancellationToken::new(),
+            abandon: Arc::default(),
             close_connections: listener.stop_token(),
         };
         let serve = serve_grpc(
@@ -266,7 +268,7 @@ impl Server {
             lab.clone(),
             health_service,
             listener,
-            drain.abandon.clone(),
+            Arc::clone(&drain.abandon),
             drain_rx,
         );
         let result = drain.serve_until(serve, shutdown).await;
@@ -286,7 +288,7 @@ async fn serve_grpc(
     lab: Lab,
     health: HealthServer<impl tonic_health::pb::health_server::Health>,
     listener: Listener,
-    abandon: CancellationToken,
+    abandon: Arc<Abandonment>,
     drain: oneshot::Receiver<()>,
 ) -> Result<(), ServeError> {
     use tonic::codec::CompressionEncoding::{Deflate, Gzip};
@@ -358,8 +360,8 @@ struct Drain {
     /// Then this long for in-flight calls to finish, with no new connections.
     grace: Duration,
     start_draining: oneshot::Sender<()>,
-    /// Cancelled at the end of the grace: running calls are answered UNAVAILABLE.
-    abandon: CancellationToken,
+    /// Said at the end of the grace: running calls are answered UNAVAILABLE.
+    abandon: Arc<Abandonment>,
     /// Cancelled [`ABANDON_FLUSH`] later: every gRPC connection closes.
     close_connections: CancellationToken,
 }
@@ -389,7 +391,7 @@ impl Drain {
             grace_ms = u64::try_from(self.grace.as_millis()).unwrap_or(u64::MAX),
             "grace period over; answering the calls still running UNAVAILABLE"
         );
-        self.abandon.cancel();
+        self.abandon.abandon();
         if let Ok(result) = tokio::time::timeout(ABANDON_FLUSH, &mut serve).await {
             return result;
         }
