@@ -52,6 +52,7 @@ impl Holder {
     pub fn task_name(&self) -> Option<String> {
         match self {
             Self::Request(_) => None,
+            Self::Task { .. } if !ANY_NAMES.load(std::sync::atomic::Ordering::Relaxed) => None,
             Self::Task { id, .. } => NAMES
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -121,6 +122,11 @@ impl SlotState {
 static SLOTS: Mutex<Vec<Weak<Slot>>> = Mutex::new(Vec::new());
 static NAMES: std::sync::LazyLock<Mutex<HashMap<tokio::task::Id, String>>> =
     std::sync::LazyLock::new(|| Mutex::new(HashMap::new()));
+/// Whether [`name_task`] was ever called. Every task's end looks its name up to forget it, on
+/// every worker of every hooked runtime: two a request in `holdup serve` (its HTTP/2 stream
+/// and its handler). Without names there is nothing to forget, and the one process-wide lock
+/// is not taken at all.
+static ANY_NAMES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 thread_local! {
     static SLOT: Arc<Slot> = register();
@@ -186,12 +192,18 @@ pub(crate) fn request_poll_ended(own: bool, end: u64) {
 /// Remembers `name` for a task that is not a request, so that blame can name it.
 pub fn name_task(id: tokio::task::Id, name: &str) {
     let mut names = NAMES.lock().unwrap_or_else(PoisonError::into_inner);
+    ANY_NAMES.store(true, std::sync::atomic::Ordering::Relaxed);
     if names.len() < MAX_TASK_NAMES {
         names.insert(id, name.to_owned());
     }
 }
 
 fn forget_task(id: tokio::task::Id) {
+    // Relaxed: should a thread not see the first name yet, that name stays in the map, as a
+    // name given after its task ended does; the map is capped at MAX_TASK_NAMES either way.
+    if !ANY_NAMES.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
     NAMES
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
