@@ -170,8 +170,13 @@ def test_cpu_bound_iterations(lab, pb, mode):
         # Three slices with yields between, besides the request's own two polls.
         assert d.polls >= 5, d
     else:
-        # The engine measures the wait in the cpu.queue stage; the pool measures it too.
-        assert abs(d.queue_us - reply.queue_us) < 2_000, (d, reply.queue_us)
+        # The engine measures the wait in the cpu.queue stage; the pool measures it too, from
+        # before the hand-off. The hand-off itself is part of a handler poll (busy, not queue):
+        # tokio's spawn_blocking starts a thread inside it when none is idle, which once took
+        # 4.6 ms of a loaded CI machine. So the pool's wait is the engine's queue plus at most
+        # the request's busy time.
+        assert d.queue_us < reply.queue_us + 2_000, (d, reply.queue_us)
+        assert reply.queue_us < d.queue_us + d.busy_us + 2_000, (d, reply.queue_us)
 
 
 @pytest.mark.parametrize(
