@@ -71,7 +71,7 @@ impl HttpServer {
             router,
         } = self;
         let builder = Arc::new(http_builder(listener.limits()));
-        let stop = listener.stop_token();
+        let stop = listener.stop_signal();
         let drain = CancellationToken::new();
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
@@ -102,7 +102,7 @@ impl HttpServer {
                 grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
                 "grace period over; closing the connections still open"
             );
-            stop.cancel();
+            stop.raise();
             connections.shutdown().await;
         }
         Ok(())

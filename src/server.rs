@@ -26,10 +26,8 @@ use crate::{
     simulator,
     telemetry::{endpoint, lag, metrics::Metrics},
     transport::{
-        Listener, TransportMetrics,
-        abandon::{AbandonLayer, Abandonment},
-        content_type::GrpcContentTypeLayer,
-        track::TrackLayer,
+        Listener, TransportMetrics, abandon::AbandonLayer, content_type::GrpcContentTypeLayer,
+        signal::Signal, track::TrackLayer,
     },
 };
 
@@ -261,7 +259,7 @@ impl Server {
             grace: config.grace,
             start_draining: drain_tx,
             abandon: Arc::default(),
-            close_connections: listener.stop_token(),
+            close_connections: listener.stop_signal(),
         };
         let serve = serve_grpc(
             &config,
@@ -288,7 +286,7 @@ async fn serve_grpc(
     lab: Lab,
     health: HealthServer<impl tonic_health::pb::health_server::Health>,
     listener: Listener,
-    abandon: Arc<Abandonment>,
+    abandon: Arc<Signal>,
     drain: oneshot::Receiver<()>,
 ) -> Result<(), ServeError> {
     use tonic::codec::CompressionEncoding::{Deflate, Gzip};
@@ -361,9 +359,9 @@ struct Drain {
     grace: Duration,
     start_draining: oneshot::Sender<()>,
     /// Said at the end of the grace: running calls are answered UNAVAILABLE.
-    abandon: Arc<Abandonment>,
-    /// Cancelled [`ABANDON_FLUSH`] later: every gRPC connection closes.
-    close_connections: CancellationToken,
+    abandon: Arc<Signal>,
+    /// Raised [`ABANDON_FLUSH`] later: every gRPC connection closes.
+    close_connections: Arc<Signal>,
 }
 
 impl Drain {
@@ -391,11 +389,11 @@ impl Drain {
             grace_ms = u64::try_from(self.grace.as_millis()).unwrap_or(u64::MAX),
             "grace period over; answering the calls still running UNAVAILABLE"
         );
-        self.abandon.abandon();
+        self.abandon.raise();
         if let Ok(result) = tokio::time::timeout(ABANDON_FLUSH, &mut serve).await {
             return result;
         }
-        self.close_connections.cancel();
+        self.close_connections.raise();
         match tokio::time::timeout(ABANDON_FLUSH, &mut serve).await {
             Ok(result) => result,
             Err(_) => {

@@ -27,10 +27,13 @@ use tokio::{
     sync::OwnedSemaphorePermit,
     time::Sleep,
 };
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use super::{limits::ConnectionLimits, metrics::TransportMetrics};
+use super::{
+    limits::ConnectionLimits,
+    metrics::TransportMetrics,
+    signal::{Raised, Signal},
+};
 
 /// What the requests of one connection tell its watchdog.
 #[derive(Debug)]
@@ -166,7 +169,7 @@ pub struct Connection {
     state: Arc<ConnState>,
     info: TcpConnectInfo,
     watchdog: Pin<Box<Sleep>>,
-    stop: Pin<Box<WaitForCancellationFutureOwned>>,
+    stop: Pin<Box<Raised>>,
     closed: Option<CloseReason>,
     listener: &'static str,
     metrics: TransportMetrics,
@@ -179,7 +182,7 @@ impl Connection {
         io: TcpStream,
         limits: ConnectionLimits,
         slot: OwnedSemaphorePermit,
-        stop: CancellationToken,
+        stop: Arc<Signal>,
         listener: &'static str,
         metrics: TransportMetrics,
     ) -> Self {
@@ -203,7 +206,7 @@ impl Connection {
             state,
             info,
             watchdog: Box::pin(tokio::time::sleep_until(first_check)),
-            stop: Box::pin(stop.cancelled_owned()),
+            stop: Box::pin(stop.raised_owned()),
             closed: None,
             listener,
             metrics,

@@ -18,12 +18,12 @@ use std::{
 };
 
 use tokio::{net::TcpListener, sync::Semaphore, time::Sleep};
-use tokio_util::sync::CancellationToken;
 
 use super::{
     connection::Connection,
     limits::{ConnectionLimits, FIRST_ACCEPT_BACKOFF, MAX_ACCEPT_BACKOFF},
     metrics::TransportMetrics,
+    signal::Signal,
 };
 
 /// A bound listener and the limits of its connections.
@@ -34,8 +34,8 @@ pub struct Listener {
     limits: ConnectionLimits,
     slots: Arc<Semaphore>,
     metrics: TransportMetrics,
-    /// Cancelled when the shutdown grace is over: every connection of this listener closes.
-    stop: CancellationToken,
+    /// Raised when the shutdown grace is over: every connection of this listener closes.
+    stop: Arc<Signal>,
     backoff: Option<Pin<Box<Sleep>>>,
     next_backoff: Duration,
     /// Inside an episode of failing accepts, or of refusals at the cap: logged once each.
@@ -70,7 +70,7 @@ impl Listener {
             limits,
             slots: Arc::new(Semaphore::new(limits.max_connections)),
             metrics,
-            stop: CancellationToken::new(),
+            stop: Arc::default(),
             backoff: None,
             next_backoff: FIRST_ACCEPT_BACKOFF,
             exhausted: false,
@@ -78,9 +78,9 @@ impl Listener {
         }
     }
 
-    /// Cancelling it closes every connection of this listener, accepted before or after.
-    pub fn stop_token(&self) -> CancellationToken {
-        self.stop.clone()
+    /// Raising it closes every connection of this listener, accepted before or after.
+    pub fn stop_signal(&self) -> Arc<Signal> {
+        Arc::clone(&self.stop)
     }
 
     pub fn limits(&self) -> ConnectionLimits {
@@ -134,7 +134,7 @@ impl Listener {
                         tcp,
                         self.limits,
                         slot,
-                        self.stop.clone(),
+                        Arc::clone(&self.stop),
                         self.name,
                         self.metrics.clone(),
                     ));

@@ -4,6 +4,7 @@
 //! idle, or leave replies unread ([`connection`], fed by the [`track`] layer); the limits
 //! themselves ([`limits`]) and their metrics ([`metrics`]). For gRPC alone: the content-type
 //! check ([`content_type`]) and the UNAVAILABLE answer at the end of the grace ([`abandon`]).
+//! Both ends (of the grace, of the connections) are a [`signal`] every call or read looks at.
 
 pub mod abandon;
 pub mod connection;
@@ -11,6 +12,7 @@ pub mod content_type;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
+pub mod signal;
 pub mod track;
 
 pub use limits::ConnectionLimits;
