@@ -116,7 +116,9 @@ async fn server_span_continues_the_callers_trace_with_rpc_conventions() {
     assert_eq!(server.attr("rpc.system").as_deref(), Some("grpc"));
     assert_eq!(server.attr("rpc.service").as_deref(), Some("holdup.v1.Lab"));
     assert_eq!(server.attr("rpc.method").as_deref(), Some("Fast"));
-    assert_eq!(server.attr("rpc.grpc.status_code").as_deref(), Some("0"));
+    // Integers, not strings that read as numbers: OpenTelemetry's RPC conventions, and a
+    // trace backend can only compare or sum them as such.
+    assert_eq!(server.int_attr("rpc.grpc.status_code"), Some(0));
     // The span carries the same request's split as the reply, taken a moment later (when the
     // response leaves rather than when the handler builds the reply): each part as large or a
     // little larger.
@@ -129,11 +131,10 @@ async fn server_span_continues_the_callers_trace_with_rpc_conventions() {
         ("holdup.polls", d.polls),
         ("holdup.max_poll_us", d.max_poll_us),
     ] {
-        let shown: u64 = server
-            .attr(key)
-            .unwrap_or_else(|| panic!("server span has no {key}"))
-            .parse()
-            .expect("a number");
+        let shown = server
+            .int_attr(key)
+            .unwrap_or_else(|| panic!("server span has no integer {key}: {:?}", server.attr(key)));
+        let shown = u64::try_from(shown).expect("not negative");
         assert!(
             shown >= value && shown - value <= REPLY_TO_SPAN_SLACK,
             "server span's {key}: {shown}, the reply's {value}"
@@ -222,7 +223,7 @@ async fn the_upstream_joins_the_same_trace_under_each_attempt() {
 
     let spans = trace(&trace_id, 5).await;
     let server = named(&spans, "holdup.v1.Lab/UpstreamCall");
-    assert_eq!(server.attr("rpc.grpc.status_code").as_deref(), Some("14"));
+    assert_eq!(server.int_attr("rpc.grpc.status_code"), Some(14));
     let attempts: Vec<_> = spans
         .iter()
         .filter(|s| s.service == "holdup" && s.span.kind == CLIENT)

@@ -173,7 +173,9 @@ fn record_on_span(report: &Report, span: &tracing::Span) {
         let names: Vec<String> = report.culprits.iter().map(culprit_label).collect();
         names.join(",")
     });
-    let values: [u64; 10] = [
+    // Signed: tracing-opentelemetry has no unsigned attribute, and records a `u64` through
+    // `Debug`, as a string (a `format!` per field, and a tag Jaeger cannot treat as a number).
+    let values: [i64; 10] = [
         micros(s.total),
         micros(s.busy),
         micros(s.on_cpu),
@@ -184,7 +186,8 @@ fn record_on_span(report: &Report, span: &tracing::Span) {
         micros(s.blamed),
         s.polls,
         micros(s.max_poll),
-    ];
+    ]
+    .map(|v| i64::try_from(v).unwrap_or(i64::MAX));
     let verdict = report.verdict().as_str();
     let waited_in = report.longest_wait().map(|w| w.stage);
     let number = |i: usize| Some(&values[i] as &dyn Value);

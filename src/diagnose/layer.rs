@@ -302,7 +302,9 @@ fn record_status(span: &tracing::Span, headers: &http::HeaderMap) {
     let Some(code) = grpc_status(headers) else {
         return;
     };
-    span.record("rpc.grpc.status_code", code);
+    // An integer attribute, as OpenTelemetry's RPC conventions have it (a `u16` would be
+    // recorded as a string: see `engine::record_on_span`).
+    span.record("rpc.grpc.status_code", i64::from(code));
     if code != 0 {
         span.record("otel.status_code", "ERROR");
         if let Some(message) = headers.get("grpc-message").and_then(|v| v.to_str().ok()) {

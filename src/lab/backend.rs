@@ -255,7 +255,7 @@ impl Backend {
             "pool.acquire",
             holdup.stage = "queue",
             db.system.name = self.system(),
-            holdup.pool_size = self.config.pool_size,
+            holdup.pool_size = i64::from(self.config.pool_size),
             holdup.waiting = self.metrics.waiters.get(),
         ))
         .await;
@@ -274,7 +274,7 @@ impl Backend {
             target: "holdup::db",
             "db.hold",
             db.system.name = self.system(),
-            holdup.hold_ms = plan.hold.as_millis() as u64,
+            holdup.hold_ms = i64::try_from(plan.hold.as_millis()).unwrap_or(i64::MAX),
         );
         async {
             match self.dialect {

@@ -39,6 +39,16 @@ impl Received {
     pub fn attr(&self, key: &str) -> Option<String> {
         attr(&self.span.attributes, key)
     }
+
+    /// Attribute `key` if it is an integer (`None` for a string, even one that reads as a number).
+    #[allow(dead_code)] // `tests/it` has no use for it
+    pub fn int_attr(&self, key: &str) -> Option<i64> {
+        let value = self.span.attributes.iter().find(|kv| kv.key == key)?;
+        match value.value.as_ref()?.value.as_ref()? {
+            Value::IntValue(i) => Some(*i),
+            _ => None,
+        }
+    }
 }
 
 pub fn attr(attributes: &[KeyValue], key: &str) -> Option<String> {

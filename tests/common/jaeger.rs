@@ -364,11 +364,6 @@ impl V3Span {
         spans
     }
 
-    /// The value of attribute `key` as text.
-    pub fn attr(&self, key: &str) -> Option<String> {
-        self.attribute(key).map(any_value)
-    }
-
     /// The value of attribute `key` as OTLP JSON (`{"intValue": "3"}`: its type shows).
     pub fn attribute(&self, key: &str) -> Option<&Value> {
         self.attributes

@@ -229,9 +229,10 @@ async fn an_upstream_call_is_one_trace_across_both_services() {
     assert_eq!(v3_server.service, "holdup");
     assert_eq!(v3_server.trace_id, trace_id);
     assert_eq!(v3_server.parent_span_id, caller_span);
+    // An integer, as the RPC conventions have it: OTLP JSON shows the type.
     assert_eq!(
-        v3_server.attr("rpc.grpc.status_code").as_deref(),
-        Some("14")
+        v3_server.attribute("rpc.grpc.status_code"),
+        Some(&serde_json::json!({"intValue": "14"}))
     );
     assert_eq!(v3_server.kind, SPAN_KIND_SERVER);
     for attempt in v3
