@@ -1,6 +1,11 @@
 //! The engine's Prometheus metrics: the split, the verdicts, long polls and blame, registered
 //! into the service's own registry.
 
+use std::{
+    collections::HashMap,
+    sync::{Arc, OnceLock, PoisonError, RwLock},
+};
+
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, histogram::Histogram},
@@ -49,6 +54,22 @@ fn split_histogram() -> Histogram {
     Histogram::new(SPLIT_BUCKETS)
 }
 
+/// The split's components, in [`MethodSeries::split`] order: the `component` label.
+const COMPONENTS: [&str; 5] = ["busy", "on_cpu", "scheduled", "idle", "queue"];
+
+/// One method's series, resolved on its first request and kept. `Family::get_or_create`
+/// hashes every label and takes the family's lock: six times on every request before, now
+/// once per method. A resolved handle shares its series, so the exposition is unchanged.
+#[derive(Debug)]
+struct MethodSeries {
+    split: [Histogram; COMPONENTS.len()],
+    /// Created on a verdict's first request, as before: no zero series for verdicts never seen.
+    verdicts: [OnceLock<Counter>; Verdict::ALL.len()],
+}
+
+/// Method labels (interned, so the same `&'static str`s for the same method) by address.
+type SeriesKey = (usize, usize);
+
 /// Registered once per server; cloning shares the series.
 #[derive(Debug, Clone)]
 pub struct DiagnoseMetrics {
@@ -56,6 +77,8 @@ pub struct DiagnoseMetrics {
     verdicts: Family<VerdictLabels, Counter>,
     long_polls: Family<MethodLabels, Counter>,
     blame: Family<BlameLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    /// Bounded as the method labels are (`intern::MAX_METHODS`).
+    resolved: Arc<RwLock<HashMap<SeriesKey, Arc<MethodSeries>>>>,
 }
 
 impl DiagnoseMetrics {
@@ -94,7 +117,35 @@ impl DiagnoseMetrics {
             verdicts,
             long_polls,
             blame,
+            resolved: Arc::default(),
         }
+    }
+
+    fn series(&self, method: (&'static str, &'static str)) -> Arc<MethodSeries> {
+        let key = (method.0.as_ptr() as usize, method.1.as_ptr() as usize);
+        let resolved = self.resolved.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(series) = resolved.get(&key) {
+            return Arc::clone(series);
+        }
+        drop(resolved);
+        let split = COMPONENTS.map(|component| {
+            self.split
+                .get_or_create(&SplitLabels {
+                    grpc_service: method.0,
+                    grpc_method: method.1,
+                    component,
+                })
+                .clone()
+        });
+        let fresh = Arc::new(MethodSeries {
+            split,
+            verdicts: Default::default(),
+        });
+        let mut resolved = self
+            .resolved
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(resolved.entry(key).or_insert(fresh))
     }
 
     pub fn long_poll(&self, method: (&'static str, &'static str)) {
@@ -109,26 +160,22 @@ impl DiagnoseMetrics {
     /// Records a finished request of `method`.
     pub fn observe(&self, method: (&'static str, &'static str), report: &Report) {
         let s = &report.split;
-        for (component, ns) in [
-            ("busy", s.busy),
-            ("on_cpu", s.on_cpu),
-            ("scheduled", s.scheduled),
-            ("idle", s.idle_total()),
-            ("queue", s.queue()),
-        ] {
-            self.split
-                .get_or_create(&SplitLabels {
-                    grpc_service: method.0,
-                    grpc_method: method.1,
-                    component,
-                })
-                .observe(ns as f64 / 1e9);
+        let series = self.series(method);
+        let values = [s.busy, s.on_cpu, s.scheduled, s.idle_total(), s.queue()];
+        for (histogram, ns) in series.split.iter().zip(values) {
+            histogram.observe(ns as f64 / 1e9);
         }
-        self.verdicts
-            .get_or_create(&VerdictLabels {
-                grpc_service: method.0,
-                grpc_method: method.1,
-                verdict: report.verdict(),
+        let verdict = report.verdict();
+        let slot = Verdict::ALL.iter().position(|v| *v == verdict).unwrap_or(0);
+        series.verdicts[slot]
+            .get_or_init(|| {
+                self.verdicts
+                    .get_or_create(&VerdictLabels {
+                        grpc_service: method.0,
+                        grpc_method: method.1,
+                        verdict,
+                    })
+                    .clone()
             })
             .inc();
         for culprit in &report.culprits {
@@ -142,5 +189,94 @@ impl DiagnoseMetrics {
                 })
                 .inc_by(culprit.share as f64 / 1e9);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use http::uri::PathAndQuery;
+    use opentelemetry::trace::SpanContext;
+
+    use super::*;
+    use crate::diagnose::{identity::Identity, report::Split};
+
+    fn report(total_ms: u64, scheduled_ms: u64) -> Report {
+        Report {
+            identity: Arc::new(Identity::new(
+                PathAndQuery::from_static("/test.metrics.Svc/Method"),
+                &SpanContext::empty_context(),
+            )),
+            started: 1,
+            split: Split {
+                total: total_ms * 1_000_000,
+                scheduled: scheduled_ms * 1_000_000,
+                ..Split::default()
+            },
+            waits: Vec::new(),
+            culprits: Vec::new(),
+            events: Vec::new(),
+            events_dropped: 0,
+        }
+    }
+
+    fn exposition(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn resolved_series_are_the_registered_ones() {
+        let mut registry = Registry::default();
+        let metrics = DiagnoseMetrics::register(&mut registry);
+        let method = ("test.metrics.Svc", "Method");
+        metrics.observe(method, &report(0, 0));
+        metrics.observe(method, &report(10, 9));
+        // A clone (as each server layer holds) records into the same series.
+        metrics.clone().observe(method, &report(20, 19));
+        let text = exposition(&registry);
+        let line = |start: &str| {
+            text.lines()
+                .find(|l| l.starts_with(start))
+                .unwrap_or_else(|| panic!("no {start} in\n{text}"))
+                .to_owned()
+        };
+        let labels = r#"grpc_service="test.metrics.Svc",grpc_method="Method""#;
+        for component in COMPONENTS {
+            assert_eq!(
+                line(&format!(
+                    "holdup_delay_seconds_count{{{labels},component=\"{component}\"}}"
+                ))
+                .rsplit(' ')
+                .next(),
+                Some("3")
+            );
+        }
+        let scheduled: f64 = line(&format!(
+            "holdup_delay_seconds_sum{{{labels},component=\"scheduled\"}}"
+        ))
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("a number");
+        assert!((scheduled - 0.028).abs() < 1e-9, "{scheduled}");
+        assert!(
+            line(&format!(
+                "holdup_verdicts_total{{{labels},verdict=\"none\"}}"
+            ))
+            .ends_with(" 1")
+        );
+        assert!(
+            line(&format!(
+                "holdup_verdicts_total{{{labels},verdict=\"runtime-contention\"}}"
+            ))
+            .ends_with(" 2")
+        );
+        assert!(
+            !text.contains("verdict=\"backend\""),
+            "a verdict never seen has no series:\n{text}"
+        );
     }
 }

@@ -4,7 +4,7 @@
 //! of every other domain the Lab uses, so that the server builds them all in one call and
 //! hands each to its owner.
 
-use std::time::SystemTime;
+use std::{sync::OnceLock, time::SystemTime};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -65,6 +65,24 @@ pub struct RpcMetrics {
     handled: Family<HandledLabels, Counter>,
     handling: Family<RpcLabels, HandlingHistogram, fn() -> HandlingHistogram>,
     cancelled_work: Family<MethodLabels, Counter>,
+    resolved: std::sync::Arc<Resolved>,
+}
+
+/// Codes a gRPC status can have (0 to 16).
+const CODES: usize = 17;
+
+/// Each RPC's series, resolved on first use and kept: `Family::get_or_create` hashes the
+/// labels and takes the family's lock, three times on every request before. A resolved
+/// handle shares its series, so the exposition is unchanged (no zero series added).
+#[derive(Debug, Default)]
+struct Resolved {
+    started: [OnceLock<Counter>; Rpc::ALL.len()],
+    handled: [[OnceLock<Counter>; CODES]; Rpc::ALL.len()],
+    handling: [OnceLock<HandlingHistogram>; Rpc::ALL.len()],
+}
+
+fn slot(rpc: Rpc) -> usize {
+    Rpc::ALL.iter().position(|r| *r == rpc).unwrap_or(0)
 }
 
 impl RpcMetrics {
@@ -74,6 +92,7 @@ impl RpcMetrics {
             handled: Family::default(),
             handling: Family::new_with_constructor(latency_histogram_with_exemplars),
             cancelled_work: Family::default(),
+            resolved: std::sync::Arc::default(),
         };
         register_fields!(registry.sub_registry_with_prefix("grpc_server"), metrics, {
             started: "RPCs started on the server",
@@ -90,15 +109,22 @@ impl RpcMetrics {
 
     /// Counts a call of `rpc` as started.
     pub fn started(&self, rpc: Rpc) {
-        self.started.get_or_create(&RpcLabels::lab(rpc)).inc();
+        self.resolved.started[slot(rpc)]
+            .get_or_init(|| self.started.get_or_create(&RpcLabels::lab(rpc)).clone())
+            .inc();
     }
 
     /// Counts a call of `rpc` as finished with `code`.
     pub fn handled(&self, rpc: Rpc, code: tonic::Code) {
-        self.handled
-            .get_or_create(&HandledLabels {
-                rpc: RpcLabels::lab(rpc),
-                grpc_code: grpc_code_name(code),
+        let code_slot = usize::try_from(i32::from(code)).unwrap_or(0).min(CODES - 1);
+        self.resolved.handled[slot(rpc)][code_slot]
+            .get_or_init(|| {
+                self.handled
+                    .get_or_create(&HandledLabels {
+                        rpc: RpcLabels::lab(rpc),
+                        grpc_code: grpc_code_name(code),
+                    })
+                    .clone()
             })
             .inc();
     }
@@ -109,11 +135,9 @@ impl RpcMetrics {
         let exemplar = (!trace_id.is_empty()).then(|| TraceExemplar {
             trace_id: trace_id.to_owned(),
         });
-        self.handling.get_or_create(&RpcLabels::lab(rpc)).observe(
-            seconds,
-            exemplar,
-            Some(SystemTime::now()),
-        );
+        self.resolved.handling[slot(rpc)]
+            .get_or_init(|| self.handling.get_or_create(&RpcLabels::lab(rpc)).clone())
+            .observe(seconds, exemplar, Some(SystemTime::now()));
     }
 
     /// Counts a call whose work was stopped by its deadline or its caller leaving.
