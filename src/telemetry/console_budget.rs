@@ -10,7 +10,8 @@
 //! the log and counted in `holdup_console_tasks_total{outcome}`.
 //!
 //! A task the console does not see costs nothing more: tokio gives it no span, so its polls
-//! and wakes emit no events. Timers, locks and channels (the console's *resources*) are shown
+//! and wakes emit no events. That takes [`ConsoleGate`] as well as the filter: a per-layer
+//! filter alone hides a span from its layer but does not stop the registry making it. Timers, locks and channels (the console's *resources*) are shown
 //! when a shown *named* task creates them (holdup's handlers and background jobs), so they cost
 //! no tokens and follow their task. The unnamed tasks are tonic's and hyper's connections and
 //! streams: a connection polls its keep-alive and idle timers on every read, and with those
@@ -177,6 +178,9 @@ thread_local! {
     /// How many shown named tasks' spans are entered on this thread: a resource made inside one
     /// is shown with it.
     static IN_SHOWN_TASK: Cell<u32> = const { Cell::new(0) };
+    /// Set by [`ConsoleGate`] when it admitted the task or resource span being created on this
+    /// thread, so that the filter does not decide (and take a token) a second time.
+    static SPAN_SHOWN: Cell<Option<bool>> = const { Cell::new(None) };
 }
 
 /// Decides whether the console will see the task `spawn` spawns on this thread, and calls
@@ -232,13 +236,8 @@ where
         if !Self::per_span(meta) {
             return true;
         }
-        if meta.name() == TASK_SPAN {
-            if let Some(decided) = DECIDED.take() {
-                return decided;
-            }
-            return BUDGET.get().is_none_or(Budget::admit);
-        }
-        IN_SHOWN_TASK.get() > 0
+        // Decided already by `ConsoleGate`, before this filter, when there is one.
+        SPAN_SHOWN.take().unwrap_or_else(|| decide_span(meta))
     }
 
     fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
@@ -274,6 +273,62 @@ where
         if shows_resources(id, &ctx) {
             IN_SHOWN_TASK.set(IN_SHOWN_TASK.get().saturating_sub(1));
         }
+    }
+}
+
+/// Carries out the console's decision on tokio's task and resource spans for the whole
+/// subscriber: a span it refuses is not created at all. Goes in the layers before the
+/// console's, with its filter: `ConsoleGate.with_filter(ConsoleGate)`.
+///
+/// Why: a per-layer filter keeps a span from its own layer only, and the registry
+/// (tracing-subscriber 0.3) creates the span unless every one of its 64 filter slots refused
+/// it, which a handful of filters never does. So every task the budget left out still had a
+/// span: created, entered and exited at each poll, and its wakers' clone, wake and drop were
+/// events sent through every layer, about 25 per `Fast` call, for each filter to drop. A
+/// filtered layer whose filter admits a callsite may still refuse it in its own `enabled`, and
+/// that refusal is global; as a filtered layer it says nothing about any other callsite. No
+/// other layer reads these spans (the log would, at TRACE, only as context).
+#[derive(Debug, Clone, Copy)]
+pub struct ConsoleGate;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ConsoleGate {
+    fn register_callsite(&self, _: &'static Metadata<'static>) -> Interest {
+        // Decided per span, in `enabled`; only the console's own callsites reach here.
+        Interest::sometimes()
+    }
+
+    fn enabled(&self, meta: &Metadata<'_>, _: Context<'_, S>) -> bool {
+        let shown = decide_span(meta);
+        if shown {
+            SPAN_SHOWN.set(Some(true));
+        }
+        shown
+    }
+}
+
+/// The gate's filter: the spans the console decides one by one, nothing else.
+impl<S> Filter<S> for ConsoleGate {
+    fn enabled(&self, meta: &Metadata<'_>, _: &Context<'_, S>) -> bool {
+        ConsoleFilter::wants(meta) && ConsoleFilter::per_span(meta)
+    }
+
+    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
+        if ConsoleFilter::wants(meta) && ConsoleFilter::per_span(meta) {
+            Interest::sometimes()
+        } else {
+            Interest::never()
+        }
+    }
+}
+
+/// Whether the console shows the task or resource span about to be created on this thread.
+fn decide_span(meta: &Metadata<'_>) -> bool {
+    if meta.name() == TASK_SPAN {
+        DECIDED
+            .take()
+            .unwrap_or_else(|| BUDGET.get().is_none_or(Budget::admit))
+    } else {
+        IN_SHOWN_TASK.get() > 0
     }
 }
 
@@ -322,6 +377,48 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    /// A task span made as tokio makes one (`runtime.spawn`, a root span), after the budget's
+    /// decision `shown`: whether the subscriber created it.
+    fn task_span_created(gate: bool, shown: bool) -> bool {
+        use tracing_subscriber::{Layer, layer::SubscriberExt};
+
+        /// Stands for the console's layer: sees what its filter admits.
+        struct Console;
+        impl<S: tracing::Subscriber> Layer<S> for Console {}
+
+        let mut layers = vec![
+            // Stands for the log: a filtered layer that wants none of tokio's spans.
+            Console
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+                .boxed(),
+        ];
+        if gate {
+            layers.push(ConsoleGate.with_filter(ConsoleGate).boxed());
+        }
+        layers.push(Console.with_filter(ConsoleFilter).boxed());
+        let subscriber = tracing_subscriber::registry().with(layers);
+        tracing::subscriber::with_default(subscriber, || {
+            DECIDED.set(Some(shown));
+            let span = tracing::trace_span!(
+                target: "tokio::task",
+                parent: None,
+                "runtime.spawn",
+                kind = "task"
+            );
+            DECIDED.set(None);
+            span.id().is_some()
+        })
+    }
+
+    #[test]
+    fn a_task_the_console_leaves_out_has_no_span_at_all() {
+        assert!(task_span_created(true, true));
+        assert!(!task_span_created(true, false));
+        // Without the gate the registry makes the span anyway: the console's filter only keeps
+        // it from the console's layer. That is what the gate is for.
+        assert!(task_span_created(false, false));
+    }
 
     #[test]
     fn the_bucket_admits_a_burst_then_the_rate() {

@@ -28,7 +28,7 @@ use tracing_subscriber::{
 };
 
 use super::{
-    console_budget::{self, ConsoleFilter, DEFAULT_CONSOLE_BUDGET},
+    console_budget::{self, ConsoleFilter, ConsoleGate, DEFAULT_CONSOLE_BUDGET},
     otel,
 };
 use crate::diagnose::{StageFilter, StageLayer};
@@ -161,7 +161,11 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
         StageLayer::new().with_filter(StageFilter).boxed(),
     ];
     layers.extend(otel_layer.map(Layer::boxed));
-    layers.extend(console_layer.map(Layer::boxed));
+    if let Some(console_layer) = console_layer {
+        // Before the console's own layer: it decides first, and for every layer.
+        layers.push(ConsoleGate.with_filter(ConsoleGate).boxed());
+        layers.push(console_layer.boxed());
+    }
     tracing_subscriber::registry()
         .with(layers)
         .try_init()
