@@ -11,9 +11,11 @@
 //!
 //! A task the console does not see costs nothing more: tokio gives it no span, so its polls
 //! and wakes emit no events. That takes [`ConsoleGate`] as well as the filter: a per-layer
-//! filter alone hides a span from its layer but does not stop the registry making it. Timers, locks and channels (the console's *resources*) are shown
-//! when a shown *named* task creates them (holdup's handlers and background jobs), so they cost
-//! no tokens and follow their task. The unnamed tasks are tonic's and hyper's connections and
+//! filter alone hides a span from its layer but does not stop the registry making it.
+//!
+//! Timers, locks and channels (the console's *resources*) are shown when a shown *named* task
+//! creates them (holdup's handlers and background jobs), so they cost no tokens and follow
+//! their task. The unnamed tasks are tonic's and hyper's connections and
 //! streams: a connection polls its keep-alive and idle timers on every read, and with those
 //! timers shown, every call cost the console three span entries and a poll-op event per timer,
 //! enough to keep its aggregator waking hundreds of times a second. Request handler tasks are
