@@ -19,7 +19,7 @@ use opentelemetry::trace::TraceContextExt;
 use tokio::runtime::Handle;
 use tower_layer::Layer;
 use tower_service::Service;
-use tracing::{Instrument, field::Empty};
+use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::{
@@ -126,7 +126,10 @@ where
         // The clone that was made ready is the one to call (tower's `Clone` + `poll_ready` rule).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let future = inner.call(request).instrument(timeline.span.clone());
+        let future = inner.call(request);
+        // The service's future runs in the request's span: here, or in the handler task (which
+        // enters it itself) while this side only waits for it.
+        let in_span = self.handlers.is_none();
         let future: BoxFuture<Result<http::Response<ResBody>, S::Error>> = match &self.handlers {
             None => Box::pin(future),
             Some(handlers) => {
@@ -141,7 +144,7 @@ where
             }
         };
         ResponseFuture {
-            inner: Measured::outer(Arc::clone(&timeline), future, started),
+            inner: Measured::outer(Arc::clone(&timeline), future, started, in_span),
             timeline: Some(timeline),
         }
     }

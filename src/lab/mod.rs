@@ -16,7 +16,6 @@ use std::{future::Future, sync::Arc, time::Instant};
 
 use tokio::{runtime, task::JoinHandle};
 use tonic::{Code, Request, Response, Status};
-use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 pub use rpc::Rpc;
@@ -212,11 +211,11 @@ impl Lab {
             log_failure(call.rpc, &e);
             Status::from(e)
         })?;
+        // In the request's span: the diagnosis enters it at each poll of the task.
         let handler = async move {
             let _slots = admitted;
             handler.await
-        }
-        .instrument(call.diagnosis.span().clone());
+        };
         let label = call.label();
         let join = call
             .diagnosis
