@@ -163,9 +163,12 @@ impl<F: Future> Future for Measured<F> {
         let used = clock::poll_cpu(cpu, start, end);
         occupancy::request_poll_ended(own_mark, end);
         timeline.poll_ended(*this.depth, start, end, used);
-        timeline
-            .engine
-            .poll_held(&timeline.identity, &timeline.span, end - start);
+        timeline.engine.poll_held(
+            &timeline.identity,
+            &timeline.span,
+            end - start,
+            used.cpu_wait,
+        );
         match polled {
             Poll::Pending => {
                 timeline.park(*this.depth, end, &this.flag.woken_at);
