@@ -49,8 +49,9 @@ impl Diagnosis {
         self.0.report(now_ns())
     }
 
-    /// Runs `future` as a task of its own on `runtime`, measured as this request: its polls,
-    /// its waits for a worker (blamed) and its parked time are the request's. When
+    /// Runs `future` as a task of its own on `runtime`, measured as this request and polled
+    /// in its span (spans it opens are the request's stages): its polls, its waits for a
+    /// worker (blamed) and its parked time are the request's. When
     /// tokio-console will show it ([`name_tasks_through`](super::name_tasks_through)), the task
     /// is called `"{label} {short trace id}"`, else `label`.
     ///
