@@ -59,8 +59,9 @@ pub struct Finding {
     pub pressure_dominant: Option<SplitComponent>,
     pub pressure_verdict: String,
 
-    /// The diagnosis scored against the catalogue's answer key (see [`Expect`]): the share of
-    /// pressure calls whose measured verdict is the expected one. A call that mostly waited
+    /// The diagnosis scored against the catalogue's answer key (see
+    /// [`Expect`](super::catalogue::Expect)): the share of pressure calls whose measured
+    /// verdict is the expected one. A call that mostly waited
     /// behind other pressure calls is right to say so, and counts as right: `runtime-contention`
     /// blamed on the pressure's own RPC where the pressure holds workers (or is `Fast`),
     /// `resource-queue` where it uses a bounded pool of its own (compute threads, connections).
