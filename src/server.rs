@@ -358,7 +358,7 @@ struct Drain {
     /// Then this long for in-flight calls to finish, with no new connections.
     grace: Duration,
     start_draining: oneshot::Sender<()>,
-    /// Said at the end of the grace: running calls are answered UNAVAILABLE.
+    /// Raised at the end of the grace: running calls are answered UNAVAILABLE.
     abandon: Arc<Signal>,
     /// Raised [`ABANDON_FLUSH`] later: every gRPC connection closes.
     close_connections: Arc<Signal>,

@@ -169,7 +169,7 @@ pub struct Connection {
     state: Arc<ConnState>,
     info: TcpConnectInfo,
     watchdog: Pin<Box<Sleep>>,
-    stop: Pin<Box<Raised>>,
+    stop: Raised,
     closed: Option<CloseReason>,
     listener: &'static str,
     metrics: TransportMetrics,
@@ -206,7 +206,7 @@ impl Connection {
             state,
             info,
             watchdog: Box::pin(tokio::time::sleep_until(first_check)),
-            stop: Box::pin(stop.raised_owned()),
+            stop: stop.raised_owned(),
             closed: None,
             listener,
             metrics,
@@ -226,7 +226,7 @@ impl Connection {
         if self.closed.is_some() {
             return self.closed;
         }
-        let reason = if self.stop.as_mut().poll(cx).is_ready() {
+        let reason = if Pin::new(&mut self.stop).poll(cx).is_ready() {
             Some("shutdown")
         } else {
             loop {
