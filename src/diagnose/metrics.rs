@@ -12,7 +12,10 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use super::{report::Report, verdict::Verdict};
+use super::{
+    report::{Report, Split},
+    verdict::Verdict,
+};
 
 /// Seconds buckets for the split: 100 µs to 30 s, dense where the lessons live (1–500 ms).
 pub const SPLIT_BUCKETS: [f64; 17] = [
@@ -56,6 +59,11 @@ fn split_histogram() -> Histogram {
 
 /// The split's components, in [`MethodSeries::split`] order: the `component` label.
 const COMPONENTS: [&str; 5] = ["busy", "on_cpu", "scheduled", "idle", "queue"];
+
+/// A request's value of each of [`COMPONENTS`], in the same order.
+fn component_values(s: &Split) -> [u64; COMPONENTS.len()] {
+    [s.busy, s.on_cpu, s.scheduled, s.idle_total(), s.queue()]
+}
 
 /// One method's series, resolved on its first request and kept. `Family::get_or_create`
 /// hashes every label and takes the family's lock: six times on every request before, now
@@ -159,10 +167,8 @@ impl DiagnoseMetrics {
 
     /// Records a finished request of `method`.
     pub fn observe(&self, method: (&'static str, &'static str), report: &Report) {
-        let s = &report.split;
         let series = self.series(method);
-        let values = [s.busy, s.on_cpu, s.scheduled, s.idle_total(), s.queue()];
-        for (histogram, ns) in series.split.iter().zip(values) {
+        for (histogram, ns) in series.split.iter().zip(component_values(&report.split)) {
             histogram.observe(ns as f64 / 1e9);
         }
         let verdict = report.verdict();
@@ -200,7 +206,7 @@ mod tests {
     use opentelemetry::trace::SpanContext;
 
     use super::*;
-    use crate::diagnose::{identity::Identity, report::Split};
+    use crate::diagnose::identity::Identity;
 
     fn report(total_ms: u64, scheduled_ms: u64) -> Report {
         Report {

@@ -196,7 +196,7 @@ impl Report {
     ///
     /// `waited_in=<stage>` names the stage of the longest wait when there is one; each culprit is
     /// `<method>[@<trace id>]/<share>`, or `task:<name or id>/<share>` for a task that is not a
-    /// request, largest share first, at most four (`HEADER_CULPRITS`; then `+N`).
+    /// request, largest share first, at most `HEADER_CULPRITS` of them (then `+N`).
     pub fn header_value(&self) -> String {
         let s = &self.split;
         let mut out = String::with_capacity(160);
