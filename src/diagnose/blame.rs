@@ -4,6 +4,11 @@
 //! Each culprit gets its *overlap* (how long its polls ran during the wait) and its *share*:
 //! every instant of the wait is divided equally among the polls running then, so shares add
 //! up to the part of the wait during which any culprit ran (the blamed time), never more.
+//!
+//! A request keeps at most [`MAX_CULPRITS`] culprits, the largest shares: a request that
+//! waits thousands of times behind thousands of others (a long stream on a busy server) must
+//! not grow a list without end, nor copy it into every report. Its blamed time still counts
+//! every wait; the shares of the culprits left out are what it exceeds their sum by.
 
 use std::sync::Arc;
 
@@ -11,6 +16,13 @@ use super::{
     identity::Identity,
     occupancy::{Held, Holder},
 };
+
+/// Culprits a request keeps, the largest shares: far more than a header (four), a log line or
+/// a reader's attention takes, few enough that merging each wait's culprits stays cheap.
+pub const MAX_CULPRITS: usize = 32;
+/// Poll intervals kept per culprit, for the timeline only: a culprit's first ones, enough to
+/// draw what a lab request shows.
+pub const MAX_CULPRIT_POLLS: usize = 64;
 
 /// One culprit of one wait (or, merged, of all a request's waits).
 #[derive(Debug, Clone)]
@@ -52,7 +64,7 @@ pub(crate) fn blame(held: Vec<Held>) -> (Vec<Culprit>, u64) {
                 culprits.len() - 1
             }
         };
-        culprits[i].overlap += poll.end - poll.start;
+        culprits[i].overlap += poll.end.saturating_sub(poll.start);
         culprits[i].polls.push((poll.start, poll.end));
         keys.push(i);
     }
@@ -75,27 +87,36 @@ pub(crate) fn blame(held: Vec<Held>) -> (Vec<Culprit>, u64) {
         let len = b - a;
         blamed += len;
         let n = running.len() as u64;
-        for k in running {
-            culprits[k].share += len / n;
+        // The remainder of the division goes to the first, so that shares add up exactly.
+        for (j, k) in running.into_iter().enumerate() {
+            culprits[k].share += len / n + if j == 0 { len % n } else { 0 };
         }
     }
     culprits.sort_by_key(|c| std::cmp::Reverse(c.share));
     (culprits, blamed)
 }
 
-/// Adds one wait's culprits to a request's running list.
-pub(crate) fn merge(into: &mut Vec<Culprit>, more: Vec<Culprit>) {
-    for culprit in more {
+/// Adds one wait's culprits to a request's running list, keeping the [`MAX_CULPRITS`] largest
+/// shares. Poll intervals are kept (up to [`MAX_CULPRIT_POLLS`] each) only when the request
+/// asked for its timeline (`keep_polls`), the one place they are shown.
+pub(crate) fn merge(into: &mut Vec<Culprit>, more: Vec<Culprit>, keep_polls: bool) {
+    for mut culprit in more {
+        if !keep_polls {
+            culprit.polls = Vec::new();
+        }
+        culprit.polls.truncate(MAX_CULPRIT_POLLS);
         match into.iter_mut().find(|c| c.holder.same_as(&culprit.holder)) {
             Some(known) => {
                 known.overlap += culprit.overlap;
                 known.share += culprit.share;
-                known.polls.extend(culprit.polls);
+                let room = MAX_CULPRIT_POLLS.saturating_sub(known.polls.len());
+                known.polls.extend(culprit.polls.into_iter().take(room));
             }
             None => into.push(culprit),
         }
     }
     into.sort_by_key(|c| std::cmp::Reverse(c.share));
+    into.truncate(MAX_CULPRITS);
 }
 
 #[cfg(test)]
@@ -161,9 +182,51 @@ mod tests {
         assert_eq!(first.polls.len(), 2);
 
         let mut all = Vec::new();
-        merge(&mut all, culprits.clone());
-        merge(&mut all, culprits);
+        merge(&mut all, culprits.clone(), true);
+        merge(&mut all, culprits.clone(), true);
         assert_eq!(all.len(), 2);
         assert_eq!(all.iter().map(|c| c.share).sum::<u64>(), 2 * blamed);
+        assert_eq!(all.iter().map(|c| c.polls.len()).sum::<usize>(), 6);
+
+        let mut untimed = Vec::new();
+        merge(&mut untimed, culprits, false);
+        assert!(
+            untimed.iter().all(|c| c.polls.is_empty()),
+            "no timeline asked"
+        );
+    }
+
+    #[test]
+    fn shares_add_up_exactly_when_a_window_does_not_divide() {
+        let (a, b, c) = (holder(), holder(), holder());
+        let held = [a, b, c]
+            .into_iter()
+            .map(|holder| Held {
+                start: 0,
+                end: 100,
+                holder,
+            })
+            .collect();
+        let (culprits, blamed) = blame(held);
+        assert_eq!(blamed, 100);
+        assert_eq!(culprits.iter().map(|c| c.share).sum::<u64>(), 100);
+    }
+
+    /// A long stream on a busy server waits behind ever new requests: its list stays bounded
+    /// and keeps the largest shares.
+    #[test]
+    fn a_request_keeps_its_largest_culprits_only() {
+        let mut all = Vec::new();
+        for i in 0..10 * MAX_CULPRITS as u64 {
+            let held = vec![Held {
+                start: 0,
+                end: 1 + i,
+                holder: holder(),
+            }];
+            merge(&mut all, blame(held).0, true);
+        }
+        assert_eq!(all.len(), MAX_CULPRITS);
+        assert_eq!(all[0].share, 10 * MAX_CULPRITS as u64);
+        assert!(all.iter().all(|c| c.share > 9 * MAX_CULPRITS as u64));
     }
 }

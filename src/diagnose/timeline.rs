@@ -178,7 +178,8 @@ impl Timeline {
             now.saturating_sub(ready_since)
         };
         // Blame outside the lock: it reads every worker's slot.
-        let blamed = (waited >= super::clock::nanos(self.engine.config.blame_from)).then(|| {
+        let blame_from = super::clock::nanos(self.engine.config.blame_from);
+        let blamed = (waited > 0 && waited >= blame_from).then(|| {
             let during = |runtime| {
                 blame::blame(occupancy::holders_during(
                     runtime,
@@ -225,7 +226,7 @@ impl Timeline {
         }
         if let Some((culprits, blamed)) = blamed {
             state.split.blamed += blamed.min(waited);
-            blame::merge(&mut state.culprits, culprits);
+            blame::merge(&mut state.culprits, culprits, self.want_events);
         }
     }
 
