@@ -5,7 +5,8 @@
 //! only by a request that actually waited ([`holders_during`]). Requests mark their own polls
 //! (the [`Measured`](super::measured::Measured) wrapper does it); the runtime's poll hooks
 //! ([`install_hooks`], `tokio_unstable`) add every other task, so that a background task that
-//! hogs a worker is named too (by name and spawn location).
+//! hogs a worker is named too (by its task id and spawn location, and by the name a service
+//! gave it with [`name_task`]).
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -21,9 +22,14 @@ use super::{
 
 /// Polls at least this long are remembered: shorter ones cannot make a wait worth blaming.
 pub const RECORD_POLLS_FROM: Duration = Duration::from_micros(200);
-/// Long polls remembered per worker: enough for seconds of back-to-back long polls.
-pub const RECENT_POLLS: usize = 128;
-/// Names of non-request tasks remembered (holdup names its few long-lived tasks).
+/// Long polls remembered per worker. Polls of [`RECORD_POLLS_FROM`] back to back fill it in
+/// 200 ms, so a wait up to that long behind the shortest polls recorded is blamed in full (and
+/// seconds of longer ones, such as the Lab's `CpuBound`); 128 covered only 26 ms of them. A
+/// blamed wait scans every worker's list (about 40 KB a worker), which costs microseconds
+/// against a wait of a millisecond or more.
+pub const RECENT_POLLS: usize = 1_024;
+/// Names of non-request tasks remembered: tasks a service names with [`name_task`] (holdup
+/// itself names none, which keeps task ends free of the lock naming takes).
 const MAX_TASK_NAMES: usize = 1_024;
 
 /// What held a worker.
@@ -87,8 +93,9 @@ struct SlotState {
 #[derive(Debug)]
 struct Slot {
     runtime: u64,
-    /// A runtime worker (it parked in the scheduler), not a blocking-pool thread: tokio's poll
-    /// hooks run for `spawn_blocking` jobs too, which hold no worker.
+    /// A runtime worker: it parked in the scheduler. Until a worker first parks its polls are
+    /// not recorded by the hooks (requests still mark their own), so that a thread that is not
+    /// a worker is never taken for one.
     worker: std::sync::atomic::AtomicBool,
     state: Mutex<SlotState>,
 }
@@ -278,7 +285,8 @@ pub(crate) fn holders_during(
     for slot in slots {
         let state = slot.lock();
         for poll in &state.recent {
-            if poll.end > from && poll.start < to && !is_victim(&poll.holder) {
+            // `from < to` too: a wake stamped on another thread can land after the poll began.
+            if poll.end > from && poll.start < to && from < to && !is_victim(&poll.holder) {
                 held.push(Held {
                     start: poll.start.max(from),
                     end: poll.end.min(to),
@@ -296,6 +304,7 @@ pub(crate) fn holders_during(
             ..
         }) = &state.current
             && to.saturating_sub(*start) >= nanos(RECORD_POLLS_FROM)
+            && (*start).max(from) < to
             && !is_victim(holder)
         {
             held.push(Held {
@@ -306,4 +315,49 @@ pub(crate) fn holders_during(
         }
     }
     held
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::SpanContext;
+
+    use super::*;
+
+    fn identity(path: &'static str) -> Arc<Identity> {
+        Arc::new(Identity::new(
+            http::uri::PathAndQuery::from_static(path),
+            &SpanContext::empty_context(),
+        ))
+    }
+
+    /// A wake stamped on another thread can land after the victim's poll began: a window that
+    /// ends before it starts holds no poll (clipped, it would have a negative length).
+    #[test]
+    fn an_inverted_window_holds_nothing() {
+        let culprit = identity("/test.occupancy.Svc/Culprit");
+        let on_worker = Arc::clone(&culprit);
+        let (marked, marked_rx) = std::sync::mpsc::channel();
+        let (done, done_rx) = std::sync::mpsc::channel::<()>();
+        // The worker thread lives (and keeps its slot) until the checks are done.
+        let worker = std::thread::spawn(move || {
+            let own = request_poll_started(&on_worker, 1_000);
+            request_poll_ended(own, 1_000_000);
+            marked.send(()).unwrap();
+            let _ = done_rx.recv();
+        });
+        marked_rx.recv().unwrap();
+        let bystander = identity("/test.occupancy.Svc/Bystander");
+        let ours = |held: &[Held]| {
+            held.iter()
+                .filter(|h| matches!(&h.holder, Holder::Request(r) if Arc::ptr_eq(r, &culprit)))
+                .map(|h| (h.start, h.end))
+                .collect::<Vec<_>>()
+        };
+        let forward = holders_during(None, 500_000, 600_000, &bystander);
+        assert_eq!(ours(&forward), [(500_000, 600_000)]);
+        let inverted = holders_during(None, 600_000, 500_000, &bystander);
+        assert_eq!(ours(&inverted), []);
+        done.send(()).unwrap();
+        worker.join().unwrap();
+    }
 }
