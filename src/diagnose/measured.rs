@@ -150,7 +150,7 @@ impl<F: Future> Future for Measured<F> {
         let timeline = &**this.timeline;
         timeline.poll_started(*this.depth, ready_since, start);
         this.flag.task.register(cx.waker());
-        let own_mark = occupancy::request_poll_started(&timeline.identity, start);
+        let own_mark = OwnMark(occupancy::request_poll_started(&timeline.identity, start));
         let cpu = clock::mark(start);
 
         // Entered here rather than by `Instrument`: that wrapper also enters the span to drop the
@@ -161,7 +161,7 @@ impl<F: Future> Future for Measured<F> {
 
         let end = now_ns();
         let used = clock::poll_cpu(cpu, start, end);
-        occupancy::request_poll_ended(own_mark, end);
+        own_mark.end(end);
         timeline.poll_ended(*this.depth, start, end, used);
         timeline.engine.poll_held(
             &timeline.identity,
@@ -182,5 +182,92 @@ impl<F: Future> Future for Measured<F> {
                 Poll::Ready(output)
             }
         }
+    }
+}
+
+/// The worker's mark of a request poll that no runtime hook began ([`occupancy`]'s own), ended
+/// even if the poll panics: else the worker would still show the panicked request as its
+/// holder, and every later wait elsewhere would blame it, until the worker's next request.
+struct OwnMark(bool);
+
+impl OwnMark {
+    fn end(mut self, at: u64) {
+        occupancy::request_poll_ended(std::mem::take(&mut self.0), at);
+    }
+}
+
+impl Drop for OwnMark {
+    fn drop(&mut self) {
+        if self.0 {
+            occupancy::request_poll_ended(true, now_ns());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{panic, time::Duration};
+
+    use opentelemetry::trace::SpanContext;
+
+    use super::*;
+    use crate::diagnose::{
+        Holder,
+        engine::{Engine, EngineConfig},
+        identity::Identity,
+    };
+
+    fn identity(path: &'static str) -> Arc<Identity> {
+        Arc::new(Identity::new(
+            http::uri::PathAndQuery::from_static(path),
+            &SpanContext::empty_context(),
+        ))
+    }
+
+    /// Outside a hooked runtime a request marks its own polls; a panic in one must not leave
+    /// it holding the worker.
+    #[test]
+    fn a_poll_that_panics_leaves_no_holder_behind() {
+        let who = identity("/test.measured.Svc/Panics");
+        let engine = Arc::new(Engine {
+            config: EngineConfig::default(),
+            metrics: None,
+        });
+        let timeline = Arc::new(Timeline::new(
+            Arc::clone(&who),
+            tracing::Span::none(),
+            engine,
+            now_ns(),
+            false,
+        ));
+        let (failed, failed_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let future = Measured::outer(
+                timeline,
+                async { panic!("the handler failed") },
+                now_ns(),
+                false,
+            );
+            let mut future = Box::pin(future);
+            let mut cx = Context::from_waker(Waker::noop());
+            let polled = panic::catch_unwind(panic::AssertUnwindSafe(|| {
+                let _ = future.as_mut().poll(&mut cx);
+            }));
+            failed.send(polled.is_err()).unwrap();
+            // The thread (and its slot) lives on, as a runtime worker would.
+            std::thread::sleep(Duration::from_millis(100));
+        });
+        assert!(failed_rx.recv().unwrap(), "the poll panicked");
+        let bystander = identity("/test.measured.Svc/Bystander");
+        let now = now_ns();
+        // A wait that began after the panic: the failed poll itself (which did hold the
+        // worker) is over by then.
+        let held = occupancy::holders_during(None, now, now + 1_000_000_000, &bystander);
+        assert!(
+            !held
+                .iter()
+                .any(|h| matches!(&h.holder, Holder::Request(r) if Arc::ptr_eq(r, &who))),
+            "a panicked request still holds its worker"
+        );
     }
 }
