@@ -97,7 +97,7 @@ impl Engine {
             held as f64 / 1e6
         );
         if let Some(metrics) = &self.metrics {
-            metrics.long_poll(intern::labels(who.full_method()));
+            metrics.long_poll(intern::unverified_labels(who.full_method()));
         }
     }
 

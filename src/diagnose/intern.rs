@@ -1,8 +1,10 @@
 //! Method names as `&'static str` metric labels, interned once each and bounded, so that a
 //! client sending made-up paths can neither grow memory nor explode label cardinality.
 //!
-//! Only methods that answered (not `UNIMPLEMENTED`) or that held a worker long enough to be
-//! blamed are interned; past [`MAX_METHODS`] distinct ones, the rest share the label `other`.
+//! Methods that answered (not `UNIMPLEMENTED`) may fill the table; methods only seen holding a
+//! worker (a culprit, a long poll: the request may still be running, or be one a client made
+//! up) only its first half, so that made-up names can never take the room of methods that
+//! answer. Past the limit, or longer than [`MAX_METHOD_BYTES`], a method is labelled `other`.
 
 use std::{
     collections::HashMap,
@@ -13,36 +15,62 @@ use super::identity::split_method;
 
 /// Distinct methods labelled by name: far more than any one server has.
 pub const MAX_METHODS: usize = 512;
+/// Longest method path labelled by name. Real gRPC method paths are tens of bytes; a path of
+/// kilobytes (HTTP/2 allows 16 KiB of headers) is made up, and would be copied into every
+/// series and every scrape.
+pub const MAX_METHOD_BYTES: usize = 256;
 /// The label of methods past [`MAX_METHODS`].
 pub const OTHER: (&str, &str) = ("other", "other");
 
 /// `(service, method)` labels, both `&'static`.
 type Labels = (&'static str, &'static str);
 
-static METHODS: LazyLock<RwLock<HashMap<Box<str>, Labels>>> =
-    LazyLock::new(|| RwLock::new(HashMap::new()));
+/// A table of interned methods (one per process; tests make their own).
+#[derive(Debug, Default)]
+struct Interner {
+    methods: RwLock<HashMap<Box<str>, Labels>>,
+}
 
-/// `(service, method)` of a full method path (`holdup.v1.Lab/Fast`), as static labels.
+impl Interner {
+    /// The labels of `full_method`, interning it if the table has fewer than `room` entries.
+    fn labels(&self, full_method: &str, room: usize) -> Labels {
+        if full_method.len() > MAX_METHOD_BYTES {
+            return OTHER;
+        }
+        if let Some(found) = self
+            .methods
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(full_method)
+        {
+            return *found;
+        }
+        let mut methods = self.methods.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(found) = methods.get(full_method) {
+            return *found;
+        }
+        if methods.len() >= room {
+            return OTHER;
+        }
+        // Leaked once per distinct method, at most MAX_METHODS times per table.
+        let full: &'static str = Box::leak(full_method.to_owned().into_boxed_str());
+        let parts = split_method(full);
+        methods.insert(full.into(), parts);
+        parts
+    }
+}
+
+static METHODS: LazyLock<Interner> = LazyLock::new(Interner::default);
+
+/// `(service, method)` of a full method path (`holdup.v1.Lab/Fast`) that answered, as static
+/// labels.
 pub fn labels(full_method: &str) -> Labels {
-    if let Some(found) = METHODS
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get(full_method)
-    {
-        return *found;
-    }
-    let mut methods = METHODS.write().unwrap_or_else(PoisonError::into_inner);
-    if let Some(found) = methods.get(full_method) {
-        return *found;
-    }
-    if methods.len() >= MAX_METHODS {
-        return OTHER;
-    }
-    // Leaked once per distinct method, at most MAX_METHODS times.
-    let full: &'static str = Box::leak(full_method.to_owned().into_boxed_str());
-    let parts = split_method(full);
-    methods.insert(full.into(), parts);
-    parts
+    METHODS.labels(full_method, MAX_METHODS)
+}
+
+/// The same for a method only seen holding a worker, which may not exist: see the module docs.
+pub fn unverified_labels(full_method: &str) -> Labels {
+    METHODS.labels(full_method, MAX_METHODS / 2)
 }
 
 #[cfg(test)]
@@ -55,5 +83,26 @@ mod tests {
         let b = labels("test.intern.Svc/Method");
         assert_eq!(a, ("test.intern.Svc", "Method"));
         assert!(std::ptr::eq(a.1, b.1));
+    }
+
+    #[test]
+    fn made_up_methods_cannot_crowd_out_answered_ones() {
+        let table = Interner::default();
+        for i in 0..MAX_METHODS {
+            table.labels(&format!("junk.Svc/M{i}"), MAX_METHODS / 2);
+        }
+        assert_eq!(table.labels("junk.Svc/Late", MAX_METHODS / 2), OTHER);
+        assert_eq!(
+            table.labels("real.Svc/Answered", MAX_METHODS),
+            ("real.Svc", "Answered"),
+            "half the table is kept for methods that answer"
+        );
+        assert_eq!(
+            table.labels("junk.Svc/M0", MAX_METHODS / 2),
+            ("junk.Svc", "M0"),
+            "known already"
+        );
+        let long = format!("x.Svc/{}", "a".repeat(MAX_METHOD_BYTES));
+        assert_eq!(table.labels(&long, MAX_METHODS), OTHER);
     }
 }

@@ -185,9 +185,9 @@ impl DiagnoseMetrics {
             })
             .inc();
         for culprit in &report.culprits {
-            let culprit_method = culprit
-                .request()
-                .map_or("task", |c| super::intern::labels(c.full_method()).1);
+            let culprit_method = culprit.request().map_or("task", |c| {
+                super::intern::unverified_labels(c.full_method()).1
+            });
             self.blame
                 .get_or_create(&BlameLabels {
                     victim_method: method.1,

@@ -251,7 +251,7 @@ pub fn culprit_label(culprit: &Culprit) -> String {
             }
         }
         Holder::Task { id, .. } => match culprit.holder.task_name() {
-            Some(name) => format!("task:{}", visible(&name).replace(' ', "_")),
+            Some(name) => format!("task:{}", visible(&name.replace(' ', "_"))),
             None => format!("task:{id}"),
         },
     }
@@ -271,11 +271,23 @@ pub fn task_description(holder: &Holder) -> String {
     }
 }
 
-/// Only visible ASCII, as a header value allows.
+/// Longest name a header shows for a culprit or a stage: a made-up method of kilobytes, named
+/// as a culprit in an innocent request's header, could push that reply past its client's
+/// header-list limit.
+const MAX_NAME_CHARS: usize = 64;
+
+/// Only visible ASCII, as a header value allows, and at most [`MAX_NAME_CHARS`] of it (then
+/// `..`).
 fn visible(s: &str) -> String {
-    s.chars()
+    let mut out: String = s
+        .chars()
+        .take(MAX_NAME_CHARS)
         .map(|c| if c.is_ascii_graphic() { c } else { '?' })
-        .collect()
+        .collect();
+    if s.chars().nth(MAX_NAME_CHARS).is_some() {
+        out.push_str("..");
+    }
+    out
 }
 
 #[cfg(test)]
@@ -351,5 +363,14 @@ mod tests {
                 "{verdict}"
             );
         }
+    }
+
+    #[test]
+    fn header_names_are_visible_ascii_and_bounded() {
+        assert_eq!(visible("Fast"), "Fast");
+        assert_eq!(visible("a b\u{e9}"), "a?b?");
+        let long = visible(&"m".repeat(16 * 1024));
+        assert_eq!(long.len(), MAX_NAME_CHARS + 2);
+        assert!(long.ends_with(".."));
     }
 }
