@@ -23,8 +23,8 @@
 //! OpenTelemetry conventions) makes *queue* time and the idle verdicts. The **verdict** is the
 //! largest component ([`Verdict`]): never a label, always a measurement. A request that
 //! waited for a worker gets **blame**: the polls that held the workers during its wait, each
-//! with its overlap and share, as named requests (method, trace and span id) or tasks (name,
-//! spawn location).
+//! with its overlap and share, as named requests (method, trace and span id) or tasks (id,
+//! spawn location, and a name if given with [`name_task`]).
 //!
 //! It reports in the `holdup-diagnosis` response header ([`Report::header_value`]), on the
 //! server span (attributes, and OpenTelemetry links to the culprits' spans, which Jaeger shows
