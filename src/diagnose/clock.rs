@@ -95,8 +95,11 @@ fn thread_schedstat() -> Option<(u64, u64)> {
             let text = std::str::from_utf8(&buf[..n]).ok()?;
             let mut fields = text.split_ascii_whitespace().skip(1);
             let run_delay = fields.next()?.parse().ok()?;
-            let switches = fields.next()?.parse().ok()?;
-            Some((run_delay, switches))
+            let switches: u64 = fields.next()?.parse().ok()?;
+            // A thread that runs was put on a CPU at least once: zeros are a kernel that
+            // keeps no scheduler statistics (neither schedstats nor delay accounting), whose
+            // unchanging count would book every off-CPU moment as preemption.
+            (switches > 0).then_some((run_delay, switches))
         })
     }
     #[cfg(not(target_os = "linux"))]

@@ -54,8 +54,10 @@ struct State {
     /// The end of the latest stretch charged to the split. The request's own future and its
     /// handler task run on different threads, so their stretches can overlap (a wake of the
     /// future while the task computes, a poll of each at the hand-over); each instant is
-    /// charged once, to the first stretch that ends past it, so that the parts never add up
-    /// to more than the total.
+    /// charged at most once, so that the parts never add up to more than the total. A stretch
+    /// reported after a later one has been charged loses the part before that one's end even
+    /// where nothing else covered it (a spurious poll of the outer future inside a parked
+    /// stretch), so the parts can fall short of the total by such gaps.
     charged_to: u64,
 }
 
