@@ -121,6 +121,15 @@ impl State {
     }
 }
 
+/// Whether polls that ran `blamed` ns of a `waited` ns wait explain it: at least half. A wait
+/// its own runtime's polls do not explain was a wait for a CPU (the worker was free but the
+/// cores ran other threads, such as another runtime's long polls), and those are named
+/// instead, but only if they explain it: a wait behind many polls too short to be remembered
+/// is left unexplained (blamed well under scheduled) rather than pinned on a bystander.
+fn explains(blamed: u64, waited: u64) -> bool {
+    blamed.saturating_mul(2) >= waited
+}
+
 /// The shared record of one request. See the module docs.
 #[derive(Debug)]
 pub struct Timeline {
@@ -191,15 +200,11 @@ impl Timeline {
                 ))
             };
             let own = during(Some(occupancy::runtime_key()));
-            // A wait its own runtime does not explain was a wait for a CPU: the worker was free
-            // but the cores ran other threads, such as another runtime's long polls.
-            if own.1 * 2 < waited {
-                let any = during(None);
-                if any.1 > own.1 {
-                    return any;
-                }
+            if explains(own.1, waited) {
+                return own;
             }
-            own
+            let any = during(None);
+            if explains(any.1, waited) { any } else { own }
         });
         let mut state = self.lock();
         if state.parked.is_some_and(|p| p.depth == depth) {
@@ -394,6 +399,17 @@ mod tests {
         assert_eq!(split.busy, 12_000, "{split:?}");
         assert_eq!(split.scheduled, 2_000, "{split:?}");
         assert!(split.on_cpu <= split.busy, "{split:?}");
+    }
+
+    #[test]
+    fn only_polls_that_cover_half_a_wait_explain_it() {
+        assert!(explains(5_000, 10_000));
+        assert!(!explains(4_999, 10_000));
+        assert!(
+            !explains(1_000, 10_000),
+            "a bystander's 1 ms in a 10 ms wait"
+        );
+        assert!(explains(u64::MAX, u64::MAX));
     }
 
     /// A poll half charged already keeps its on-CPU share.
