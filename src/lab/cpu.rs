@@ -21,7 +21,9 @@ use crate::{
     proto::{CpuBoundReply, CpuBoundRequest, CpuMode},
 };
 
-/// Most rounds one request may ask for: about 10–30 s of hashing on one core.
+/// Most rounds one request may ask for: about 6 s of hashing on one core here (2 million
+/// rounds took 123 ms). Rounds also stop at `--max-cpu-ms`, as `work_ms` does: an operator who
+/// lowers that cap lowers both.
 pub const MAX_ITERATIONS: u64 = 100_000_000;
 /// Rounds between checks of the clock, of cancellation and, in COOPERATIVE mode, between
 /// yields: ~0.5 ms of work, short enough that a cooperative task never holds a worker long.
@@ -79,14 +81,17 @@ pub enum Budget {
 struct Job {
     chain: HashChain,
     budget: Budget,
+    /// The server's CPU cap (`--max-cpu-ms`): rounds stop there too.
+    cap: Duration,
     started: Instant,
 }
 
 impl Job {
-    fn new(budget: Budget) -> Self {
+    fn new(budget: Budget, cap: Duration) -> Self {
         Self {
             chain: HashChain::default(),
             budget,
+            cap,
             started: Instant::now(),
         }
     }
@@ -97,7 +102,7 @@ impl Job {
             Budget::Rounds(total) => {
                 self.chain
                     .advance(SLICE_ROUNDS.min(total - self.chain.rounds()));
-                self.chain.rounds() >= total
+                self.chain.rounds() >= total || self.started.elapsed() >= self.cap
             }
             Budget::For(duration) => {
                 self.chain.advance(SLICE_ROUNDS);
@@ -145,6 +150,8 @@ impl Drop for CancelOnDrop {
 pub struct CpuPlan {
     pub mode: CpuMode,
     pub budget: Budget,
+    /// `--max-cpu-ms`: where rounds stop.
+    pub cap: Duration,
 }
 
 impl CpuPlan {
@@ -193,7 +200,11 @@ impl CpuPlan {
                 None,
             )?),
         };
-        Ok(Self { mode, budget })
+        Ok(Self {
+            mode,
+            budget,
+            cap: Duration::from_millis(u64::from(limits.max_cpu_ms)),
+        })
     }
 
     /// Whether the work runs on another thread (the handler waits for it).
@@ -214,7 +225,7 @@ impl CpuPlan {
         cancel: &CancelOnDrop,
     ) -> impl FnOnce(Duration) -> (Option<Done>, Duration) + Send + 'static {
         let flag = Arc::clone(&cancel.0);
-        let budget = self.budget;
+        let (budget, cap) = (self.budget, self.cap);
         let mode = self.mode_name();
         let parent = Span::current();
         // Stages for the diagnosis engine: the handler waits in a queue, then for offloaded work.
@@ -228,7 +239,7 @@ impl CpuPlan {
             };
             drop(queued);
             let _work = tracing::info_span!(target: "holdup::cpu", parent: &parent, "cpu.work", holdup.stage = "offloaded", holdup.mode = mode).entered();
-            (Job::new(budget).run_to_end(&flag), waited)
+            (Job::new(budget, cap).run_to_end(&flag), waited)
         }
     }
 
@@ -242,11 +253,14 @@ impl CpuPlan {
             // runtime worker until it is done. This is the mistake the mode exists to show.
             CpuMode::Inline => {
                 let _work = work_span().entered();
-                (Job::new(self.budget).run_to_end(&cancel.0), Duration::ZERO)
+                (
+                    Job::new(self.budget, self.cap).run_to_end(&cancel.0),
+                    Duration::ZERO,
+                )
             }
             CpuMode::Cooperative => {
                 async {
-                    let mut job = Job::new(self.budget);
+                    let mut job = Job::new(self.budget, self.cap);
                     while !job.slice() {
                         tokio::task::yield_now().await;
                     }
@@ -272,6 +286,15 @@ impl CpuPlan {
             CpuMode::Unspecified => unreachable!("CpuPlan::new refuses an unspecified mode"),
         };
         let done = done.ok_or(LabError::ShuttingDown)?;
+        if let Budget::Rounds(asked) = self.budget
+            && done.chain.rounds() < asked
+        {
+            return Err(LabError::CpuCapReached {
+                asked,
+                ran: done.chain.rounds(),
+                cap_ms: u32::try_from(self.cap.as_millis()).unwrap_or(u32::MAX),
+            });
+        }
         if matches!(self.mode, CpuMode::BlockingPool | CpuMode::ComputePool) {
             compute.observe_queue_wait(waited);
         }
@@ -304,19 +327,32 @@ mod tests {
     #[test]
     fn rounds_budget_is_exact() {
         let cancelled = AtomicBool::new(false);
-        let done = Job::new(Budget::Rounds(SLICE_ROUNDS + 5))
+        let done = Job::new(Budget::Rounds(SLICE_ROUNDS + 5), Duration::from_secs(60))
             .run_to_end(&cancelled)
             .unwrap();
         assert_eq!(done.chain.rounds(), SLICE_ROUNDS + 5);
     }
 
     #[test]
+    fn rounds_stop_at_the_cpu_cap() {
+        let cancelled = AtomicBool::new(false);
+        let done = Job::new(Budget::Rounds(MAX_ITERATIONS), Duration::from_millis(20))
+            .run_to_end(&cancelled)
+            .unwrap();
+        assert!(done.chain.rounds() < MAX_ITERATIONS);
+        assert!(done.work >= Duration::from_millis(20));
+    }
+
+    #[test]
     fn cancelled_work_stops() {
         let cancelled = AtomicBool::new(true);
         assert!(
-            Job::new(Budget::For(Duration::from_secs(60)))
-                .run_to_end(&cancelled)
-                .is_none()
+            Job::new(
+                Budget::For(Duration::from_secs(60)),
+                Duration::from_secs(60)
+            )
+            .run_to_end(&cancelled)
+            .is_none()
         );
     }
 }

@@ -131,6 +131,34 @@ async fn cpu_bound_time_budget_runs_about_that_long() {
     app.shutdown().await.unwrap();
 }
 
+/// Rounds are capped by `--max-cpu-ms` as time is: an operator who lowers the cap is not
+/// bypassed by asking for work in iterations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iterations_stop_at_the_cpu_cap() {
+    let mut app = spawn_with(|c| c.limits.max_cpu_ms = 30).await;
+    let started = Instant::now();
+    let status = app
+        .client
+        .cpu_bound(CpuBoundRequest {
+            mode: CpuMode::Cooperative.into(),
+            work_ms: 0,
+            iterations: holdup::lab::cpu::MAX_ITERATIONS,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().starts_with("iterations: ")
+            && status.message().contains("--max-cpu-ms (30 ms)"),
+        "{status:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "stopped at the cap"
+    );
+    app.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sleep_both_modes() {
     let mut app = spawn_app().await;

@@ -154,6 +154,12 @@ async fn random_requests_never_break_the_server() {
                     status.message().contains("upstream"),
                     "call {i}: {status:?}"
                 ),
+                // Rounds that ran past the (low) CPU cap.
+                Code::ResourceExhausted => assert!(
+                    status.message().starts_with("iterations: ")
+                        && status.message().contains("--max-cpu-ms"),
+                    "call {i}: {status:?}"
+                ),
                 _ => panic!("call {i} (seed {seed}): unexpected {status:?}"),
             }
         }

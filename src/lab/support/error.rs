@@ -24,6 +24,12 @@ pub enum LabError {
         limit: usize,
         flag: &'static str,
     },
+    /// CPU work asked for in rounds that ran past the server's CPU cap.
+    #[error(
+        "iterations: {asked} rounds ran past --max-cpu-ms ({cap_ms} ms) and stopped after {ran}; \
+         ask for fewer iterations, or for work_ms"
+    )]
+    CpuCapReached { asked: u64, ran: u64, cap_ms: u32 },
     #[error("upstream failed after {attempts} attempt(s): {log}")]
     UpstreamFailed { attempts: u32, log: String },
     #[error("deadline exceeded {during}")]
@@ -54,7 +60,9 @@ impl LabError {
                 Code::Unavailable
             }
             Self::ShuttingDown => Code::Unavailable,
-            Self::ComputeQueueFull { .. } | Self::Overloaded { .. } => Code::ResourceExhausted,
+            Self::ComputeQueueFull { .. }
+            | Self::Overloaded { .. }
+            | Self::CpuCapReached { .. } => Code::ResourceExhausted,
             Self::DeadlineExceeded { .. } => Code::DeadlineExceeded,
             Self::ModeRefused { .. } => Code::FailedPrecondition,
             Self::Internal(_) => Code::Internal,
