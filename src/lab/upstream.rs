@@ -222,6 +222,30 @@ fn summary(log: &[UpstreamAttempt]) -> String {
         .collect()
 }
 
+/// Largest upstream reply read. The simulator's is under a hundred bytes; an `--upstream-url`
+/// that answers with more is not the simulator, and its body is not read into memory whole
+/// (an attempt may last up to a minute, time enough for gigabytes on loopback).
+pub const MAX_UPSTREAM_REPLY_BYTES: usize = 64 * 1024;
+
+/// The reply's body as a [`WorkReply`]: `Ok(None)` when it is not one or is larger than
+/// [`MAX_UPSTREAM_REPLY_BYTES`] (an HTTP error of the attempt), `Err` when the connection fails.
+async fn read_reply(mut response: reqwest::Response) -> Result<Option<WorkReply>, reqwest::Error> {
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_UPSTREAM_REPLY_BYTES as u64)
+    {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > MAX_UPSTREAM_REPLY_BYTES {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(serde_json::from_slice(&body).ok())
+}
+
 struct Attempted {
     outcome: AttemptOutcome,
     /// 0 when no HTTP answer came.
@@ -273,7 +297,7 @@ async fn attempt(
     let result = tokio::time::timeout(timeout, async {
         let response = client.get(url).headers(headers).send().await?;
         let status = response.status().as_u16();
-        let body = response.json::<WorkReply>().await;
+        let body = read_reply(response).await?;
         Ok::<_, reqwest::Error>((status, body))
     })
     .instrument(span.clone())
@@ -283,7 +307,7 @@ async fn attempt(
         Err(_elapsed) => (0, AttemptOutcome::Timeout, None),
         Ok(Err(e)) if e.is_connect() => (0, AttemptOutcome::ConnectError, None),
         Ok(Err(_)) => (0, AttemptOutcome::TransportError, None),
-        Ok(Ok((status, Ok(body)))) if (200..300).contains(&status) => {
+        Ok(Ok((status, Some(body)))) if (200..300).contains(&status) => {
             (u32::from(status), AttemptOutcome::Ok, Some(body))
         }
         Ok(Ok((status, _))) => (u32::from(status), AttemptOutcome::HttpError, None),

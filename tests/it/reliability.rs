@@ -284,3 +284,42 @@ async fn an_unreachable_database_is_unavailable_not_fatal() {
         .expect("still serving");
     app.shutdown().await.unwrap();
 }
+
+/// An `--upstream-url` that answers with a reply far larger than the simulator's (here 1 MiB
+/// of valid JSON) is not read into memory whole: the attempt fails as an HTTP error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_upstream_reply_is_not_read_whole() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let upstream = tokio::spawn(async move {
+        // Bounded: the test makes one call with no retry.
+        for _ in 0..4 {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let mut request = [0u8; 4096];
+            let _ = socket.read(&mut request).await;
+            let pad = "a".repeat(1 << 20);
+            let body = format!(r#"{{"served_us":1,"stalled":false,"pad":"{pad}"}}"#);
+            let head =
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n";
+            let _ = socket.write_all(head.as_bytes()).await;
+            let _ = socket.write_all(body.as_bytes()).await;
+        }
+    });
+    let mut app = spawn_with(|c| c.upstream = UpstreamTarget::Url(format!("http://{addr}"))).await;
+    let status = app
+        .client
+        .upstream_call(UpstreamCallRequest {
+            max_retries: Some(0),
+            attempt_timeout_ms: Some(5_000),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("HTTP 200"), "{status:?}");
+    upstream.abort();
+    app.shutdown().await.unwrap();
+}
