@@ -96,6 +96,17 @@ pub(crate) fn blame(held: Vec<Held>) -> (Vec<Culprit>, u64) {
     (culprits, blamed)
 }
 
+/// Scales one wait's shares by `part / whole`, for a wait of which only `part` of the `whole`
+/// blamed counts (the rest was charged to the request already), so that they never add up to
+/// more than what is blamed.
+pub(crate) fn scale_shares(culprits: &mut [Culprit], part: u64, whole: u64) {
+    for culprit in culprits {
+        culprit.share =
+            u64::try_from(u128::from(culprit.share) * u128::from(part) / u128::from(whole.max(1)))
+                .unwrap_or(culprit.share);
+    }
+}
+
 /// Adds one wait's culprits to a request's running list, keeping the [`MAX_CULPRITS`] largest
 /// shares. Poll intervals are kept (up to [`MAX_CULPRIT_POLLS`] each) only when the request
 /// asked for its timeline (`keep_polls`), the one place they are shown.
@@ -210,6 +221,28 @@ mod tests {
         let (culprits, blamed) = blame(held);
         assert_eq!(blamed, 100);
         assert_eq!(culprits.iter().map(|c| c.share).sum::<u64>(), 100);
+    }
+
+    #[test]
+    fn scaled_shares_do_not_exceed_the_part_blamed() {
+        let (a, b) = (holder(), holder());
+        let held = vec![
+            Held {
+                start: 0,
+                end: 100,
+                holder: a,
+            },
+            Held {
+                start: 50,
+                end: 100,
+                holder: b,
+            },
+        ];
+        let (mut culprits, blamed) = blame(held);
+        assert_eq!(blamed, 100);
+        scale_shares(&mut culprits, 40, blamed);
+        let total: u64 = culprits.iter().map(|c| c.share).sum();
+        assert!((39..=40).contains(&total), "{total}");
     }
 
     /// A long stream on a busy server waits behind ever new requests: its list stays bounded

@@ -231,7 +231,11 @@ impl Timeline {
                 },
             );
         }
-        if let Some((culprits, blamed)) = blamed {
+        if let Some((mut culprits, blamed)) = blamed {
+            // Only the part of the wait not charged already counts; the shares shrink with it.
+            if blamed > waited {
+                blame::scale_shares(&mut culprits, waited, blamed);
+            }
             state.split.blamed += blamed.min(waited);
             blame::merge(&mut state.culprits, culprits, self.want_events);
         }
