@@ -4,7 +4,9 @@
 //! Configuration is the standard `OTEL_*` environment: `OTEL_EXPORTER_OTLP_ENDPOINT`
 //! (default `http://localhost:4317`), `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER` /
 //! `OTEL_TRACES_SAMPLER_ARG` (default parent-based, ratio 1.0), `OTEL_BSP_*` for the batch
-//! processor, and `OTEL_TRACES_EXPORTER=none` to export nothing. Spans are batched on the
+//! processor, `OTEL_TRACES_EXPORTER=none` to export nothing (requests still get trace ids:
+//! replies, headers and culprits name them) and `OTEL_SDK_DISABLED=true` for no tracing at
+//! all (no trace ids either). Spans are batched on the
 //! SDK's own thread, so a slow or dead collector never delays a request; a dead collector
 //! costs one warning (and a counter), not one log line per batch.
 
@@ -29,11 +31,29 @@ use tonic::metadata::MetadataMap;
 #[error("cannot build the OTLP span exporter: {0}")]
 pub struct OtelError(#[from] opentelemetry_otlp::ExporterBuildError);
 
-/// True unless `OTEL_TRACES_EXPORTER=none` (or `OTEL_SDK_DISABLED=true`).
-pub fn export_enabled() -> bool {
-    let exporter_none = std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v.trim() == "none");
+/// What the `OTEL_*` environment asks of tracing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tracing {
+    /// Trace ids and OTLP export: the default.
+    Export,
+    /// Trace ids, no export (`OTEL_TRACES_EXPORTER=none`): a user without a collector still
+    /// needs the ids that name a reply and its culprits.
+    IdsOnly,
+    /// No OpenTelemetry at all (`OTEL_SDK_DISABLED=true`, the specification's switch).
+    Off,
+}
+
+/// The tracing the environment asks for.
+pub fn tracing_mode() -> Tracing {
     let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.trim() == "true");
-    !(exporter_none || disabled)
+    let exporter_none = std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v.trim() == "none");
+    if disabled {
+        Tracing::Off
+    } else if exporter_none {
+        Tracing::IdsOnly
+    } else {
+        Tracing::Export
+    }
 }
 
 /// A tracer provider exporting over OTLP/gRPC as `service_name` (unless `OTEL_SERVICE_NAME`

@@ -120,27 +120,44 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     let fmt = fmt_layer().with_filter(log_filter());
 
     otel::install_propagator();
-    let (otel_layer, providers, export_runtime) = if otel::export_enabled() {
-        let runtime = OwnedRuntime::start("holdup-otel", 1).map_err(TelemetryError::Runtime)?;
-        let (main, upstream) = {
-            let _enter = runtime.handle().enter();
-            let endpoint = config.otlp_endpoint.as_deref();
-            (
-                otel::tracer_provider(config.service_name, endpoint, export_failures())?,
-                otel::tracer_provider("holdup-upstream", endpoint, export_failures())?,
+    let (providers, export_runtime) = match otel::tracing_mode() {
+        otel::Tracing::Export => {
+            let runtime = OwnedRuntime::start("holdup-otel", 1).map_err(TelemetryError::Runtime)?;
+            let providers = {
+                let _enter = runtime.handle().enter();
+                let endpoint = config.otlp_endpoint.as_deref();
+                vec![
+                    otel::tracer_provider(config.service_name, endpoint, export_failures())?,
+                    otel::tracer_provider("holdup-upstream", endpoint, export_failures())?,
+                ]
+            };
+            (providers, Some(runtime))
+        }
+        // Providers without a processor: ids for every span, nothing sent anywhere.
+        otel::Tracing::IdsOnly => (
+            vec![
+                SdkTracerProvider::builder().build(),
+                SdkTracerProvider::builder().build(),
+            ],
+            None,
+        ),
+        otel::Tracing::Off => (Vec::new(), None),
+    };
+    let otel_layer = match providers.as_slice() {
+        [main, upstream] => {
+            let _ = UPSTREAM_TRACER.set(upstream.tracer("holdup-upstream"));
+            Some(
+                tracing_opentelemetry::layer()
+                    .with_tracer(main.tracer("holdup"))
+                    // Per-span busy/idle times and thread ids: two registry look-ups on every
+                    // poll of every traced future, for attributes the engine's split says
+                    // better.
+                    .with_tracked_inactivity(false)
+                    .with_threads(false)
+                    .with_filter(Targets::new().with_target("holdup", Level::INFO)),
             )
-        };
-        let _ = UPSTREAM_TRACER.set(upstream.tracer("holdup-upstream"));
-        let layer = tracing_opentelemetry::layer()
-            .with_tracer(main.tracer("holdup"))
-            // Per-span busy/idle times and thread ids: two registry look-ups on every poll of
-            // every traced future, for attributes the engine's split says better.
-            .with_tracked_inactivity(false)
-            .with_threads(false)
-            .with_filter(Targets::new().with_target("holdup", Level::INFO));
-        (Some(layer), vec![main, upstream], Some(runtime))
-    } else {
-        (None, Vec::new(), None)
+        }
+        _ => None,
     };
 
     let console_layer = config.console.map(|addr| {

@@ -25,4 +25,5 @@ mod random_requests;
 mod reliability;
 mod shutdown;
 mod tls;
+mod tracing_env;
 mod transport;
