@@ -88,15 +88,32 @@ fn start_telemetry(config: &TelemetryConfig) -> anyhow::Result<Telemetry> {
 
 fn serve(args: &ServeArgs) -> Result<(), Failure> {
     let config = args.validate().map_err(usage)?;
-    let telemetry_config = args.telemetry.validate("holdup").map_err(usage)?;
+    let mut telemetry_config = args.telemetry.validate("holdup").map_err(usage)?;
+    telemetry_config.console = telemetry_config.console.map(free_port_for);
     let telemetry = start_telemetry(&telemetry_config)?;
     let result = serve_until_signal(config, telemetry_config.console);
     telemetry.shutdown();
     result
 }
 
+/// `addr` with port 0 replaced by a port free now: the console server binds the address it is
+/// given out of sight, so the banner could only print `:0`, which no console can connect to.
+fn free_port_for(addr: SocketAddr) -> SocketAddr {
+    if addr.port() != 0 {
+        return addr;
+    }
+    std::net::TcpListener::bind(addr)
+        .and_then(|listener| listener.local_addr())
+        .unwrap_or(addr)
+}
+
 fn serve_until_signal(config: ServeConfig, console: Option<SocketAddr>) -> Result<(), Failure> {
     let runtime = transport_runtime(config.io_threads)?;
+    // Over TLS the first call must trust the server's certificate (self-signed in a lab).
+    let transport_flag = config.tls.as_ref().map_or_else(
+        || "-plaintext".to_owned(),
+        |tls| format!("-cacert {}", tls.cert.display()),
+    );
     runtime.block_on(async {
         let workers = config.workers;
         let server = Server::build(config).await.context("starting holdup")?;
@@ -110,7 +127,7 @@ fn serve_until_signal(config: ServeConfig, console: Option<SocketAddr>) -> Resul
             println!("tokio-console at http://{console}");
         }
         println!(
-            "try: grpcurl -plaintext -d '{{\"mode\":\"INLINE\",\"work_ms\":200}}' {addr} holdup.v1.Lab/CpuBound"
+            "try: grpcurl {transport_flag} -d '{{\"mode\":\"INLINE\",\"work_ms\":200}}' {addr} holdup.v1.Lab/CpuBound"
         );
         server
             .run_until(shutdown::signal_then_force_exit())

@@ -25,7 +25,7 @@ use holdup::proto::FastRequest;
 use tonic::Streaming;
 
 use crate::common::{
-    client, free_port,
+    client,
     process::{self, KillOnDrop},
     sample,
 };
@@ -43,10 +43,11 @@ struct ServedWithConsole {
 
 impl ServedWithConsole {
     async fn start() -> Self {
-        let console = free_port().to_string();
-        let mut args = process::serve_args(&["--console-addr", &console]);
+        // Port 0: the banner must name the port the console really serves on.
+        let mut args = process::serve_args(&["--console-addr", "127.0.0.1:0"]);
         args.retain(|a| *a != "--no-console");
         let holdup = process::start(&args, &[], None);
+        let console = holdup.addr_after("tokio-console at ");
         let addr = holdup.addr_after("holdup listening on ");
         let metrics = holdup.addr_after("metrics at ");
         let guard = KillOnDrop(Some(holdup.child));

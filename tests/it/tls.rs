@@ -74,3 +74,45 @@ async fn serves_over_tls() {
     assert_eq!(reply.message, "over tls");
     app.shutdown().await.unwrap();
 }
+
+/// The banner's first call works as printed, over TLS too: `-plaintext` would fail there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_banners_first_call_works_over_tls() {
+    let Some(grpcurl) = crate::common::require_tool("grpcurl", "tests/tools.sh grpcurl") else {
+        return;
+    };
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("self-signed certificate");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let (cert_arg, key_arg) = (cert_path.to_str().unwrap(), key_path.to_str().unwrap());
+    let args = crate::common::process::serve_args(&["--tls-cert", cert_arg, "--tls-key", key_arg]);
+    let holdup = crate::common::process::start(&args, &[], None);
+    let try_line = holdup.banner.last().expect("a try line").clone();
+    let _serve = crate::common::process::KillOnDrop(Some(holdup.child));
+    let command = try_line
+        .strip_prefix("try: grpcurl ")
+        .expect("the try line is a grpcurl call")
+        .replace("\"work_ms\":200", "\"work_ms\":1");
+    assert!(
+        command.contains(&format!("-cacert {cert_arg}")),
+        "{try_line}"
+    );
+    let output = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("\"$0\" -max-time 10 {command}"))
+        .arg(&grpcurl)
+        .output()
+        .expect("grpcurl runs");
+    assert!(
+        output.status.success(),
+        "{try_line}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("\"digest\""));
+}
