@@ -478,4 +478,13 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.flag, "--database-url");
     }
+
+    #[test]
+    fn a_rate_that_is_not_a_number_is_refused() {
+        for flag in ["--sim-error-rate", "--sim-stall-rate"] {
+            let err = parse(&[flag, "NaN"]).validate().unwrap_err();
+            assert_eq!(err.flag, flag);
+            assert!(err.reason.contains("0..=1"), "{}", err.reason);
+        }
+    }
 }

@@ -247,7 +247,8 @@ impl ConfigError {
     }
 }
 
-/// Checks `value` lies in `min..=max`, naming the flag otherwise.
+/// Checks `value` lies in `min..=max`, naming the flag otherwise. A value that compares with
+/// nothing (a float NaN) lies in no range and is refused.
 ///
 /// # Errors
 /// A [`ConfigError`] naming `flag` and the allowed range.
@@ -255,7 +256,7 @@ pub fn check_range<T>(flag: &'static str, value: T, min: T, max: T) -> Result<T,
 where
     T: PartialOrd + std::fmt::Display + Copy,
 {
-    if value < min || value > max {
+    if !(min..=max).contains(&value) {
         return Err(ConfigError::new(
             flag,
             format!("{value} is outside {min}..={max}"),

@@ -9,6 +9,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod cli_env;
 mod console_budget;
 mod console_tui;
 mod contention;
