@@ -1,9 +1,13 @@
 //! Command-line flags (each also readable from a `HOLDUP_*` environment variable), turned
 //! into the typed, validated structs of `config.rs`.
+//!
+//! A boolean flag's variable takes what shells and manifests write for yes and no (`1`/`0`,
+//! `true`/`false`, `yes`/`no`, `on`/`off`: clap's `BoolishValueParser`), not clap's default
+//! `true`/`false` alone.
 
 use std::{net::SocketAddr, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, builder::BoolishValueParser};
 
 use crate::config::{
     self, ConfigError, Database, DatabaseConfig, Limits, ServeConfig, SimulatorConfig,
@@ -142,7 +146,7 @@ pub struct ServeArgs {
     pub reserved_for_fast: usize,
     /// Refuse CpuBound INLINE and Sleep BLOCKING (FAILED_PRECONDITION): for a server others
     /// can reach, where one client could otherwise pin every lab worker.
-    #[arg(long, env = "HOLDUP_REFUSE_BLOCKING_MODES")]
+    #[arg(long, env = "HOLDUP_REFUSE_BLOCKING_MODES", value_parser = BoolishValueParser::new())]
     pub refuse_blocking_modes: bool,
     /// HTTP/2 streams one gRPC connection may have open at once.
     #[arg(long, env = "HOLDUP_MAX_CONCURRENT_STREAMS", default_value_t = crate::transport::limits::DEFAULT_MAX_CONCURRENT_STREAMS)]
@@ -166,7 +170,7 @@ pub struct ServeArgs {
     #[arg(long, env = "HOLDUP_METRICS_ADDR", default_value_t = config::DEFAULT_METRICS_ADDR)]
     pub metrics_addr: SocketAddr,
     /// Serve no metrics endpoint.
-    #[arg(long, env = "HOLDUP_NO_METRICS")]
+    #[arg(long, env = "HOLDUP_NO_METRICS", value_parser = BoolishValueParser::new())]
     pub no_metrics: bool,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
@@ -242,7 +246,7 @@ pub struct TelemetryArgs {
     )]
     pub console_addr: SocketAddr,
     /// Do not serve tokio-console.
-    #[arg(long, env = "HOLDUP_NO_CONSOLE")]
+    #[arg(long, env = "HOLDUP_NO_CONSOLE", value_parser = BoolishValueParser::new())]
     pub no_console: bool,
     /// How long tokio-console keeps finished tasks, in seconds.
     #[arg(long, env = "HOLDUP_CONSOLE_RETENTION_S", default_value_t = subscriber::DEFAULT_CONSOLE_RETENTION.as_secs())]

@@ -22,6 +22,28 @@ fn refused_on(args: &[&str], env: &[(&str, &str)], flag: &str) -> String {
     stderr
 }
 
+/// Every boolean flag with a variable takes 1/0, yes/no, true/false (a Kubernetes manifest's
+/// `value: "1"`), where clap's default took only true/false.
+#[test]
+fn boolean_variables_take_one_and_zero() {
+    for (yes, no) in [("1", "0"), ("yes", "no"), ("true", "false")] {
+        refused_on(
+            &["serve", "--db-pool-size", "0"],
+            &[
+                ("HOLDUP_REFUSE_BLOCKING_MODES", yes),
+                ("HOLDUP_NO_METRICS", no),
+                ("HOLDUP_NO_CONSOLE", yes),
+            ],
+            "--db-pool-size",
+        );
+        refused_on(
+            &["upstream", "--sim-latency-ms", "600000"],
+            &[("HOLDUP_NO_CONSOLE", no)],
+            "--sim-latency-ms",
+        );
+    }
+}
+
 /// A rate that is not a number is refused, from the flag or from the variable.
 #[test]
 fn a_rate_that_is_not_a_number_is_refused() {
