@@ -286,7 +286,7 @@ impl Backend {
                     if let Some(deadline) = plan.deadline {
                         let left = deadline.saturating_duration_since(Instant::now());
                         sqlx::query("SELECT set_config('statement_timeout', $1, true)")
-                            .bind(left.as_millis().max(1).to_string())
+                            .bind(statement_timeout_ms(left).to_string())
                             .execute(&mut *tx)
                             .await?;
                     }
@@ -399,6 +399,17 @@ impl BackendPlan {
     }
 }
 
+/// The largest `statement_timeout` PostgreSQL takes, in ms: the setting is a C `int`.
+const MAX_STATEMENT_TIMEOUT_MS: u128 = i32::MAX as u128;
+
+/// `statement_timeout` for a caller with `left` before its deadline: at least 1 ms (0 would
+/// turn the timeout off), at most what PostgreSQL takes. A deadline further away than that
+/// (`grpc-timeout: 1000H` is 41 days) is clamped to 24 days, far past the longest hold,
+/// instead of making `set_config` fail and the call UNAVAILABLE.
+fn statement_timeout_ms(left: Duration) -> u128 {
+    left.as_millis().clamp(1, MAX_STATEMENT_TIMEOUT_MS)
+}
+
 /// PostgreSQL's `query_canceled` SQLSTATE: what `statement_timeout` ends a statement with.
 const QUERY_CANCELED: &str = "57014";
 
@@ -418,5 +429,20 @@ fn hold_failed(err: sqlx::Error, deadline: Option<Instant>) -> LabError {
         }
     } else {
         LabError::Database(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statement_timeout_stays_inside_postgres_range() {
+        assert_eq!(statement_timeout_ms(Duration::ZERO), 1, "0 would disable it");
+        assert_eq!(statement_timeout_ms(Duration::from_millis(1_500)), 1_500);
+        // grpc-timeout's largest unit: 1000 hours.
+        let far = Duration::from_secs(1_000 * 3_600);
+        assert_eq!(statement_timeout_ms(far), 2_147_483_647);
+        assert_eq!(statement_timeout_ms(Duration::MAX), 2_147_483_647);
     }
 }

@@ -338,3 +338,25 @@ async fn a_deadline_stops_pg_sleep_in_the_server() {
     app.shutdown().await.expect("clean shutdown");
     db.drop().await;
 }
+
+/// A deadline further away than PostgreSQL's `statement_timeout` can hold (a C `int` of ms,
+/// about 24.8 days) is clamped, not passed on: `grpc-timeout: 1000H` made `set_config` fail
+/// and the call UNAVAILABLE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_weeks_away_still_holds() {
+    let Some(db) = TestDb::create("far_deadline").await else {
+        return;
+    };
+    let app = spawn_on(&db, 1, ms(5_000)).await;
+    let mut far = tonic::Request::new(request(10, Query::Point, 1));
+    far.set_timeout(Duration::from_secs(1_000 * 3_600));
+    let reply = client(app.addr)
+        .await
+        .slow_backend(far)
+        .await
+        .expect("a deadline 1000 hours away is no reason to fail")
+        .into_inner();
+    assert_eq!(reply.rows, 1);
+    app.shutdown().await.expect("clean shutdown");
+    db.drop().await;
+}
