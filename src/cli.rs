@@ -200,6 +200,10 @@ pub struct TransportArgs {
     /// Close a connection whose reply has waited this long for the client to read it.
     #[arg(long, env = "HOLDUP_REPLY_SEND_TIMEOUT_MS", default_value_t = ms(transport::DEFAULT_REPLY_SEND_TIMEOUT))]
     pub reply_send_timeout_ms: u64,
+    /// End a request (DEADLINE_EXCEEDED, stream freed) whose message has waited this long for the
+    /// client to send the rest of it.
+    #[arg(long, env = "HOLDUP_REQUEST_BODY_TIMEOUT_MS", default_value_t = ms(transport::DEFAULT_REQUEST_BODY_TIMEOUT))]
+    pub request_body_timeout_ms: u64,
 }
 
 /// A default `Duration` as the `*_ms` flag value that spells it.
@@ -228,6 +232,12 @@ impl TransportArgs {
             reply_send_timeout: millis(check_range(
                 "--reply-send-timeout-ms",
                 self.reply_send_timeout_ms,
+                1,
+                600_000,
+            )?),
+            request_body_timeout: millis(check_range(
+                "--request-body-timeout-ms",
+                self.request_body_timeout_ms,
                 1,
                 600_000,
             )?),

@@ -132,7 +132,7 @@ async fn serve_connection(
 ) {
     let info = connection.info();
     let service = ServiceBuilder::new()
-        .layer(TrackLayer)
+        .layer(TrackLayer::http())
         .service(router)
         .map_request(move |mut request: http::Request<Incoming>| {
             request.extensions_mut().insert(info.clone());

@@ -315,7 +315,7 @@ async fn serve_grpc(
         .max_concurrent_streams(Some(config.max_concurrent_streams))
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-        .layer(TrackLayer)
+        .layer(TrackLayer::grpc())
         .layer(GrpcContentTypeLayer)
         // The diagnosis engine: inside the content-type check (a refused non-gRPC request is
         // not a request to diagnose), outside the abandon layer (a call abandoned at the end of

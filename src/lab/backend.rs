@@ -438,7 +438,11 @@ mod tests {
 
     #[test]
     fn statement_timeout_stays_inside_postgres_range() {
-        assert_eq!(statement_timeout_ms(Duration::ZERO), 1, "0 would disable it");
+        assert_eq!(
+            statement_timeout_ms(Duration::ZERO),
+            1,
+            "0 would disable it"
+        );
         assert_eq!(statement_timeout_ms(Duration::from_millis(1_500)), 1_500);
         // grpc-timeout's largest unit: 1000 hours.
         let far = Duration::from_secs(1_000 * 3_600);

@@ -50,13 +50,15 @@ pub struct ConnState {
     /// room): ticket → when. Tickets grow with time, so the first entry is the oldest.
     unsent: Mutex<BTreeMap<u64, Instant>>,
     next_ticket: AtomicU64,
+    listener: &'static str,
+    metrics: TransportMetrics,
 }
 
 /// Why a watchdog closed its connection (the `reason` label).
 pub type CloseReason = &'static str;
 
 impl ConnState {
-    fn new(limits: ConnectionLimits) -> Self {
+    fn new(limits: ConnectionLimits, listener: &'static str, metrics: TransportMetrics) -> Self {
         Self {
             accepted: Instant::now(),
             limits,
@@ -65,7 +67,24 @@ impl ConnState {
             idle_since_ms: AtomicU64::new(0),
             unsent: Mutex::new(BTreeMap::new()),
             next_ticket: AtomicU64::new(0),
+            listener,
+            metrics,
         }
+    }
+
+    /// How long a request may wait for the client to send its message.
+    pub fn request_body_timeout(&self) -> Duration {
+        self.limits.request_body_timeout
+    }
+
+    /// A request was ended because its message did not arrive within the timeout.
+    pub fn request_body_timed_out(&self) {
+        tracing::debug!(
+            listener = self.listener,
+            timeout = ?self.limits.request_body_timeout,
+            "request ended: its message stopped arriving"
+        );
+        self.metrics.request_body_timed_out(self.listener);
     }
 
     /// A request started; the returned guard ends it when dropped.
@@ -186,7 +205,7 @@ impl Connection {
         listener: &'static str,
         metrics: TransportMetrics,
     ) -> Self {
-        let state = Arc::new(ConnState::new(limits));
+        let state = Arc::new(ConnState::new(limits, listener, metrics.clone()));
         let info = TcpConnectInfo {
             local_addr: io.local_addr().ok(),
             remote_addr: io.peer_addr().ok(),
@@ -346,12 +365,13 @@ mod tests {
             handshake_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(10),
             reply_send_timeout: Duration::from_secs(5),
+            request_body_timeout: Duration::from_secs(5),
         }
     }
 
     #[test]
     fn silent_connection_breaks_the_handshake_limit() {
-        let conn = ConnState::new(limits());
+        let conn = ConnState::new(limits(), "test", TransportMetrics::default());
         let at = conn.accepted;
         assert_eq!(conn.check(at), Ok(at + Duration::from_secs(1)));
         assert_eq!(conn.check(at + Duration::from_secs(1)), Err("handshake"));
@@ -365,7 +385,11 @@ mod tests {
 
     #[test]
     fn idle_counts_from_the_end_of_the_last_request() {
-        let conn = Arc::new(ConnState::new(limits()));
+        let conn = Arc::new(ConnState::new(
+            limits(),
+            "test",
+            TransportMetrics::default(),
+        ));
         conn.read_any.store(true, Ordering::Release);
         let at = conn.accepted;
         let request = conn.request_started();
@@ -378,7 +402,11 @@ mod tests {
 
     #[test]
     fn a_reply_left_unsent_breaks_the_reply_send_limit() {
-        let conn = Arc::new(ConnState::new(limits()));
+        let conn = Arc::new(ConnState::new(
+            limits(),
+            "test",
+            TransportMetrics::default(),
+        ));
         conn.read_any.store(true, Ordering::Release);
         let mut request = conn.request_started();
         request.frame_handed_over();

@@ -1,5 +1,6 @@
 //! How much one listener lets its clients hold: connections, time without a preface, time
-//! idle, time a reply may wait for a client that does not read it.
+//! idle, time a request may wait for a client that does not send it, time a reply may wait
+//! for a client that does not read it.
 //!
 //! Each listener (gRPC, `/metrics`, the upstream simulator) takes one [`ConnectionLimits`];
 //! the defaults below are the flags' defaults.
@@ -8,9 +9,11 @@ use std::time::Duration;
 
 /// Connections one listener keeps open at once; more are accepted and closed at once (counted
 /// in `holdup_transport_connections_refused_total`). A lab is called by a few clients, load
-/// generators (one to a few connections each) and probes: 128 leaves ample room, and with
-/// [`DEFAULT_MAX_CONCURRENT_STREAMS`] it keeps what clients that never read can pin to about
-/// 230 MiB, inside the 512 MiB the Kubernetes manifest allows (README, "Transport limits").
+/// generators (one to a few connections each) and probes: 128 leaves ample room. It bounds
+/// memory only with the stream cap: a stream whose request never completes pins about 60 KiB
+/// (measured), so with [`DEFAULT_MAX_CONCURRENT_STREAMS`] a hostile client can hold about
+/// 1.9 GiB for up to [`DEFAULT_REQUEST_BODY_TIMEOUT`] at a time; exposed deployments lower
+/// one of the two (README, "Transport limits").
 pub const DEFAULT_MAX_CONNECTIONS: usize = 128;
 /// HTTP/2 streams one connection may have open at once. 256 is above RFC 9113's advice of at
 /// least 100 and above what `holdup load` keeps in flight per connection in its experiments,
@@ -24,6 +27,14 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// scrape interval and the load generator's pauses, short enough that abandoned connections
 /// free their slot within minutes. Clients reconnect on their next call.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a request may wait for the rest of its message (or, between messages, for the
+/// next one or the end of the stream) before it is answered DEADLINE_EXCEEDED and its stream freed.
+/// gRPC clients write a request's headers and message together, and the server's stream
+/// window (64 KiB) is above the largest request (16 KiB), so a whole request arrives within
+/// a round trip; a request still incomplete after ten seconds comes from a client that is
+/// not sending it, and each one pins tens of KiB (README, "Transport limits"). Same value as
+/// the reply-send timeout, its mirror.
+pub const DEFAULT_REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a reply may wait for the client to make room for it (HTTP/2 flow control: the
 /// client is not reading) before the connection is closed. Lab replies are a few hundred
 /// bytes; a reader that takes ten seconds to accept one is stalled, not slow.
@@ -47,6 +58,8 @@ pub struct ConnectionLimits {
     pub idle_timeout: Duration,
     /// Close a connection whose reply has waited this long for the client to read.
     pub reply_send_timeout: Duration,
+    /// End a request whose message has waited this long for the client to send it.
+    pub request_body_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -56,6 +69,7 @@ impl Default for ConnectionLimits {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             reply_send_timeout: DEFAULT_REPLY_SEND_TIMEOUT,
+            request_body_timeout: DEFAULT_REQUEST_BODY_TIMEOUT,
         }
     }
 }

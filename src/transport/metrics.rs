@@ -1,6 +1,6 @@
-//! What the listeners count: connections open, refused at the cap, closed by a limit, and
-//! accept back-offs at descriptor exhaustion. One set per registry, labelled by listener
-//! (`grpc`, `metrics`, `simulator`).
+//! What the listeners count: connections open, refused at the cap, closed by a limit, requests
+//! ended because their message stopped arriving, and accept back-offs at descriptor
+//! exhaustion. One set per registry, labelled by listener (`grpc`, `metrics`, `simulator`).
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -27,6 +27,7 @@ pub struct TransportMetrics {
     refused: Family<ListenerLabels, Counter>,
     closed: Family<CloseLabels, Counter>,
     backoffs: Family<ListenerLabels, Counter>,
+    request_body_timeouts: Family<ListenerLabels, Counter>,
 }
 
 impl TransportMetrics {
@@ -54,7 +55,18 @@ impl TransportMetrics {
             "Pauses of the accept loop because the process ran out of descriptors or memory",
             metrics.backoffs.clone(),
         );
+        sub.register(
+            "request_body_timeouts",
+            "Requests ended (DEADLINE_EXCEEDED) because their message stopped arriving for --request-body-timeout-ms",
+            metrics.request_body_timeouts.clone(),
+        );
         metrics
+    }
+
+    pub(crate) fn request_body_timed_out(&self, listener: &'static str) {
+        self.request_body_timeouts
+            .get_or_create(&ListenerLabels { listener })
+            .inc();
     }
 
     pub(crate) fn opened(&self, listener: &'static str) {

@@ -14,7 +14,11 @@ fn refused_on(args: &[&str], env: &[(&str, &str)], flag: &str) -> String {
         .output()
         .expect("run holdup");
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert_eq!(output.status.code(), Some(64), "usage error expected:\n{stderr}");
+    assert_eq!(
+        output.status.code(),
+        Some(64),
+        "usage error expected:\n{stderr}"
+    );
     assert!(
         stderr.contains(&format!("invalid value for {flag}")),
         "holdup should have got as far as checking {flag}:\n{stderr}"

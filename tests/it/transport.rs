@@ -668,3 +668,143 @@ async fn stalled_reader_attack() {
         },
     );
 }
+
+/// Connections the unfinished-request attack opens.
+const UNFINISHED_CONNECTIONS: usize = 2;
+/// Streams it opens on each: the server's default cap.
+const UNFINISHED_STREAMS: usize = 256;
+/// The length the attack's message prefix declares (the server's largest request), and how
+/// much of it is sent.
+const DECLARED_BYTES: u32 = 16 * 1024;
+const SENT_BYTES: usize = 16_000;
+/// Memory one unfinished stream may pin: the README's bound (about 60 KiB measured in a debug
+/// build, see "Transport limits"), with room for allocator noise.
+const UNFINISHED_STREAM_BOUND: u64 = 96 * 1024;
+
+/// A request stream whose message never completes: headers, then one DATA frame with a gRPC
+/// prefix declaring `DECLARED_BYTES` and `SENT_BYTES` of them; the stream is left open.
+async fn send_unfinished(
+    send: &h2::client::SendRequest<Bytes>,
+    request: http::Request<()>,
+) -> Result<(h2::client::ResponseFuture, h2::SendStream<Bytes>), h2::Error> {
+    let mut send = send.clone().ready().await?;
+    let (response, mut stream) = send.send_request(request, false)?;
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&DECLARED_BYTES.to_be_bytes());
+    frame.resize(5 + SENT_BYTES, b'x');
+    stream.send_data(Bytes::from(frame), false)?;
+    Ok((response, stream))
+}
+
+/// A client that opens streams and never finishes their request message (the watchdog
+/// counts them in flight, so the idle timeout never applies): each is answered
+/// DEADLINE_EXCEEDED once its message has waited --request-body-timeout-ms, the timeouts
+/// are counted, and Fast answers on the same connection afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_requests_are_ended_after_the_request_body_timeout() {
+    let _serial = crate::common::serial().await;
+    let holdup = process::start(
+        &process::serve_args(&["--request-body-timeout-ms", "2000"]),
+        &[],
+        None,
+    );
+    let addr = holdup.addr_after("holdup listening on ");
+    let metrics = holdup.addr_after("metrics at ");
+    let pid = holdup.pid();
+    let _guard = KillOnDrop(Some(holdup.child));
+    client(addr)
+        .await
+        .fast(FastRequest::default())
+        .await
+        .expect("Fast answers");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_before = process::rss_bytes(pid);
+
+    let started = Instant::now();
+    let mut attackers = Vec::new();
+    for _ in 0..UNFINISHED_CONNECTIONS {
+        let raw = raw_h2(addr, 65_535).await.expect("HTTP/2 handshake");
+        let mut streams = Vec::new();
+        for _ in 0..UNFINISHED_STREAMS {
+            let request = grpc_request(addr, "Fast", Some("application/grpc"))
+                .body(())
+                .expect("request");
+            streams.push(
+                send_unfinished(&raw.send, request)
+                    .await
+                    .expect("stream opens"),
+            );
+        }
+        attackers.push((raw, streams));
+    }
+    // Let the server take in what was sent before measuring what it holds.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_peak = process::rss_bytes(pid);
+    let streams_held = (UNFINISHED_CONNECTIONS * UNFINISHED_STREAMS) as u64;
+
+    let mut ended = 0;
+    for (raw, streams) in &mut attackers {
+        for (response, _stream) in streams.drain(..) {
+            let left = Duration::from_secs(15).saturating_sub(started.elapsed());
+            let response = tokio::time::timeout(left, response)
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "an unfinished request was still held {:?} after it was sent",
+                        started.elapsed()
+                    )
+                });
+            // Trailers-only: the status is in the headers. A reset would also free the
+            // stream, but tonic answers first.
+            let response = response.expect("answered, not reset");
+            assert_eq!(
+                response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|s| s.to_str().ok()),
+                Some("4"),
+                "DEADLINE_EXCEEDED expected: {:?}",
+                response.headers()
+            );
+            ended += 1;
+        }
+        assert!(!raw.driver.is_finished(), "the connection itself stays up");
+    }
+    let ended_after = started.elapsed();
+    assert_eq!(ended, streams_held);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_after = process::rss_bytes(pid);
+    eprintln!(
+        "unfinished requests: {streams_held} streams, RSS {} -> {} -> {} KiB \
+         (+{} B per stream at the peak); all ended {ended_after:?} after the first was sent",
+        rss_before / 1024,
+        rss_peak / 1024,
+        rss_after / 1024,
+        rss_peak.saturating_sub(rss_before) / streams_held,
+    );
+    assert!(
+        ended_after < Duration::from_secs(15),
+        "held {ended_after:?} with a 2 s timeout"
+    );
+    let grew = rss_peak.saturating_sub(rss_before);
+    assert!(
+        grew <= streams_held * UNFINISHED_STREAM_BOUND,
+        "RSS grew {grew} B for {streams_held} unfinished streams, over {UNFINISHED_STREAM_BOUND} B each"
+    );
+    let scrape = crate::common::scrape(metrics).await;
+    let counted = crate::common::sample(
+        &scrape,
+        "holdup_transport_request_body_timeouts_total{listener=\"grpc\"}",
+    );
+    assert_eq!(counted, streams_held as f64, "{scrape}");
+
+    // The connection that sent them is still usable.
+    let (raw, _) = attackers.pop().expect("an attacker");
+    let reply = raw_fast(&raw, grpc_request(addr, "Fast", Some("application/grpc"))).await;
+    assert_eq!(reply.status(), 200);
+    assert_eq!(
+        reply.headers().get("grpc-status").map(|s| s.as_bytes()),
+        None,
+        "Fast answers with a body, not a trailers-only error"
+    );
+}
