@@ -204,6 +204,10 @@ pub struct TransportArgs {
     /// client to send the rest of it.
     #[arg(long, env = "HOLDUP_REQUEST_BODY_TIMEOUT_MS", default_value_t = ms(transport::DEFAULT_REQUEST_BODY_TIMEOUT))]
     pub request_body_timeout_ms: u64,
+    /// Requests each listener keeps open at once, all connections together; more are refused
+    /// at once (RESOURCE_EXHAUSTED, counted), their body unread.
+    #[arg(long, env = "HOLDUP_MAX_OPEN_REQUESTS", default_value_t = transport::DEFAULT_MAX_OPEN_REQUESTS)]
+    pub max_open_requests: usize,
 }
 
 /// A default `Duration` as the `*_ms` flag value that spells it.
@@ -241,6 +245,12 @@ impl TransportArgs {
                 1,
                 600_000,
             )?),
+            max_open_requests: check_range(
+                "--max-open-requests",
+                self.max_open_requests,
+                1,
+                10_000_000,
+            )?,
         })
     }
 }

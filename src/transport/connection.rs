@@ -50,6 +50,8 @@ pub struct ConnState {
     /// room): ticket → when. Tickets grow with time, so the first entry is the oldest.
     unsent: Mutex<BTreeMap<u64, Instant>>,
     next_ticket: AtomicU64,
+    /// Requests open on every connection of the listener.
+    open_requests: Arc<AtomicUsize>,
     listener: &'static str,
     metrics: TransportMetrics,
 }
@@ -58,7 +60,12 @@ pub struct ConnState {
 pub type CloseReason = &'static str;
 
 impl ConnState {
-    fn new(limits: ConnectionLimits, listener: &'static str, metrics: TransportMetrics) -> Self {
+    fn new(
+        limits: ConnectionLimits,
+        open_requests: Arc<AtomicUsize>,
+        listener: &'static str,
+        metrics: TransportMetrics,
+    ) -> Self {
         Self {
             accepted: Instant::now(),
             limits,
@@ -67,9 +74,26 @@ impl ConnState {
             idle_since_ms: AtomicU64::new(0),
             unsent: Mutex::new(BTreeMap::new()),
             next_ticket: AtomicU64::new(0),
+            open_requests,
             listener,
             metrics,
         }
+    }
+
+    /// Whether the listener has more requests open than `--max-open-requests` (counting the
+    /// one just started): if so it is refused, and counted.
+    pub fn over_open_requests(&self) -> Option<usize> {
+        let max = self.limits.max_open_requests;
+        if self.open_requests.load(Ordering::Acquire) <= max {
+            return None;
+        }
+        tracing::debug!(
+            listener = self.listener,
+            max_open_requests = max,
+            "request refused: too many open requests (--max-open-requests)"
+        );
+        self.metrics.request_refused(self.listener);
+        Some(max)
     }
 
     /// How long a request may wait for the client to send its message.
@@ -90,6 +114,7 @@ impl ConnState {
     /// A request started; the returned guard ends it when dropped.
     pub fn request_started(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.open_requests.fetch_add(1, Ordering::AcqRel);
         InFlight {
             conn: Arc::clone(self),
             ticket: None,
@@ -166,6 +191,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.frame_taken();
+        self.conn.open_requests.fetch_sub(1, Ordering::AcqRel);
         let now = self.conn.ms_since_accept(Instant::now());
         if self.conn.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.conn.idle_since_ms.store(now, Ordering::Release);
@@ -201,11 +227,17 @@ impl Connection {
         io: TcpStream,
         limits: ConnectionLimits,
         slot: OwnedSemaphorePermit,
+        open_requests: Arc<AtomicUsize>,
         stop: Arc<Signal>,
         listener: &'static str,
         metrics: TransportMetrics,
     ) -> Self {
-        let state = Arc::new(ConnState::new(limits, listener, metrics.clone()));
+        let state = Arc::new(ConnState::new(
+            limits,
+            open_requests,
+            listener,
+            metrics.clone(),
+        ));
         let info = TcpConnectInfo {
             local_addr: io.local_addr().ok(),
             remote_addr: io.peer_addr().ok(),
@@ -366,12 +398,18 @@ mod tests {
             idle_timeout: Duration::from_secs(10),
             reply_send_timeout: Duration::from_secs(5),
             request_body_timeout: Duration::from_secs(5),
+            max_open_requests: 2,
         }
     }
 
     #[test]
     fn silent_connection_breaks_the_handshake_limit() {
-        let conn = ConnState::new(limits(), "test", TransportMetrics::default());
+        let conn = ConnState::new(
+            limits(),
+            Arc::default(),
+            "test",
+            TransportMetrics::default(),
+        );
         let at = conn.accepted;
         assert_eq!(conn.check(at), Ok(at + Duration::from_secs(1)));
         assert_eq!(conn.check(at + Duration::from_secs(1)), Err("handshake"));
@@ -387,6 +425,7 @@ mod tests {
     fn idle_counts_from_the_end_of_the_last_request() {
         let conn = Arc::new(ConnState::new(
             limits(),
+            Arc::default(),
             "test",
             TransportMetrics::default(),
         ));
@@ -404,6 +443,7 @@ mod tests {
     fn a_reply_left_unsent_breaks_the_reply_send_limit() {
         let conn = Arc::new(ConnState::new(
             limits(),
+            Arc::default(),
             "test",
             TransportMetrics::default(),
         ));

@@ -9,11 +9,9 @@ use std::time::Duration;
 
 /// Connections one listener keeps open at once; more are accepted and closed at once (counted
 /// in `holdup_transport_connections_refused_total`). A lab is called by a few clients, load
-/// generators (one to a few connections each) and probes: 128 leaves ample room. It bounds
-/// memory only with the stream cap: a stream whose request never completes pins about 60 KiB
-/// (measured), so with [`DEFAULT_MAX_CONCURRENT_STREAMS`] a hostile client can hold about
-/// 1.9 GiB for up to [`DEFAULT_REQUEST_BODY_TIMEOUT`] at a time; exposed deployments lower
-/// one of the two (README, "Transport limits").
+/// generators (one to a few connections each) and probes: 128 leaves ample room. Memory is
+/// bounded by [`DEFAULT_MAX_OPEN_REQUESTS`], not by this times the stream cap (README,
+/// "Transport limits").
 pub const DEFAULT_MAX_CONNECTIONS: usize = 128;
 /// HTTP/2 streams one connection may have open at once. 256 is above RFC 9113's advice of at
 /// least 100 and above what `holdup load` keeps in flight per connection in its experiments,
@@ -27,6 +25,14 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// scrape interval and the load generator's pauses, short enough that abandoned connections
 /// free their slot within minutes. Clients reconnect on their next call.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Requests one listener keeps open at once, across all its connections: more are refused at
+/// once (gRPC `RESOURCE_EXHAUSTED`, HTTP 503) without their body being read, and counted in
+/// `holdup_transport_requests_refused_total`. This, not connections × streams, is what bounds
+/// the memory hostile clients can pin: a request whose message never completes holds about
+/// 60 KiB, so 4 096 of them hold about 240 MiB, inside the 512 MiB the Kubernetes manifest
+/// allows; and 4 096 is four times what `holdup load` keeps in flight by default, far past any
+/// load a lab on a few cores can serve without queueing for seconds.
+pub const DEFAULT_MAX_OPEN_REQUESTS: usize = 4_096;
 /// How long a request may wait for the rest of its message (or, between messages, for the
 /// next one or the end of the stream) before it is answered DEADLINE_EXCEEDED and its stream freed.
 /// gRPC clients write a request's headers and message together, and the server's stream
@@ -60,6 +66,8 @@ pub struct ConnectionLimits {
     pub reply_send_timeout: Duration,
     /// End a request whose message has waited this long for the client to send it.
     pub request_body_timeout: Duration,
+    /// Requests open at once on the listener, all connections together; more are refused.
+    pub max_open_requests: usize,
 }
 
 impl Default for ConnectionLimits {
@@ -70,6 +78,7 @@ impl Default for ConnectionLimits {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             reply_send_timeout: DEFAULT_REPLY_SEND_TIMEOUT,
             request_body_timeout: DEFAULT_REQUEST_BODY_TIMEOUT,
+            max_open_requests: DEFAULT_MAX_OPEN_REQUESTS,
         }
     }
 }

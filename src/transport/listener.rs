@@ -12,7 +12,7 @@
 use std::{
     io,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, atomic::AtomicUsize},
     task::{Context, Poll, ready},
     time::Duration,
 };
@@ -33,6 +33,8 @@ pub struct Listener {
     name: &'static str,
     limits: ConnectionLimits,
     slots: Arc<Semaphore>,
+    /// Requests open on all this listener's connections (`max_open_requests`).
+    open_requests: Arc<AtomicUsize>,
     metrics: TransportMetrics,
     /// Raised when the shutdown grace is over: every connection of this listener closes.
     stop: Arc<Signal>,
@@ -69,6 +71,7 @@ impl Listener {
             name,
             limits,
             slots: Arc::new(Semaphore::new(limits.max_connections)),
+            open_requests: Arc::default(),
             metrics,
             stop: Arc::default(),
             backoff: None,
@@ -134,6 +137,7 @@ impl Listener {
                         tcp,
                         self.limits,
                         slot,
+                        Arc::clone(&self.open_requests),
                         Arc::clone(&self.stop),
                         self.name,
                         self.metrics.clone(),

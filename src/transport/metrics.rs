@@ -28,6 +28,7 @@ pub struct TransportMetrics {
     closed: Family<CloseLabels, Counter>,
     backoffs: Family<ListenerLabels, Counter>,
     request_body_timeouts: Family<ListenerLabels, Counter>,
+    requests_refused: Family<ListenerLabels, Counter>,
 }
 
 impl TransportMetrics {
@@ -60,7 +61,18 @@ impl TransportMetrics {
             "Requests ended (DEADLINE_EXCEEDED) because their message stopped arriving for --request-body-timeout-ms",
             metrics.request_body_timeouts.clone(),
         );
+        sub.register(
+            "requests_refused",
+            "Requests refused at once because the listener had --max-open-requests open",
+            metrics.requests_refused.clone(),
+        );
         metrics
+    }
+
+    pub(crate) fn request_refused(&self, listener: &'static str) {
+        self.requests_refused
+            .get_or_create(&ListenerLabels { listener })
+            .inc();
     }
 
     pub(crate) fn request_body_timed_out(&self, listener: &'static str) {

@@ -89,13 +89,37 @@ fn connection_of<B>(request: &mut Request<B>) -> Option<Arc<ConnState>> {
     Some(info.state)
 }
 
+/// The answer to a request over the listener's `--max-open-requests`: gRPC's
+/// `RESOURCE_EXHAUSTED` as a trailers-only response, or HTTP 503; the body is never read.
+fn refusal<RB: Default>(grpc: bool, max: usize) -> Response<RB> {
+    let mut response = Response::new(RB::default());
+    if grpc {
+        let headers = response.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert("grpc-status", http::HeaderValue::from(8));
+        let message =
+            format!("the server has {max} requests open (--max-open-requests); retry later");
+        // Spaces and punctuation need no percent-encoding in grpc-message.
+        if let Ok(value) = http::HeaderValue::from_str(&message) {
+            headers.insert("grpc-message", value);
+        }
+    } else {
+        *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+    }
+    response
+}
+
 impl<S, B, RB> Service<Request<B>> for Track<S>
 where
     S: Service<Request<TimedBody<B>>, Response = Response<RB>>,
+    RB: Default,
 {
     type Response = Response<TrackedBody<RB>>;
     type Error = S::Error;
-    type Future = TrackFuture<S::Future>;
+    type Future = TrackFuture<S::Future, RB>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -105,6 +129,15 @@ where
         let conn = connection_of(&mut request);
         let in_flight = conn.as_ref().map(|conn| conn.request_started());
         let grpc = self.grpc;
+        if let Some(max) = conn.as_ref().and_then(|conn| conn.over_open_requests()) {
+            // Dropping `request` drops its body unread: HTTP/2 resets what is left of it.
+            drop(in_flight);
+            return TrackFuture {
+                inner: None,
+                refused: Some(refusal(grpc, max)),
+                in_flight: None,
+            };
+        }
         let request = request.map(|inner| TimedBody {
             inner,
             timer: None,
@@ -112,21 +145,24 @@ where
             conn,
         });
         TrackFuture {
-            inner: self.inner.call(request),
+            inner: Some(self.inner.call(request)),
+            refused: None,
             in_flight,
         }
     }
 }
 
 pin_project! {
-    pub struct TrackFuture<F> {
+    pub struct TrackFuture<F, RB> {
+        // `None` for a refused request, answered with `refused`.
         #[pin]
-        inner: F,
+        inner: Option<F>,
+        refused: Option<Response<RB>>,
         in_flight: Option<InFlight>,
     }
 }
 
-impl<F, RB, E> Future for TrackFuture<F>
+impl<F, RB, E> Future for TrackFuture<F, RB>
 where
     F: Future<Output = Result<Response<RB>, E>>,
 {
@@ -134,7 +170,17 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let response = ready!(this.inner.poll(cx))?;
+        let Some(inner) = this.inner.as_pin_mut() else {
+            let response = this
+                .refused
+                .take()
+                .expect("a refused request's future is polled once");
+            return Poll::Ready(Ok(response.map(|inner| TrackedBody {
+                inner,
+                in_flight: None,
+            })));
+        };
+        let response = ready!(inner.poll(cx))?;
         let in_flight = this.in_flight.take();
         Poll::Ready(Ok(response.map(|inner| TrackedBody { inner, in_flight })))
     }
