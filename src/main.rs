@@ -215,9 +215,13 @@ fn experiment(args: &holdup::experiment::args::ExperimentArgs) -> Result<(), Fai
     let config = args.validate().map_err(usage)?;
     quiet_logs();
     let report = load_runtime()?
-        .block_on(holdup::experiment::run_catalogue(&config, |i, n, e| {
-            eprintln!("[{}/{n}] {}: {}", i + 1, e.id, e.title);
-        }))
+        .block_on(holdup::experiment::run_catalogue(
+            &config,
+            |i, n, e, skipped| match skipped {
+                None => eprintln!("[{}/{n}] {}: {}", i + 1, e.id, e.title),
+                Some(why) => eprintln!("[{}/{n}] {}: skipped, {why}", i + 1, e.id),
+            },
+        ))
         .context("running the experiments")?;
     if let Some(path) = &config.report {
         std::fs::write(path, html::render(&report))

@@ -58,20 +58,26 @@ pub fn selected(only: &[String]) -> Vec<Experiment> {
 }
 
 /// Runs the selected experiments one after another (they would load each other's cores if
-/// run together) and concludes each. `starting(i, n, experiment)` is called before each.
+/// run together) and concludes each. `starting(i, n, experiment, skipped)` is called before
+/// each, with the reason it will be skipped if it will.
 ///
 /// # Errors
 /// An [`ExperimentError`] when a server cannot start or be reached.
 pub async fn run_catalogue(
     config: &ExperimentConfig,
-    mut starting: impl FnMut(usize, usize, &Experiment),
+    mut starting: impl FnMut(usize, usize, &Experiment, Option<&str>),
 ) -> Result<ExperimentReport, ExperimentError> {
     let started = Instant::now();
     let experiments = selected(&config.only);
     let mut findings = Vec::new();
     let mut skipped = Vec::new();
     for (i, experiment) in experiments.iter().enumerate() {
-        starting(i, experiments.len(), experiment);
+        starting(
+            i,
+            experiments.len(),
+            experiment,
+            runner::skip_reason(experiment, config.target.as_deref()),
+        );
         match runner::run_one(experiment, &config.scale, config.target.as_deref()).await? {
             Ran::Found(finding) => findings.push(*finding),
             Ran::Skipped(reason) => skipped.push(Skipped {

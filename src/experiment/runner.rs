@@ -29,6 +29,12 @@ pub enum Ran {
     Skipped(String),
 }
 
+/// Why `experiment` cannot run against `target`, if it cannot.
+pub fn skip_reason(experiment: &Experiment, target: Option<&str>) -> Option<&'static str> {
+    (target.is_some() && experiment.server.is_some())
+        .then_some("needs its own server configuration; runs only in-process (without --target)")
+}
+
 /// Runs `experiment` against `target`, or against a fresh in-process server.
 ///
 /// # Errors
@@ -38,14 +44,11 @@ pub async fn run_one(
     scale: &Scale,
     target: Option<&str>,
 ) -> Result<Ran, ExperimentError> {
+    if let Some(reason) = skip_reason(experiment, target) {
+        return Ok(Ran::Skipped(reason.into()));
+    }
     let server = match (target, experiment.server) {
-        (Some(_), Some(_)) => {
-            return Ok(Ran::Skipped(
-                "needs its own server configuration; runs only in-process (without --target)"
-                    .into(),
-            ));
-        }
-        (Some(_), None) => None,
+        (Some(_), _) => None,
         (None, adjust) => {
             let mut config = base_config(scale);
             if let Some(adjust) = adjust {

@@ -314,6 +314,12 @@ async fn against_a_target_the_experiments_needing_their_own_server_are_skipped()
     assert_eq!(report.findings[0].id, "sleep-async");
     assert_eq!(report.skipped.len(), 1);
     assert_eq!(report.skipped[0].id, "pool-size-1");
+    // The progress line says so at once, not as if it ran.
+    let progress = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        progress.contains("pool-size-1: skipped, needs its own server configuration"),
+        "{progress}"
+    );
     app.shutdown().await.expect("clean shutdown");
 }
 
