@@ -122,7 +122,7 @@ pub struct ServeArgs {
     pub upstream_url: Option<String>,
     #[command(flatten)]
     pub sim: SimulatorArgs,
-    /// Cap on CpuBound.work_ms.
+    /// Cap on CpuBound work: the largest work_ms, and where iterations stop.
     #[arg(long, env = "HOLDUP_MAX_CPU_MS", default_value_t = config::DEFAULT_MAX_CPU_MS)]
     pub max_cpu_ms: u32,
     /// Cap on SlowBackend.hold_ms.
