@@ -94,6 +94,12 @@ static UPSTREAM_TRACER: OnceLock<SdkTracer> = OnceLock::new();
 /// Failed OTLP exports, shared by every metrics registry in the process.
 static EXPORT_FAILURES: OnceLock<Counter> = OnceLock::new();
 
+/// How long the exit waits for buffered spans to reach the collector. A collector that
+/// answers takes milliseconds; the SDK's own default (5 s, and one provider after another)
+/// made a server whose collector was down exit seconds after its grace, past what the
+/// README promises and what a pod's termination period allows for.
+pub const SPAN_FLUSH_AT_EXIT: Duration = Duration::from_millis(500);
+
 pub fn upstream_tracer() -> Option<&'static SdkTracer> {
     UPSTREAM_TRACER.get()
 }
@@ -279,12 +285,21 @@ impl Telemetry {
         }
     }
 
-    /// Flushes and stops the exporters. Blocks; call once, at exit.
+    /// Flushes and stops the exporters, all at once and for at most [`SPAN_FLUSH_AT_EXIT`].
+    /// Blocks; call once, at exit.
     pub fn shutdown(&self) {
-        for provider in &self.providers {
-            if let Err(e) = provider.shutdown() {
-                eprintln!("holdup: flushing spans at exit failed: {e}");
+        std::thread::scope(|scope| {
+            for provider in &self.providers {
+                scope.spawn(move || {
+                    if let Err(e) = provider.shutdown_with_timeout(SPAN_FLUSH_AT_EXIT) {
+                        eprintln!(
+                            "holdup: spans still buffered at exit could not reach the collector \
+                             within {} ms and were dropped ({e})",
+                            SPAN_FLUSH_AT_EXIT.as_millis()
+                        );
+                    }
+                });
             }
-        }
+        });
     }
 }
