@@ -90,25 +90,17 @@ fn connection_of<B>(request: &mut Request<B>) -> Option<Arc<ConnState>> {
 }
 
 /// The answer to a request over the listener's `--max-open-requests`: gRPC's
-/// `RESOURCE_EXHAUSTED` as a trailers-only response, or HTTP 503; the body is never read.
+/// `RESOURCE_EXHAUSTED` as a trailers-only response (tonic's own encoding of a status), or
+/// HTTP 503; the body is never read.
 fn refusal<RB: Default>(grpc: bool, max: usize) -> Response<RB> {
-    let mut response = Response::new(RB::default());
     if grpc {
-        let headers = response.headers_mut();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/grpc"),
-        );
-        headers.insert("grpc-status", http::HeaderValue::from(8));
-        let message =
-            format!("the server has {max} requests open (--max-open-requests); retry later");
-        // Spaces and punctuation need no percent-encoding in grpc-message.
-        if let Ok(value) = http::HeaderValue::from_str(&message) {
-            headers.insert("grpc-message", value);
-        }
-    } else {
-        *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        return tonic::Status::resource_exhausted(format!(
+            "the server has {max} requests open (--max-open-requests); retry later"
+        ))
+        .into_http();
     }
+    let mut response = Response::new(RB::default());
+    *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
     response
 }
 
