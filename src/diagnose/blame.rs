@@ -136,10 +136,7 @@ mod tests {
 
     /// A holder of its own (task ids cannot be made outside tokio; requests stand in).
     fn holder() -> Holder {
-        Holder::Request(Arc::new(Identity::new(
-            http::uri::PathAndQuery::from_static("/s/M"),
-            &opentelemetry::trace::SpanContext::empty_context(),
-        )))
+        Holder::Request(Identity::untraced("/s/M"))
     }
 
     #[test]

@@ -235,8 +235,6 @@ fn record_on_span(report: &Report, span: &tracing::Span) {
 mod tests {
     use std::time::Duration;
 
-    use http::uri::PathAndQuery;
-    use opentelemetry::trace::SpanContext;
     use prometheus_client::registry::Registry;
 
     use super::*;
@@ -251,10 +249,7 @@ mod tests {
             },
             metrics: Some(DiagnoseMetrics::register(&mut registry)),
         };
-        let who = Identity::new(
-            PathAndQuery::from_static("/test.engine.Svc/Poll"),
-            &SpanContext::empty_context(),
-        );
+        let who = Identity::untraced("/test.engine.Svc/Poll");
         let span = tracing::Span::none();
         let ms = |n: u64| n * 1_000_000;
         // 11 ms held, 2 of them preempted: 9 ms of its own, under the threshold.

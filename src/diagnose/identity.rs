@@ -38,6 +38,15 @@ impl Identity {
         self.service_and_method().1
     }
 
+    /// A request of `path` with no trace, as tests name one.
+    #[cfg(test)]
+    pub(crate) fn untraced(path: &'static str) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self::new(
+            PathAndQuery::from_static(path),
+            &SpanContext::empty_context(),
+        ))
+    }
+
     /// 32 hex digits, or empty without a trace.
     pub fn trace_id(&self) -> String {
         self.trace

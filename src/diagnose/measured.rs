@@ -208,8 +208,6 @@ impl Drop for OwnMark {
 mod tests {
     use std::{panic, time::Duration};
 
-    use opentelemetry::trace::SpanContext;
-
     use super::*;
     use crate::diagnose::{
         Holder,
@@ -217,18 +215,11 @@ mod tests {
         identity::Identity,
     };
 
-    fn identity(path: &'static str) -> Arc<Identity> {
-        Arc::new(Identity::new(
-            http::uri::PathAndQuery::from_static(path),
-            &SpanContext::empty_context(),
-        ))
-    }
-
     /// Outside a hooked runtime a request marks its own polls; a panic in one must not leave
     /// it holding the worker.
     #[test]
     fn a_poll_that_panics_leaves_no_holder_behind() {
-        let who = identity("/test.measured.Svc/Panics");
+        let who = Identity::untraced("/test.measured.Svc/Panics");
         let engine = Arc::new(Engine {
             config: EngineConfig::default(),
             metrics: None,
@@ -258,7 +249,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(100));
         });
         assert!(failed_rx.recv().unwrap(), "the poll panicked");
-        let bystander = identity("/test.measured.Svc/Bystander");
+        let bystander = Identity::untraced("/test.measured.Svc/Bystander");
         let now = now_ns();
         // A wait that began after the panic: the failed poll itself (which did hold the
         // worker) is over by then.

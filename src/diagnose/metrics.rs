@@ -200,20 +200,13 @@ impl DiagnoseMetrics {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use http::uri::PathAndQuery;
-    use opentelemetry::trace::SpanContext;
 
     use super::*;
     use crate::diagnose::identity::Identity;
 
     fn report(total_ms: u64, scheduled_ms: u64) -> Report {
         Report {
-            identity: Arc::new(Identity::new(
-                PathAndQuery::from_static("/test.metrics.Svc/Method"),
-                &SpanContext::empty_context(),
-            )),
+            identity: Identity::untraced("/test.metrics.Svc/Method"),
             started: 1,
             split: Split {
                 total: total_ms * 1_000_000,

@@ -319,22 +319,13 @@ pub(crate) fn holders_during(
 
 #[cfg(test)]
 mod tests {
-    use opentelemetry::trace::SpanContext;
-
     use super::*;
-
-    fn identity(path: &'static str) -> Arc<Identity> {
-        Arc::new(Identity::new(
-            http::uri::PathAndQuery::from_static(path),
-            &SpanContext::empty_context(),
-        ))
-    }
 
     /// A wake stamped on another thread can land after the victim's poll began: a window that
     /// ends before it starts holds no poll (clipped, it would have a negative length).
     #[test]
     fn an_inverted_window_holds_nothing() {
-        let culprit = identity("/test.occupancy.Svc/Culprit");
+        let culprit = Identity::untraced("/test.occupancy.Svc/Culprit");
         let on_worker = Arc::clone(&culprit);
         let (marked, marked_rx) = std::sync::mpsc::channel();
         let (done, done_rx) = std::sync::mpsc::channel::<()>();
@@ -346,7 +337,7 @@ mod tests {
             let _ = done_rx.recv();
         });
         marked_rx.recv().unwrap();
-        let bystander = identity("/test.occupancy.Svc/Bystander");
+        let bystander = Identity::untraced("/test.occupancy.Svc/Bystander");
         let ours = |held: &[Held]| {
             held.iter()
                 .filter(|h| matches!(&h.holder, Holder::Request(r) if Arc::ptr_eq(r, &culprit)))

@@ -352,19 +352,15 @@ impl Timeline {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry::trace::SpanContext;
 
     fn timeline(started: u64) -> Timeline {
-        let identity = Identity::new(
-            http::uri::PathAndQuery::from_static("/t.S/M"),
-            &SpanContext::empty_context(),
-        );
+        let identity = Identity::untraced("/t.S/M");
         let engine = Engine {
             config: super::super::engine::EngineConfig::default(),
             metrics: None,
         };
         Timeline::new(
-            Arc::new(identity),
+            identity,
             tracing::Span::none(),
             Arc::new(engine),
             started,
