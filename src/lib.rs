@@ -32,7 +32,7 @@
 
 pub mod cli;
 pub mod config;
-pub mod diagnose;
+pub use holdup_diagnose as diagnose;
 pub mod experiment;
 pub mod http_server;
 pub mod lab;

@@ -99,7 +99,9 @@ impl Call {
     /// # Errors
     /// INTERNAL when the server was built without the diagnosis layer, which the Lab needs.
     fn new<T>(rpc: Rpc, mode: &'static str, request: &Request<T>) -> Result<Self, Status> {
-        let diagnosis = Diagnosis::of(request)
+        let diagnosis = request
+            .extensions()
+            .get::<Diagnosis>()
             .cloned()
             .ok_or_else(|| Status::internal("the Lab needs the diagnosis layer"))?;
         // From the request's arrival, not from now: tonic's own timer on the same header

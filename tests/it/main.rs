@@ -28,3 +28,4 @@ mod shutdown;
 mod tls;
 mod tracing_env;
 mod transport;
+mod verdict_words;

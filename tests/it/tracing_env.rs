@@ -1,6 +1,7 @@
 //! What the standard `OTEL_*` switches leave of tracing, through the real binary: a user with
 //! no collector turns export off and must still be able to name a reply and its culprits by
-//! trace id; the specification's SDK switch turns tracing off altogether.
+//! trace id; the specification's SDK switch turns tracing off altogether, and the diagnosis
+//! engine then names each request with an id of its own.
 
 use crate::common::{
     client,
@@ -33,11 +34,13 @@ async fn no_export_still_gives_trace_ids() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_disabled_sdk_gives_none() {
-    let id = trace_id_with(&[
+async fn a_disabled_sdk_still_names_each_request() {
+    let env = [
         ("OTEL_TRACES_EXPORTER", "none"),
         ("OTEL_SDK_DISABLED", "true"),
-    ])
-    .await;
-    assert_eq!(id, None);
+    ];
+    let first = trace_id_with(&env).await.expect("an engine-made id");
+    let second = trace_id_with(&env).await.expect("an engine-made id");
+    assert_eq!(first.len(), 32, "{first}");
+    assert_ne!(first, second, "culprits must always be told apart");
 }

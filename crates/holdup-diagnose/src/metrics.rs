@@ -202,7 +202,7 @@ impl DiagnoseMetrics {
 mod tests {
 
     use super::*;
-    use crate::diagnose::identity::Identity;
+    use crate::identity::Identity;
 
     fn report(total_ms: u64, scheduled_ms: u64) -> Report {
         Report {

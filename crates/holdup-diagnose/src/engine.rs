@@ -6,15 +6,13 @@ use std::{sync::OnceLock, time::Duration};
 
 use tracing::field::{Field, Value};
 
-use tracing_opentelemetry::OpenTelemetrySpanExt;
-
 use super::{
     clock::nanos,
     identity::Identity,
-    intern,
-    metrics::DiagnoseMetrics,
     report::{Report, culprit_label, micros},
 };
+#[cfg(feature = "prometheus")]
+use super::{intern, metrics::DiagnoseMetrics};
 
 /// Polls longer than this get a WARN event on their request's span: 10 ms is far past a
 /// healthy poll (microseconds) and already a visible delay for every task queued behind it.
@@ -68,6 +66,7 @@ pub(crate) fn gated_spawn(spawn: &mut dyn FnMut(bool)) {
 #[derive(Debug, Clone, Default)]
 pub struct Engine {
     pub config: EngineConfig,
+    #[cfg(feature = "prometheus")]
     pub metrics: Option<DiagnoseMetrics>,
 }
 
@@ -96,6 +95,7 @@ impl Engine {
              every task queued on that worker waited as long",
             held as f64 / 1e6
         );
+        #[cfg(feature = "prometheus")]
         if let Some(metrics) = &self.metrics {
             metrics.long_poll(intern::unverified_labels(who.full_method()));
         }
@@ -105,7 +105,10 @@ impl Engine {
     /// `answered` is false for a method the server does not have (`UNIMPLEMENTED`): it is not
     /// counted under its made-up name.
     pub(crate) fn finish(&self, report: &Report, span: &tracing::Span, answered: bool) {
+        #[cfg(not(feature = "prometheus"))]
+        let _ = answered;
         record_on_span(report, span);
+        #[cfg(feature = "prometheus")]
         if answered && let Some(metrics) = &self.metrics {
             metrics.observe(intern::labels(report.identity.full_method()), report);
         }
@@ -215,6 +218,14 @@ fn record_on_span(report: &Report, span: &tracing::Span) {
     ];
     // `value_set` is how tracing's own macros build a record; hidden, but stable in 0.1.
     span.record_all(&meta.fields().value_set(&set));
+    #[cfg(feature = "opentelemetry")]
+    link_culprits(report, span);
+}
+
+/// A link from the victim's span to each culprit request's span (Jaeger shows references).
+#[cfg(feature = "opentelemetry")]
+fn link_culprits(report: &Report, span: &tracing::Span) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
     for culprit in &report.culprits {
         if let Some(context) = culprit.request().and_then(|c| c.span_context()) {
             span.add_link_with_attributes(
@@ -231,7 +242,7 @@ fn record_on_span(report: &Report, span: &tracing::Span) {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "prometheus"))]
 mod tests {
     use std::time::Duration;
 

@@ -21,9 +21,10 @@ use super::{
 pub struct Diagnosis(pub(crate) Arc<Timeline>);
 
 impl Diagnosis {
-    /// The diagnosis of a tonic request, if the layer is installed.
-    pub fn of<T>(request: &tonic::Request<T>) -> Option<&Self> {
-        request.extensions().get::<Self>()
+    /// The diagnosis of an HTTP request, if the layer is installed. In a tonic handler:
+    /// `request.extensions().get::<Diagnosis>()`.
+    pub fn of(extensions: &http::Extensions) -> Option<&Self> {
+        extensions.get::<Self>()
     }
 
     pub fn identity(&self) -> &Identity {
@@ -81,11 +82,31 @@ impl Diagnosis {
                 String::new()
             };
             spawned = Some(if short.is_empty() {
-                crate::runtime::spawn_named(label, runtime, measured)
+                spawn_named(label, runtime, measured)
             } else {
-                crate::runtime::spawn_named(&format!("{label} {short}"), runtime, measured)
+                spawn_named(&format!("{label} {short}"), runtime, measured)
             });
         });
         spawned.unwrap_or_else(|| Err(io::Error::other("the spawn gate did not spawn")))
+    }
+}
+
+/// Spawns `future` on `handle` under `name`, the name tokio-console shows for the task
+/// (names need `--cfg tokio_unstable`; without it the task is spawned unnamed).
+fn spawn_named<F>(name: &str, handle: &Handle, future: F) -> io::Result<JoinHandle<F::Output>>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    #[cfg(all(tokio_unstable, feature = "task-names"))]
+    {
+        tokio::task::Builder::new()
+            .name(name)
+            .spawn_on(future, handle)
+    }
+    #[cfg(not(all(tokio_unstable, feature = "task-names")))]
+    {
+        let _ = name;
+        Ok(handle.spawn(future))
     }
 }

@@ -15,20 +15,17 @@ use std::{
 
 use http::{HeaderValue, uri::PathAndQuery};
 use http_body::{Body, Frame, SizeHint};
-use opentelemetry::trace::TraceContextExt;
 use tokio::runtime::Handle;
 use tower_layer::Layer;
 use tower_service::Service;
 use tracing::field::Empty;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::{
     clock::now_ns,
     diagnosis::Diagnosis,
     engine::{Engine, EngineConfig},
-    identity::{Identity, split_method},
-    measured::Measured,
-    metrics::DiagnoseMetrics,
+    identity::{Identity, split_method, traceparent_trace_id},
+    measured::{Measured, Meter},
     stage_layer,
     timeline::Timeline,
 };
@@ -53,6 +50,9 @@ pub struct DiagnoseLayer {
     handlers: Option<Handle>,
 }
 
+#[cfg(feature = "prometheus")]
+use super::metrics::DiagnoseMetrics;
+
 impl DiagnoseLayer {
     pub fn new() -> Self {
         Self::default()
@@ -64,6 +64,7 @@ impl DiagnoseLayer {
     }
 
     /// Records into `metrics` (made by [`DiagnoseMetrics::register`] in the server's registry).
+    #[cfg(feature = "prometheus")]
     pub fn with_metrics(mut self, metrics: DiagnoseMetrics) -> Self {
         Arc::make_mut(&mut self.engine).metrics = Some(metrics);
         self
@@ -83,6 +84,7 @@ impl<S> Layer<S> for DiagnoseLayer {
     type Service = Diagnose<S>;
 
     fn layer(&self, inner: S) -> Diagnose<S> {
+        super::occupancy::warn_once_if_unhooked();
         Diagnose {
             inner,
             engine: Arc::clone(&self.engine),
@@ -107,7 +109,7 @@ where
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     ReqBody: Send + 'static,
-    ResBody: Default + Send + 'static,
+    ResBody: Body + Unpin + Default + Send + 'static,
 {
     type Response = http::Response<DiagnosedBody<ResBody>>;
     type Error = S::Error;
@@ -184,10 +186,7 @@ fn start<B>(engine: &Arc<Engine>, request: &http::Request<B>, started: u64) -> A
         holdup.waited_in = Empty,
         holdup.culprits = Empty,
     );
-    // Only fails if the span has already started, which it cannot have.
-    let _ = span.set_parent(crate::telemetry::otel::extract_http(request.headers()));
-    let context = span.context().span().span_context().clone();
-    let identity = Arc::new(Identity::new(path, &context));
+    let identity = Arc::new(identify(path, &span, request.headers()));
     let want_events = request
         .headers()
         .get(TIMELINE_HEADER)
@@ -201,6 +200,34 @@ fn start<B>(engine: &Arc<Engine>, request: &http::Request<B>, started: u64) -> A
     ));
     stage_layer::attach(&timeline.span, &timeline);
     timeline
+}
+
+/// The request's ids: its span's, when OpenTelemetry gives the span a context (continuing the
+/// caller's trace); else the caller's trace id, or a new one.
+fn identify(path: PathAndQuery, span: &tracing::Span, headers: &http::HeaderMap) -> Identity {
+    #[cfg(feature = "opentelemetry")]
+    {
+        use opentelemetry::trace::TraceContextExt;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        // Only fails if the span has already started, which it cannot have.
+        let _ = span.set_parent(super::otel::extract(headers));
+        let context = span.context();
+        let span_context = context.span().span_context().clone();
+        if span_context.is_valid() {
+            return Identity::traced(
+                path,
+                span_context.trace_id().to_bytes(),
+                span_context.span_id().to_bytes(),
+                span_context.trace_flags().to_u8(),
+            );
+        }
+    }
+    #[cfg(not(feature = "opentelemetry"))]
+    let _ = span;
+    let caller = headers
+        .get("traceparent")
+        .and_then(|v| traceparent_trace_id(v.as_bytes()));
+    Identity::generated(path, caller)
 }
 
 /// The handler task's result; a panicked or aborted task answers INTERNAL / UNAVAILABLE.
@@ -246,7 +273,11 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<B, E> Future for ResponseFuture<B, E> {
+/// Frames of the response body polled before its head goes out, to learn whether the call is
+/// over (a unary reply: its message and trailers are ready at once) or goes on (a stream).
+const PEEK_FRAMES: usize = 2;
+
+impl<B: Body + Unpin, E> Future for ResponseFuture<B, E> {
     type Output = Result<http::Response<DiagnosedBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -256,40 +287,75 @@ impl<B, E> Future for ResponseFuture<B, E> {
             // Polled after completion: the inner future already said so.
             return Poll::Pending;
         };
-        let report = timeline.report(now_ns());
-        let span = timeline.span.clone();
-        Poll::Ready(match result {
-            Ok(mut response) => {
-                let headers = response.headers_mut();
-                let trailers_only = grpc_status(headers);
-                if let Ok(value) = HeaderValue::from_str(&report.header_value()) {
-                    headers.insert(DIAGNOSIS_HEADER, value);
-                }
-                let trace_id = report.identity.trace_id();
-                if let Ok(value) = HeaderValue::from_str(&trace_id)
-                    && !trace_id.is_empty()
-                {
-                    headers.insert(TRACE_ID_HEADER, value);
-                }
-                timeline
-                    .engine
-                    .finish(&report, &span, trailers_only != Some(UNIMPLEMENTED));
-                let span = match trailers_only {
-                    Some(_) => {
-                        record_status(&span, response.headers());
-                        None
-                    }
-                    None => Some(span),
-                };
-                Ok(response.map(|inner| DiagnosedBody { inner, span }))
-            }
+        let mut response = match result {
+            Ok(response) => response,
             Err(e) => {
-                timeline.engine.finish(&report, &span, false);
-                Err(e)
+                let report = timeline.report(now_ns());
+                timeline.engine.finish(&report, &timeline.span, false);
+                return Poll::Ready(Err(e));
             }
-        })
+        };
+        let trailers_only = grpc_status(response.headers());
+        // A reply whose frames are all ready now is over: its header is its whole diagnosis.
+        // Else the call goes on (a stream, or a reply still being written), and its body
+        // meters the rest, for the trailer.
+        let mut peeked = Vec::new();
+        let mut over = trailers_only.is_some() || response.body().is_end_stream();
+        while !over && peeked.len() < PEEK_FRAMES {
+            match Pin::new(response.body_mut()).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    over = frame.is_trailers();
+                    peeked.push(Ok(frame));
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    peeked.push(Err(e));
+                    over = true;
+                }
+                Poll::Ready(None) => over = true,
+                Poll::Pending => break,
+            }
+        }
+        let now = now_ns();
+        let report = timeline.report(now);
+        let headers = response.headers_mut();
+        let mut value = report.header_value();
+        if !over {
+            value.push_str(PARTIAL);
+        }
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(DIAGNOSIS_HEADER, value);
+        }
+        if let Ok(value) = HeaderValue::from_str(&report.identity.trace_id()) {
+            headers.insert(TRACE_ID_HEADER, value);
+        }
+        let answered = trailers_only != Some(UNIMPLEMENTED);
+        if trailers_only.is_some() {
+            record_status(&timeline.span, response.headers());
+        }
+        let state = if over {
+            timeline.engine.finish(&report, &timeline.span, answered);
+            // The span still takes its status from the trailers (already peeked, or next).
+            BodyState::Reported {
+                span: trailers_only.is_none().then(|| timeline.span.clone()),
+            }
+        } else {
+            BodyState::Streaming {
+                meter: Meter::new(&timeline, 0, now),
+                timeline,
+                answered,
+            }
+        };
+        Poll::Ready(Ok(response.map(|inner| DiagnosedBody {
+            inner,
+            peeked: peeked.into_iter().rev().collect(),
+            state,
+        })))
     }
 }
+
+/// Appended to the header of a call that goes on after its head: the whole call's diagnosis
+/// comes in the `holdup-diagnosis` trailer.
+const PARTIAL: &str = " partial=head";
 
 const UNIMPLEMENTED: u16 = 12;
 
@@ -316,22 +382,76 @@ fn record_status(span: &tracing::Span, headers: &http::HeaderMap) {
     }
 }
 
+/// What the body still owes the diagnosis.
+#[derive(Debug)]
+enum BodyState {
+    /// Reported at the head; the span (held open until the trailers) takes their status.
+    Reported {
+        span: Option<tracing::Span>,
+    },
+    /// A call that goes on: its polls are metered, and its end reports the whole call.
+    Streaming {
+        timeline: Arc<Timeline>,
+        meter: Meter,
+        answered: bool,
+    },
+    Done,
+}
+
 pin_project_lite::pin_project! {
-    /// The response body; it holds the request's span open until the trailers pass.
-    pub struct DiagnosedBody<B> {
+    /// The response body: it holds the request's span open until the trailers pass, and for a
+    /// call that goes on after its head, meters it and puts the whole call's diagnosis in the
+    /// trailers.
+    pub struct DiagnosedBody<B: Body> {
         #[pin]
         inner: B,
-        span: Option<tracing::Span>,
+        // Frames (or the error) polled before the head went out, last first.
+        peeked: Vec<Result<Frame<B::Data>, B::Error>>,
+        state: BodyState,
+    }
+
+    impl<B: Body> PinnedDrop for DiagnosedBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            // A stream the client left (or that failed) before its end: reported as far as it got.
+            let this = this.project();
+            finish_stream(this.state, None);
+        }
     }
 }
 
-impl<B: Default> Default for DiagnosedBody<B> {
+impl<B: Body + Default> Default for DiagnosedBody<B> {
     /// An empty body with no span: for responses made around the diagnosed service.
     fn default() -> Self {
         Self {
             inner: B::default(),
-            span: None,
+            peeked: Vec::new(),
+            state: BodyState::Done,
         }
+    }
+}
+
+/// Ends a streaming call's diagnosis: the report on the span, in metrics and the log, and in
+/// `trailers` when there are some.
+fn finish_stream(state: &mut BodyState, trailers: Option<&mut http::HeaderMap>) {
+    match std::mem::replace(state, BodyState::Done) {
+        BodyState::Streaming {
+            timeline, answered, ..
+        } => {
+            let report = timeline.report(now_ns());
+            if let Some(trailers) = trailers {
+                if let Ok(value) = HeaderValue::from_str(&report.header_value()) {
+                    trailers.insert(DIAGNOSIS_HEADER, value);
+                }
+                record_status(&timeline.span, trailers);
+            }
+            timeline.engine.finish(&report, &timeline.span, answered);
+        }
+        BodyState::Reported { span: Some(span) } => {
+            if let Some(trailers) = trailers {
+                record_status(&span, trailers);
+            }
+        }
+        BodyState::Reported { span: None } | BodyState::Done => {}
     }
 }
 
@@ -344,24 +464,32 @@ impl<B: Body> Body for DiagnosedBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
-        match &frame {
+        let mut frame = match this.peeked.pop() {
+            Some(frame) => Some(frame),
+            None => {
+                let inner = this.inner;
+                let polled = match this.state {
+                    BodyState::Streaming {
+                        timeline, meter, ..
+                    } => meter.poll(timeline, cx, true, |cx| inner.poll_frame(cx)),
+                    _ => inner.poll_frame(cx),
+                };
+                ready!(polled)
+            }
+        };
+        match &mut frame {
             Some(Ok(frame)) => {
-                if let Some(trailers) = frame.trailers_ref()
-                    && let Some(span) = this.span.take()
-                {
-                    record_status(&span, trailers);
+                if let Some(trailers) = frame.trailers_mut() {
+                    finish_stream(this.state, Some(trailers));
                 }
             }
-            Some(Err(_)) | None => {
-                this.span.take();
-            }
+            Some(Err(_)) | None => finish_stream(this.state, None),
         }
         Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.peeked.is_empty() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -21,13 +21,13 @@ use super::{
 };
 
 /// Polls at least this long are remembered: shorter ones cannot make a wait worth blaming.
-pub const RECORD_POLLS_FROM: Duration = Duration::from_micros(200);
+pub(crate) const RECORD_POLLS_FROM: Duration = Duration::from_micros(200);
 /// Long polls remembered per worker. Polls of [`RECORD_POLLS_FROM`] back to back fill it in
 /// 200 ms, so a wait up to that long behind the shortest polls recorded is blamed in full (and
 /// seconds of longer ones, such as the Lab's `CpuBound`); 128 covered only 26 ms of them. A
 /// blamed wait scans every worker's list (about 40 KB a worker), which costs microseconds
 /// against a wait of a millisecond or more.
-pub const RECENT_POLLS: usize = 1_024;
+pub(crate) const RECENT_POLLS: usize = 1_024;
 /// Names of non-request tasks remembered: tasks a service names with [`name_task`] (holdup
 /// itself names none, which keeps task ends free of the lock naming takes).
 const MAX_TASK_NAMES: usize = 1_024;
@@ -217,22 +217,152 @@ fn forget_task(id: tokio::task::Id) {
         .remove(&id);
 }
 
+/// Whether any runtime got the engine's hooks: a service whose runtime did not is told once,
+/// at its first request, what blame cannot name.
+static HOOKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Says once, at the first request, what the engine cannot measure in this build or runtime.
+pub(crate) fn warn_once_if_unhooked() {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        if !cfg!(tokio_unstable) {
+            tracing::warn!(
+                target: "holdup_diagnose",
+                "built without `--cfg tokio_unstable`: tokio's poll hooks are not available, so \
+                 blame names only requests, never other tasks that hold a worker; set \
+                 RUSTFLAGS=\"--cfg tokio_unstable\" (or [build] rustflags in .cargo/config.toml) \
+                 and build the runtime with holdup_diagnose::install_hooks"
+            );
+        } else if !HOOKED.load(std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                target: "holdup_diagnose",
+                "the runtime has no holdup_diagnose hooks: blame names only requests, never \
+                 other tasks that hold a worker; build it with holdup_diagnose::install_hooks"
+            );
+        }
+    });
+}
+
+/// A callback of a runtime builder.
+type Callback = Arc<dyn Fn() + Send + Sync>;
+/// A task callback of a runtime builder.
+#[cfg(tokio_unstable)]
+type TaskCallback = Arc<dyn Fn(&tokio::runtime::TaskMeta<'_>) + Send + Sync>;
+
+/// Callbacks of your own for the runtime events the engine's hooks use. tokio keeps one
+/// callback per event, so [`install_hooks`] would replace a callback set before it; given
+/// here, yours runs right after the engine's.
+///
+/// ```
+/// let mut builder = tokio::runtime::Builder::new_current_thread();
+/// let hooks = holdup_diagnose::Hooks::new().on_thread_park(|| { /* yours */ });
+/// holdup_diagnose::install_hooks_with(&mut builder, hooks);
+/// ```
+#[derive(Clone, Default)]
+pub struct Hooks {
+    thread_park: Option<Callback>,
+    #[cfg(tokio_unstable)]
+    before_poll: Option<TaskCallback>,
+    #[cfg(tokio_unstable)]
+    after_poll: Option<TaskCallback>,
+    #[cfg(tokio_unstable)]
+    terminate: Option<TaskCallback>,
+}
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooks").finish_non_exhaustive()
+    }
+}
+
+impl Hooks {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs `f` whenever a worker thread parks (`Builder::on_thread_park`).
+    #[must_use]
+    pub fn on_thread_park(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
+        self.thread_park = Some(Arc::new(f));
+        self
+    }
+
+    /// Runs `f` before each task poll (`Builder::on_before_task_poll`).
+    #[cfg(tokio_unstable)]
+    #[must_use]
+    pub fn on_before_task_poll(
+        mut self,
+        f: impl Fn(&tokio::runtime::TaskMeta<'_>) + Send + Sync + 'static,
+    ) -> Self {
+        self.before_poll = Some(Arc::new(f));
+        self
+    }
+
+    /// Runs `f` after each task poll (`Builder::on_after_task_poll`).
+    #[cfg(tokio_unstable)]
+    #[must_use]
+    pub fn on_after_task_poll(
+        mut self,
+        f: impl Fn(&tokio::runtime::TaskMeta<'_>) + Send + Sync + 'static,
+    ) -> Self {
+        self.after_poll = Some(Arc::new(f));
+        self
+    }
+
+    /// Runs `f` when a task terminates (`Builder::on_task_terminate`).
+    #[cfg(tokio_unstable)]
+    #[must_use]
+    pub fn on_task_terminate(
+        mut self,
+        f: impl Fn(&tokio::runtime::TaskMeta<'_>) + Send + Sync + 'static,
+    ) -> Self {
+        self.terminate = Some(Arc::new(f));
+        self
+    }
+}
+
 /// Adds the engine's poll hooks to a runtime builder: every task's polls are then seen, not
-/// only requests'. Needs `--cfg tokio_unstable`; without it this does nothing, and blame names
-/// requests only. It sets the builder's `on_thread_park` callback (to tell workers from
-/// blocking-pool threads), replacing any other.
+/// only requests', and blame can name a background task that holds a worker. Needs
+/// `--cfg tokio_unstable`; without it only the thread-park hook is set, blame names requests
+/// only, and the first request logs a warning saying so.
+///
+/// It sets the builder's `on_thread_park`, `on_before_task_poll`, `on_after_task_poll` and
+/// `on_task_terminate` callbacks, replacing any set before: to keep yours, pass them through
+/// [`install_hooks_with`].
+///
+/// ```
+/// let runtime = holdup_diagnose::install_hooks(&mut tokio::runtime::Builder::new_current_thread())
+///     .enable_all()
+///     .build()
+///     .unwrap();
+/// # drop(runtime);
+/// ```
 pub fn install_hooks(builder: &mut tokio::runtime::Builder) -> &mut tokio::runtime::Builder {
+    install_hooks_with(builder, Hooks::default())
+}
+
+/// [`install_hooks`], also running `yours` after each of the engine's callbacks.
+pub fn install_hooks_with(
+    builder: &mut tokio::runtime::Builder,
+    yours: Hooks,
+) -> &mut tokio::runtime::Builder {
+    HOOKED.store(true, std::sync::atomic::Ordering::Relaxed);
+    let park = yours.thread_park.clone();
+    builder.on_thread_park(move || {
+        super::clock::forget_mark();
+        SLOT.with(|slot| {
+            slot.worker
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        if let Some(park) = &park {
+            park();
+        }
+    });
     #[cfg(tokio_unstable)]
     {
+        let (before, after, terminate) = (yours.before_poll, yours.after_poll, yours.terminate);
         builder
-            .on_thread_park(|| {
-                super::clock::forget_mark();
-                SLOT.with(|slot| {
-                    slot.worker
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
-                });
-            })
-            .on_before_task_poll(|meta| {
+            .on_before_task_poll(move |meta| {
                 let holder = Holder::Task {
                     id: meta.id(),
                     spawned_at: meta.spawned_at(),
@@ -248,18 +378,27 @@ pub fn install_hooks(builder: &mut tokio::runtime::Builder) -> &mut tokio::runti
                         hooked: true,
                     });
                 });
+                if let Some(before) = &before {
+                    before(meta);
+                }
             })
-            .on_after_task_poll(|_| {
+            .on_after_task_poll(move |meta| {
                 let end = now_ns();
                 SLOT.with(|slot| slot.lock().end(end));
+                if let Some(after) = &after {
+                    after(meta);
+                }
             })
-            .on_task_terminate(|meta| forget_task(meta.id()))
+            .on_task_terminate(move |meta| {
+                forget_task(meta.id());
+                if let Some(terminate) = &terminate {
+                    terminate(meta);
+                }
+            });
     }
     #[cfg(not(tokio_unstable))]
-    {
-        let _ = forget_task;
-        builder
-    }
+    let _ = forget_task;
+    builder
 }
 
 /// The polls that held a worker of `runtime` (of any runtime of the process, with `None`)

@@ -27,10 +27,10 @@ use std::{
 
 /// Polls shorter than this count as on-CPU without reading the clocks: a blocking call this
 /// short is not what makes a request late.
-pub const CPU_SPLIT_FROM: Duration = Duration::from_millis(1);
+pub(crate) const CPU_SPLIT_FROM: Duration = Duration::from_millis(1);
 /// At most one clock read per this much of a thread's wall time at poll starts: bounds the error
 /// on a long poll's on-CPU time to this, and the cost to about half a percent of a busy thread.
-pub const CPU_MARK_EVERY: Duration = Duration::from_micros(500);
+pub(crate) const CPU_MARK_EVERY: Duration = Duration::from_micros(500);
 
 static EPOCH: OnceLock<Instant> = OnceLock::new();
 

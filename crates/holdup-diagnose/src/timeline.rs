@@ -357,6 +357,7 @@ mod tests {
         let identity = Identity::untraced("/t.S/M");
         let engine = Engine {
             config: super::super::engine::EngineConfig::default(),
+            #[cfg(feature = "prometheus")]
             metrics: None,
         };
         Timeline::new(

@@ -56,29 +56,103 @@ impl Wake for WakeFlag {
     }
 }
 
+/// Meters the polls of one thing a request is made of (its future, or its response body):
+/// times each poll and its on-CPU part, and wraps the waker to learn when it became ready.
+#[derive(Debug)]
+pub(crate) struct Meter {
+    flag: Arc<WakeFlag>,
+    waker: Waker,
+    /// 0 for the request's first wrapper (its future, then its body); 1 for a handler task
+    /// it handed the work to.
+    depth: usize,
+    /// When the metered thing became ready for its first poll (created or handed over).
+    ready_since: u64,
+    polled: bool,
+}
+
+impl Meter {
+    pub(crate) fn new(timeline: &Arc<Timeline>, depth: usize, ready_since: u64) -> Self {
+        let flag = Arc::new(WakeFlag {
+            woken_at: AtomicU64::new(0),
+            task: AtomicWaker::new(),
+            timeline: Arc::downgrade(timeline),
+            depth,
+        });
+        let waker = Waker::from(Arc::clone(&flag));
+        Self {
+            flag,
+            waker,
+            depth,
+            ready_since,
+            polled: false,
+        }
+    }
+
+    /// Runs one poll, `poll`, measured into `timeline` (inside the request's span when
+    /// `in_span`: spans the poll opens are the request's stages).
+    pub(crate) fn poll<T>(
+        &mut self,
+        timeline: &Timeline,
+        cx: &mut Context<'_>,
+        in_span: bool,
+        poll: impl FnOnce(&mut Context<'_>) -> Poll<T>,
+    ) -> Poll<T> {
+        let start = now_ns();
+        let woken = self.flag.woken_at.swap(0, Ordering::AcqRel);
+        let ready_since = if !self.polled {
+            self.polled = true;
+            self.ready_since
+        } else if woken == 0 {
+            // Polled without a wake of ours (the task was woken for something else).
+            start
+        } else {
+            woken
+        };
+        timeline.poll_started(self.depth, ready_since, start);
+        self.flag.task.register(cx.waker());
+        let own_mark = OwnMark(occupancy::request_poll_started(&timeline.identity, start));
+        let cpu = clock::mark(start);
+
+        // Entered here rather than by `Instrument`: that wrapper also enters the span to drop the
+        // future, and holds a clone of it; two of them per request were about 4 500 instructions.
+        let entered = in_span.then(|| timeline.span.enter());
+        let polled = poll(&mut Context::from_waker(&self.waker));
+        drop(entered);
+
+        let end = now_ns();
+        let used = clock::poll_cpu(cpu, start, end);
+        own_mark.end(end);
+        timeline.poll_ended(self.depth, start, end, used);
+        timeline.engine.poll_held(
+            &timeline.identity,
+            &timeline.span,
+            end - start,
+            used.cpu_wait,
+        );
+        if polled.is_pending() {
+            timeline.park(self.depth, end, &self.flag.woken_at);
+        }
+        polled
+    }
+}
+
 pin_project_lite::pin_project! {
     /// A request's future (or one of its handler tasks), measured into its timeline.
     pub struct Measured<F> {
         #[pin]
         inner: F,
         timeline: Arc<Timeline>,
-        flag: Arc<WakeFlag>,
-        waker: Waker,
-        // 0 for the request's first wrapper; 1 for a handler task it handed the work to.
-        depth: usize,
-        // When the future became ready for its first poll (created or handed over).
-        ready_since: u64,
+        meter: Meter,
         // Whether the request's span is entered while the future is polled: the future is the
         // request's own code, not only a wait for the task it was handed to.
         in_span: bool,
-        polled: bool,
         done: bool,
     }
 
     impl<F> PinnedDrop for Measured<F> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            if *this.depth > 0 && !*this.done {
+            if this.meter.depth > 0 && !*this.done {
                 this.timeline.delegate_finished();
             }
         }
@@ -110,22 +184,12 @@ impl<F> Measured<F> {
         ready_since: u64,
         in_span: bool,
     ) -> Self {
-        let flag = Arc::new(WakeFlag {
-            woken_at: AtomicU64::new(0),
-            task: AtomicWaker::new(),
-            timeline: Arc::downgrade(&timeline),
-            depth,
-        });
-        let waker = Waker::from(Arc::clone(&flag));
+        let meter = Meter::new(&timeline, depth, ready_since);
         Self {
             inner,
             timeline,
-            flag,
-            waker,
-            depth,
-            ready_since,
+            meter,
             in_span,
-            polled: false,
             done: false,
         }
     }
@@ -136,52 +200,17 @@ impl<F: Future> Future for Measured<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        let start = now_ns();
-        let woken = this.flag.woken_at.swap(0, Ordering::AcqRel);
-        let ready_since = if !*this.polled {
-            *this.polled = true;
-            *this.ready_since
-        } else if woken == 0 {
-            // Polled without a wake of ours (the task was woken for something else).
-            start
-        } else {
-            woken
-        };
-        let timeline = &**this.timeline;
-        timeline.poll_started(*this.depth, ready_since, start);
-        this.flag.task.register(cx.waker());
-        let own_mark = OwnMark(occupancy::request_poll_started(&timeline.identity, start));
-        let cpu = clock::mark(start);
-
-        // Entered here rather than by `Instrument`: that wrapper also enters the span to drop the
-        // future, and holds a clone of it; two of them per request were about 4 500 instructions.
-        let entered = this.in_span.then(|| timeline.span.enter());
-        let polled = this.inner.poll(&mut Context::from_waker(this.waker));
-        drop(entered);
-
-        let end = now_ns();
-        let used = clock::poll_cpu(cpu, start, end);
-        own_mark.end(end);
-        timeline.poll_ended(*this.depth, start, end, used);
-        timeline.engine.poll_held(
-            &timeline.identity,
-            &timeline.span,
-            end - start,
-            used.cpu_wait,
-        );
-        match polled {
-            Poll::Pending => {
-                timeline.park(*this.depth, end, &this.flag.woken_at);
-                Poll::Pending
-            }
-            Poll::Ready(output) => {
-                *this.done = true;
-                if *this.depth > 0 {
-                    timeline.delegate_finished();
-                }
-                Poll::Ready(output)
+        let inner = this.inner;
+        let polled = this
+            .meter
+            .poll(this.timeline, cx, *this.in_span, |cx| inner.poll(cx));
+        if polled.is_ready() {
+            *this.done = true;
+            if this.meter.depth > 0 {
+                this.timeline.delegate_finished();
             }
         }
+        polled
     }
 }
 
@@ -209,7 +238,7 @@ mod tests {
     use std::{panic, time::Duration};
 
     use super::*;
-    use crate::diagnose::{
+    use crate::{
         Holder,
         engine::{Engine, EngineConfig},
         identity::Identity,
@@ -222,6 +251,7 @@ mod tests {
         let who = Identity::untraced("/test.measured.Svc/Panics");
         let engine = Arc::new(Engine {
             config: EngineConfig::default(),
+            #[cfg(feature = "prometheus")]
             metrics: None,
         });
         let timeline = Arc::new(Timeline::new(
