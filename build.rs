@@ -1,6 +1,7 @@
 //! Compiles `proto/holdup/v1/lab.proto` into Rust, plus a file descriptor set that the
 //! reflection service serves (grpcurl needs it to list and describe the service); and the same
-//! for `proto/helloworld/helloworld.proto`, the service of `examples/diagnosed_greeter.rs`.
+//! for `proto/helloworld/helloworld.proto` and `proto/routeguide/route_guide.proto`, the services
+//! of `examples/diagnosed_greeter.rs` and `examples/route_guide.rs`.
 //!
 //! `protoc` comes from the `protoc-bin-vendored` crate unless `PROTOC` is set, so a fresh
 //! machine builds with no manual step.
@@ -20,6 +21,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("helloworld_descriptor.bin"))
         .compile_protos(&["proto/helloworld/helloworld.proto"], &["proto"])?;
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out_dir.join("routeguide_descriptor.bin"))
+        .compile_protos(&["proto/routeguide/route_guide.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -24,6 +24,7 @@ mod postgres;
 mod postgres_restart;
 mod random_requests;
 mod reliability;
+mod route_guide;
 mod shutdown;
 mod tls;
 mod tracing_env;
