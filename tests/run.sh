@@ -34,7 +34,7 @@ HOLDUP_TOOLS_DIR="$tools" setsid tests/tools.sh jaeger grpcurl grpc-health-probe
 tools_pid=$!
 build_log="$tools/cargo-test-build.log"
 step "Rust test binaries (cargo test --no-run): building in the background, log in $build_log"
-setsid cargo test --locked --no-run >"$build_log" 2>&1 &
+setsid cargo test --workspace --locked --no-run >"$build_log" 2>&1 &
 build_pid=$!
 stop_builds() { kill -TERM -- "-$tools_pid" "-$build_pid" 2>/dev/null || true; }
 trap stop_builds EXIT
@@ -127,7 +127,13 @@ tail -n 3 "$build_log"
 
 step "cargo fmt and clippy"
 cargo fmt --all -- --check
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
+# holdup-diagnose as a user builds it: no feature on.
+cargo clippy -p holdup-diagnose --all-targets --locked -- -D warnings
+
+step "holdup-diagnose as a crate people add: its weight in a tonic greeter, and cargo package"
+tests/weight/crate_count.sh
+cargo package -p holdup-diagnose --locked --allow-dirty --quiet
 
 step "Pinned tools (tests/tools.sh): waiting for the build"
 tools_ok=true
@@ -143,7 +149,7 @@ export PATH="$tools/go/bin:$tools/cargo/bin:$PATH"
 step "cargo test"
 # Under a bound: a test that hangs fails the run with its name on screen instead of using up
 # CI's time. The suite takes about 5 minutes on 2 cores.
-timeout --kill-after=30 1200 cargo test --locked
+timeout --kill-after=30 1200 cargo test --workspace --locked
 
 step "Python tests (grpcio, grpcurl, deploy files, Prometheus + dashboards) against target/debug/holdup"
 HOLDUP_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/holdup" python -m pytest tests/python -q -p no:cacheprovider

@@ -86,6 +86,11 @@ mod stage_layer;
 mod timeline;
 mod verdict;
 
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub use blame::Culprit;
 pub use diagnosis::Diagnosis;
 pub use engine::{DEFAULT_BLAME_FROM, DEFAULT_LONG_POLL, DEFAULT_WARN_BLAMED_FROM, EngineConfig};
