@@ -3,14 +3,14 @@
 //! telemetry, no limits: what tonic alone costs, so that what holdup's instrumentation adds
 //! can be measured against it under the same load.
 //!
-//! Usage: `cargo run --release --example bare_echo -- [ADDR] [THREADS] [--diagnose]
+//! Usage: `cargo run --release --example bare_echo -- [ADDR] [THREADS] [--diagnose] [--otel]
 //! [--hand-over]` (default 127.0.0.1:50052, 2 threads).
 //!
-//! `--diagnose` adds holdup's diagnosis engine the way the README's "Diagnose your own
-//! service" tells a user to (and as `examples/diagnosed_greeter.rs` does): the runtime's poll
-//! hooks, the stage layer and an OpenTelemetry layer (trace ids, no exporter) in the
-//! subscriber, and `DiagnoseLayer` on the server, handlers on the same runtime. The benchmark
-//! runs both, so the engine's own cost per call is measured against bare tonic.
+//! `--diagnose` adds holdup's diagnosis engine the way its README tells a user to: the
+//! runtime's poll hooks, the stage layer in the subscriber, and `DiagnoseLayer` on the server,
+//! handlers on the same runtime. `--otel` adds an OpenTelemetry layer (trace ids, no exporter)
+//! to the subscriber, alone or with `--diagnose`. The benchmark runs each, so the engine's own
+//! cost per call is measured against bare tonic, and against tonic with OpenTelemetry.
 //!
 //! `--hand-over` answers `Fast` the way `holdup serve` runs every handler: as a task of its own
 //! on a second runtime of `THREADS` workers, awaited by the transport's task. Nothing else is
@@ -95,30 +95,33 @@ impl Lab for Bare {
     }
 }
 
-/// The subscriber a user of the engine installs: trace ids for every request (no exporter:
-/// theirs would go here) and the engine's stage layer.
-fn diagnosed_subscriber() {
+/// The subscriber: with `otel`, trace ids for every request (no exporter: a user's would go
+/// here); with `diagnose`, the engine's stage layer.
+fn subscriber(otel: bool, diagnose: bool) {
     use opentelemetry::trace::TracerProvider as _;
     use tracing_subscriber::{Layer as _, layer::SubscriberExt, util::SubscriberInitExt};
-    let tracer = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-        .build()
-        .tracer("bare_echo");
+    let otel = otel.then(|| {
+        let tracer = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .build()
+            .tracer("bare_echo");
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+    });
+    let stages = diagnose.then(|| StageLayer::new().with_filter(StageFilter));
     tracing_subscriber::registry()
-        .with(
-            tracing_opentelemetry::layer()
-                .with_tracer(tracer)
-                .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
-        )
-        .with(StageLayer::new().with_filter(StageFilter))
+        .with(otel)
+        .with(stages)
         .init();
 }
 
 fn main() -> anyhow::Result<()> {
     let diagnose = std::env::args().any(|a| a == "--diagnose");
     let hand_over = std::env::args().any(|a| a == "--hand-over");
+    let otel = std::env::args().any(|a| a == "--otel");
     let mut args = std::env::args()
         .skip(1)
-        .filter(|a| a != "--diagnose" && a != "--hand-over");
+        .filter(|a| a != "--diagnose" && a != "--hand-over" && a != "--otel");
     let addr: SocketAddr = args
         .next()
         .unwrap_or_else(|| "127.0.0.1:50052".into())
@@ -131,8 +134,10 @@ fn main() -> anyhow::Result<()> {
         None => DEFAULT_THREADS,
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if diagnose || otel {
+        subscriber(otel, diagnose);
+    }
     if diagnose {
-        diagnosed_subscriber();
         install_hooks(&mut builder);
     }
     let runtime = builder
@@ -160,12 +165,15 @@ fn main() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {addr}"))?;
         let bound = listener.local_addr().context("reading the bound address")?;
-        let with = match (diagnose, hand_over) {
-            (false, false) => "",
-            (true, false) => ", diagnosed",
-            (false, true) => ", handlers handed over",
-            (true, true) => ", diagnosed, handlers handed over",
-        };
+        let with = [
+            (diagnose, ", diagnosed"),
+            (otel, ", OpenTelemetry"),
+            (hand_over, ", handlers handed over"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, what)| *what)
+        .collect::<String>();
         println!("bare_echo listening on {bound} ({threads} threads{with})");
         // Nagle off, as holdup does: the comparison is of request paths, not of socket options.
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));

@@ -8,6 +8,10 @@
 #             of their own) costs before any measurement; the floor under holdup serve
 #   diagnosed the same with holdup's diagnosis engine added as the README tells a user to
 #             (examples/bare_echo.rs --diagnose): the engine's own cost per call
+#   otel      the bare echo with an OpenTelemetry layer (trace ids, no export; --otel)
+#   otel-diagnosed  the same with the engine too (--otel --diagnose): the engine's cost on a
+#             service that already traces
+# SERVERS picks some of them (default: all), e.g. SERVERS="bare diagnosed otel otel-diagnosed".
 #   quiet     holdup serve --no-console
 #   default   holdup serve (tokio-console on, as shipped)
 # Each round loads every server once, alone, in an order that rotates from round to round
@@ -69,6 +73,8 @@ start() { # start SERVER: runs it in the background on $PORT, waits for the port
     case $1 in
         bare) "$BIN/examples/bare_echo" "127.0.0.1:$PORT" 2 >"$WORK/$1.log" 2>&1 & ;;
         diagnosed) "$BIN/examples/bare_echo" "127.0.0.1:$PORT" 2 --diagnose >"$WORK/$1.log" 2>&1 & ;;
+        otel) "$BIN/examples/bare_echo" "127.0.0.1:$PORT" 2 --otel >"$WORK/$1.log" 2>&1 & ;;
+        otel-diagnosed) "$BIN/examples/bare_echo" "127.0.0.1:$PORT" 2 --otel --diagnose >"$WORK/$1.log" 2>&1 & ;;
         handover) "$BIN/examples/bare_echo" "127.0.0.1:$PORT" 2 --hand-over >"$WORK/$1.log" 2>&1 & ;;
         quiet) holdup_serve --no-console >"$WORK/$1.log" 2>&1 & ;;
         default) holdup_serve >"$WORK/$1.log" 2>&1 & ;;
@@ -142,7 +148,7 @@ echo "load: Fast, closed loop, $CONCURRENCY concurrent over $CONNECTIONS connect
     "${WARMUP}s warm-up + ${DURATION}s, $ROUNDS rounds; $(nproc) cores"
 command -v h2load >/dev/null || echo "h2load: not installed (apt-get install nghttp2-client)"
 command -v ghz >/dev/null || echo "ghz: not installed; its column stays empty"
-servers=(bare handover diagnosed quiet default)
+read -r -a servers <<<"${SERVERS:-bare handover diagnosed otel otel-diagnosed quiet default}"
 for round in $(seq 1 "$ROUNDS"); do
     for i in "${!servers[@]}"; do
         run "$round" "${servers[$(((i + round - 1) % ${#servers[@]}))]}"
@@ -172,13 +178,16 @@ def spread(values):
 
 names = {"bare": "bare tonic echo", "handover": "bare echo, handlers on a 2nd runtime",
          "diagnosed": "bare echo + diagnosis engine",
+         "otel": "bare echo + OpenTelemetry layer (ids, no export)",
+         "otel-diagnosed": "bare echo + OpenTelemetry layer + diagnosis engine",
          "quiet": "holdup serve --no-console",
          "default": "holdup serve (console on)"}
 print()
 print("medians over rounds (min–max):")
 print("| server | calls/s | p99 ms | CPU µs/call | RSS after, MB | h2load req/s | ghz req/s |")
 print("|---|---|---|---|---|---|---|")
-for s in ["bare", "handover", "diagnosed", "quiet", "default"]:
+present = [s for s in names if any(s in runs[r] for r in runs)]
+for s in present:
     got = [runs[r][s] for r in runs if s in runs[r]]
     cells = [spread([g[k] for g in got]) for k in ["rate", "p99", "cpu_us", "rss_mb", "h2load", "ghz"]]
     errors = sum(g["errors"] for g in got)
@@ -189,22 +198,27 @@ def ratio(s, k, base="bare"):
     return spread([runs[r][s][k] / runs[r][base][k] for r in runs
                    if s in runs[r] and base in runs[r] and runs[r][base][k]])
 
+def row(label, s, k, base="bare"):
+    if s in present and base in present:
+        print(f"| {label} | {ratio(s, k, base)} |")
+
 print()
 print("ratios, each round's runs against each other (median, min–max):")
 print("| ratio | value |")
 print("|---|---|")
-print(f"| handlers on a 2nd runtime / bare, throughput | {ratio('handover', 'rate')} |")
-print(f"| handlers on a 2nd runtime / bare, CPU per call | {ratio('handover', 'cpu_us')} |")
-print(f"| --no-console / handlers on a 2nd runtime, throughput | {ratio('quiet', 'rate', 'handover')} |")
-print(f"| bare + engine / bare, throughput | {ratio('diagnosed', 'rate')} |")
-print(f"| bare + engine / bare, CPU per call | {ratio('diagnosed', 'cpu_us')} |")
-print(f"| --no-console / bare, throughput (target >= 0.85) | {ratio('quiet', 'rate')} |")
-print(f"| --no-console / bare, p99 (target <= 1.3) | {ratio('quiet', 'p99')} |")
-print(f"| console on / bare, throughput (target >= 0.5) | {ratio('default', 'rate')} |")
-print(f"| console on / bare, p99 | {ratio('default', 'p99')} |")
-print(f"| --no-console / bare, CPU per call | {ratio('quiet', 'cpu_us')} |")
-print(f"| console on / bare, CPU per call | {ratio('default', 'cpu_us')} |")
-for s in ["bare", "handover", "diagnosed", "quiet", "default"]:
+row("handlers on a 2nd runtime / bare, throughput", "handover", "rate")
+row("handlers on a 2nd runtime / bare, CPU per call", "handover", "cpu_us")
+row("bare + engine / bare, throughput (target >= 0.9)", "diagnosed", "rate")
+row("bare + engine / bare, CPU per call (target <= 1.15)", "diagnosed", "cpu_us")
+row("bare + engine / bare, p99", "diagnosed", "p99")
+row("OpenTelemetry + engine / OpenTelemetry, CPU per call (target <= 1.1)", "otel-diagnosed", "cpu_us", "otel")
+row("OpenTelemetry + engine / OpenTelemetry, throughput", "otel-diagnosed", "rate", "otel")
+row("--no-console / bare, throughput (target >= 0.85)", "quiet", "rate")
+row("--no-console / bare, p99 (target <= 1.3)", "quiet", "p99")
+row("--no-console / bare, CPU per call (target <= 1.6)", "quiet", "cpu_us")
+row("console on / bare, throughput (target >= 0.6)", "default", "rate")
+row("console on / bare, CPU per call", "default", "cpu_us")
+for s in present:
     for gen in ["h2load", "ghz"]:
         values = [runs[r][s]["rate"] / runs[r][s][gen] for r in runs
                   if s in runs[r] and runs[r][s][gen] > 0]
