@@ -9,7 +9,6 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server as TonicServer;
 use tonic_health::{ServingStatus, pb::health_server::HealthServer, server::HealthReporter};
 
 use crate::{
@@ -27,7 +26,7 @@ use crate::{
     telemetry::{endpoint, lag, metrics::Metrics},
     transport::{
         Listener, TransportMetrics, abandon::AbandonLayer, content_type::GrpcContentTypeLayer,
-        signal::Signal, track::TrackLayer,
+        serve::Http2Settings, signal::Signal, track::TrackLayer,
     },
 };
 
@@ -78,11 +77,9 @@ pub enum ServeError {
         source: std::io::Error,
     },
     #[error("invalid TLS configuration: {0}")]
-    Tls(#[source] tonic::transport::Error),
+    Tls(String),
     #[error("a start-up task on the lab runtime failed: {0}")]
     LabTask(#[source] tokio::task::JoinError),
-    #[error("gRPC server failed: {0}")]
-    Transport(#[source] tonic::transport::Error),
 }
 
 /// A server that is bound and ready to serve.
@@ -278,9 +275,10 @@ impl Server {
     }
 }
 
-/// The one place the tonic server is configured: HTTP/2 limits, then the layers every call
+/// The one place the gRPC server is configured: HTTP/2 limits, then the layers every call
 /// passes through (outermost first), then the services, each with the same message limits
-/// and compression.
+/// and compression. Connections are served by [`transport::serve`](crate::transport::serve),
+/// which stamps each request in its connection task.
 async fn serve_grpc(
     config: &ServeConfig,
     lab: Lab,
@@ -303,18 +301,23 @@ async fn serve_grpc(
                 .send_compressed(Deflate)
         };
     }
-    let mut builder = TonicServer::builder();
-    if let Some(tls) = &config.tls {
-        builder = builder
-            .tls_config(tls_identity(tls)?)
-            .map_err(ServeError::Tls)?;
-    }
-    builder
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .max_concurrent_streams(Some(config.max_concurrent_streams))
-        .initial_stream_window_size(STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+    let tls = match &config.tls {
+        Some(tls) => Some(tls_acceptor(tls)?),
+        None => None,
+    };
+    let mut routes = tonic::service::Routes::builder();
+    routes
+        .add_service(codec!(health))
+        .add_service(codec!(
+            reflection().build_v1().map_err(ServeError::Reflection)?
+        ))
+        .add_service(codec!(
+            reflection()
+                .build_v1alpha()
+                .map_err(ServeError::Reflection)?
+        ))
+        .add_service(codec!(LabServer::new(lab.clone())));
+    let service = tower::ServiceBuilder::new()
         .layer(TrackLayer::grpc())
         .layer(GrpcContentTypeLayer)
         // The diagnosis engine: inside the content-type check (a refused non-gRPC request is
@@ -326,21 +329,19 @@ async fn serve_grpc(
                 .with_metrics(lab.state().metrics.diagnose.clone()),
         )
         .layer(AbandonLayer::new(abandon))
-        .add_service(codec!(health))
-        .add_service(codec!(
-            reflection().build_v1().map_err(ServeError::Reflection)?
-        ))
-        .add_service(codec!(
-            reflection()
-                .build_v1alpha()
-                .map_err(ServeError::Reflection)?
-        ))
-        .add_service(codec!(LabServer::new(lab)))
-        .serve_with_incoming_shutdown(listener, async move {
-            let _ = drain.await;
-        })
-        .await
-        .map_err(ServeError::Transport)
+        .service(routes.routes().prepare());
+    let settings = Http2Settings {
+        keepalive_interval: KEEPALIVE_INTERVAL,
+        keepalive_timeout: KEEPALIVE_TIMEOUT,
+        max_concurrent_streams: config.max_concurrent_streams,
+        stream_window: STREAM_WINDOW_BYTES,
+        connection_window: CONNECTION_WINDOW_BYTES,
+    };
+    crate::transport::serve::serve(listener, tls, settings, service, async move {
+        let _ = drain.await;
+    })
+    .await;
+    Ok(())
 }
 
 /// Reflection over the Lab and health descriptors (built once as v1, once as v1alpha).
@@ -439,18 +440,16 @@ impl Helpers {
     }
 }
 
-/// Reads the PEM identity named by the configuration.
-fn tls_identity(
-    tls: &crate::config::TlsFiles,
-) -> Result<tonic::transport::ServerTlsConfig, ServeError> {
+/// The TLS acceptor for the PEM identity named by the configuration.
+fn tls_acceptor(tls: &crate::config::TlsFiles) -> Result<tokio_rustls::TlsAcceptor, ServeError> {
     let read = |path: &std::path::Path| {
         std::fs::read(path).map_err(|source| ServeError::TlsFile {
             path: path.to_owned(),
             source,
         })
     };
-    let identity = tonic::transport::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
-    Ok(tonic::transport::ServerTlsConfig::new().identity(identity))
+    crate::transport::serve::tls_acceptor(&read(&tls.cert)?, &read(&tls.key)?)
+        .map_err(ServeError::Tls)
 }
 
 /// Sets the Lab's status (by its type: the name comes from the generated server) and the

@@ -12,6 +12,7 @@ pub mod content_type;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
+pub mod serve;
 pub mod signal;
 pub mod track;
 
