@@ -91,6 +91,15 @@ impl Answer {
                 .is_some_and(|j| j.get("error").is_some_and(Json::is_object))
     }
 
+    /// A 404 that Jaeger's `/api/traces` wrote (`{"errors": [{"code": 404, …}]}`), not a
+    /// server without that route.
+    fn is_ui_not_found(&self) -> bool {
+        self.status == 404
+            && serde_json::from_slice::<Json>(&self.body)
+                .ok()
+                .is_some_and(|j| j.get("errors").is_some_and(Json::is_array))
+    }
+
     fn status_error(&self) -> ExplainError {
         let text = String::from_utf8_lossy(&self.body);
         let mut body: String = text.trim().chars().take(QUOTED_BODY).collect();
@@ -226,7 +235,7 @@ impl Jaeger {
             .await?;
         match answer.status {
             200 => {}
-            404 => return Err(not_found()),
+            404 if answer.is_ui_not_found() => return Err(not_found()),
             _ => return Err(answer.status_error()),
         }
         let traces = ui_json::traces(&answer.json()?)
