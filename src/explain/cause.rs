@@ -59,6 +59,8 @@ pub struct Node {
     pub duration_us: i64,
     /// Its own time on the path (no child on the path ran).
     pub own_us: i64,
+    /// Where that own time lies: `[from, to]` microseconds from the root's start.
+    pub own_segments: Vec<[i64; 2]>,
     pub cause: Cause,
     /// The children on the path of a span that is not diagnosed (a diagnosed span's are in
     /// its parts).
@@ -235,6 +237,11 @@ fn node(trace: &Trace, path: &PathNode, origin: i64, under_diagnosed: bool) -> N
         on_path_us: us(path.on_path_ns()),
         duration_us: us(span.duration_ns()),
         own_us: us(path.own_ns()),
+        own_segments: path
+            .own
+            .iter()
+            .map(|(a, b)| [us(a - origin), us(b - origin)])
+            .collect(),
         cause,
         children,
     }
@@ -446,22 +453,6 @@ pub fn culprits_mut(node: &mut Node) -> Vec<&mut Culprit> {
     }
     for child in &mut node.children {
         out.extend(culprits_mut(child));
-    }
-    out
-}
-
-/// Spans of the explanation in path order (for the waterfall): each node once.
-pub fn nodes(node: &Node) -> Vec<&Node> {
-    let mut out = vec![node];
-    if let Cause::Diagnosed(d) = &node.cause {
-        let mut under: Vec<&Node> = d.parts.iter().flat_map(|p| p.path.iter()).collect();
-        under.sort_by_key(|n| n.start_us);
-        for child in under {
-            out.extend(nodes(child));
-        }
-    }
-    for child in &node.children {
-        out.extend(nodes(child));
     }
     out
 }

@@ -1,12 +1,12 @@
 //! `--html FILE`: one self-contained page (inline CSS and SVG, nothing fetched) with the
 //! headline, a waterfall of the critical path drawn by the experiment report's SVG code
-//! (each span on the path coloured by its cause, its whole extent in grey behind, each
-//! followed culprit's span in purple), the time by cause, and the text tree.
+//! (each span's own time on the path coloured by its cause, its whole extent in grey
+//! behind, each followed culprit's span in purple), the time by cause, and the text tree.
 
 use std::fmt::Write as _;
 
 use super::{
-    cause::{Cause, Explanation, Node, nodes},
+    cause::{Cause, Explanation, Node},
     summary::{Summary, culprits},
     text::{ms, render, render_summary, short_operation},
 };
@@ -42,23 +42,91 @@ fn color(cause: &str) -> &'static str {
     }
 }
 
-const LEGEND: [(&str, &str); 8] = [
-    ("#2ca02c", "own-cpu"),
-    ("#d62728", "runtime-contention"),
-    ("#17becf", "upstream"),
-    ("#ff7f0e", "queue"),
-    ("#1f77b4", "backend"),
-    ("#7f7f7f", "timer"),
-    ("#555", "uninstrumented"),
-    ("#9467bd", "culprit"),
-];
+/// The legend's word for a colour.
+fn meaning(color: &str) -> &'static str {
+    match color {
+        "#2ca02c" => "own-cpu",
+        "#8c564b" => "blocking-call",
+        "#d62728" => "runtime-contention",
+        "#ff7f0e" => "queue",
+        "#1f77b4" => "backend",
+        "#17becf" => "upstream",
+        "#bcbd22" => "offloaded-cpu",
+        "#7f7f7f" => "timer",
+        "#c7c7c7" => "waiting",
+        "#9467bd" => "culprit",
+        _ => "uninstrumented",
+    }
+}
 
-/// The cause a node's bar is coloured by.
-fn main_cause(node: &Node) -> &str {
+/// The cause a node's own time on the path is coloured by: for a diagnosed span, its largest
+/// part that no span under it accounts for; for a stage, its kind; for any other span, the
+/// cause of the diagnosed part it lies under (an upstream's server is `upstream` to its
+/// caller), or "uninstrumented".
+fn own_cause<'a>(node: &'a Node, inherited: Option<&'a str>) -> &'a str {
     match &node.cause {
-        Cause::Diagnosed(d) => d.verdict.as_str(),
+        Cause::Diagnosed(d) => d
+            .parts
+            .iter()
+            .filter(|p| p.path.is_empty())
+            .max_by_key(|p| p.us)
+            .map_or(d.verdict.as_str(), |p| p.cause.as_str()),
         Cause::Stage { stage } => super::cause::stage_cause(stage),
-        Cause::Uninstrumented { .. } => "uninstrumented",
+        Cause::Uninstrumented { .. } => inherited.unwrap_or("uninstrumented"),
+    }
+}
+
+/// A row per node on the path, in time order, each with its whole span in grey and its own
+/// time on the path in the colour of its cause.
+fn rows_of(node: &Node, inherited: Option<&str>, rows: &mut Vec<Row>) {
+    if rows.len() >= MAX_ROWS {
+        return;
+    }
+    let cause = own_cause(node, inherited);
+    let name = format!("{} {}", node.service, short_operation(&node.operation));
+    let mut bars = vec![Bar {
+        from_us: node.span_start_us as f64,
+        to_us: (node.span_start_us + node.duration_us) as f64,
+        color: "#e4e4e4",
+        tip: format!("{name}: the whole span, {}", ms(node.duration_us)),
+    }];
+    for [from, to] in &node.own_segments {
+        bars.push(Bar {
+            from_us: *from as f64,
+            to_us: *to as f64,
+            color: color(cause),
+            tip: format!(
+                "{name}: {} of its own on the critical path, {cause}",
+                ms(to - from)
+            ),
+        });
+    }
+    rows.push(Row {
+        label: label(&name),
+        bars,
+    });
+    match &node.cause {
+        Cause::Diagnosed(d) => {
+            let mut under: Vec<(&Node, &str)> = d
+                .parts
+                .iter()
+                .flat_map(|p| p.path.iter().map(move |n| (n, p.cause.as_str())))
+                .collect();
+            under.sort_by_key(|(n, _)| n.start_us);
+            for (child, cause) in under {
+                rows_of(child, Some(cause), rows);
+            }
+        }
+        Cause::Stage { .. } => {
+            for child in &node.children {
+                rows_of(child, Some(cause), rows);
+            }
+        }
+        Cause::Uninstrumented { .. } => {
+            for child in &node.children {
+                rows_of(child, inherited, rows);
+            }
+        }
     }
 }
 
@@ -76,33 +144,12 @@ fn waterfall(e: &Explanation) -> String {
     let mut rows = Vec::new();
     let mut end = e.root.on_path_us as f64;
     let mut start = 0.0_f64;
-    for node in nodes(&e.root).into_iter().take(MAX_ROWS) {
-        let cause = main_cause(node);
-        let whole = (
-            node.span_start_us as f64,
-            (node.span_start_us + node.duration_us) as f64,
-        );
-        let name = format!("{} {}", node.service, short_operation(&node.operation));
-        rows.push(Row {
-            label: label(&name),
-            bars: vec![
-                Bar {
-                    from_us: whole.0,
-                    to_us: whole.1,
-                    color: "#e4e4e4",
-                    tip: format!("{name}: the whole span, {}", ms(node.duration_us)),
-                },
-                Bar {
-                    from_us: node.start_us as f64,
-                    to_us: (node.start_us + node.on_path_us) as f64,
-                    color: color(cause),
-                    tip: format!(
-                        "{name}: {} on the critical path, {cause}",
-                        ms(node.on_path_us)
-                    ),
-                },
-            ],
-        });
+    rows_of(&e.root, None, &mut rows);
+    for row in &rows {
+        for bar in &row.bars {
+            start = start.min(bar.from_us);
+            end = end.max(bar.to_us);
+        }
     }
     for c in culprits(&e.root)
         .into_iter()
@@ -131,12 +178,20 @@ fn waterfall(e: &Explanation) -> String {
         });
     }
     let title = format!("trace {}: critical path", &e.trace_id);
-    draw(&title, &rows, (start, end.max(1.0)), &LEGEND)
+    let mut legend: Vec<(&str, &str)> = Vec::new();
+    for bar in rows.iter().flat_map(|r| r.bars.iter()) {
+        if bar.color != "#e4e4e4" && !legend.iter().any(|(c, _)| *c == bar.color) {
+            legend.push((bar.color, meaning(bar.color)));
+        }
+    }
+    legend.push(("#bbb", "the whole span"));
+    draw(&title, &rows, (start, end.max(1.0)), &legend)
 }
 
 fn causes_table(rows: &[(String, i64, f64)]) -> String {
     let mut out = String::from("<table><tr><th>cause</th><th>time</th><th>share</th></tr>");
-    for (cause, us, share) in rows {
+    // Causes that round to 0.0 ms say nothing.
+    for (cause, us, share) in rows.iter().filter(|(_, us, _)| *us >= 50) {
         let _ = write!(
             out,
             "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{:.1} %</td></tr>",

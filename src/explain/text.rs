@@ -14,7 +14,8 @@ const HEADLINE_PARTS: usize = 4;
 const HEADLINE_CULPRITS: usize = 2;
 /// Parts smaller than this share of the span stay out of the headline.
 const HEADLINE_MIN_SHARE: f64 = 0.01;
-/// Parts under this many microseconds stay out of the tree (unless they lead somewhere).
+/// Parts under this many microseconds stay out of the tree (unless they name culprits); the
+/// JSON has them all.
 const TREE_MIN_US: i64 = 100;
 
 /// Microseconds as milliseconds for people: `812 ms`, `22 ms`, `4.5 ms`, `0.3 ms`.
@@ -195,7 +196,7 @@ fn tree(out: &mut String, node: &Node, first: &str, rest: &str) {
             let parts: Vec<&Part> = d
                 .parts
                 .iter()
-                .filter(|p| p.us >= TREE_MIN_US || !p.path.is_empty() || !p.culprits.is_empty())
+                .filter(|p| p.us >= TREE_MIN_US || !p.culprits.is_empty())
                 .collect();
             for (i, part) in parts.iter().enumerate() {
                 let last = i + 1 == parts.len();
@@ -230,15 +231,26 @@ fn tree(out: &mut String, node: &Node, first: &str, rest: &str) {
         }
         Cause::Stage { stage } => {
             let _ = writeln!(out, "  {stage} stage");
+            own_time(out, node, rest);
             children(out, node, rest);
         }
         Cause::Uninstrumented { label } => {
             let _ = writeln!(out, "  {label}");
-            if !node.children.is_empty() && node.own_us >= TREE_MIN_US {
-                let _ = writeln!(out, "{rest}│  ({} its own time)", ms(node.own_us));
-            }
+            own_time(out, node, rest);
             children(out, node, rest);
         }
+    }
+}
+
+/// The time a span with children on the path spent outside them: for a client span, what
+/// the server it called does not account for (the network, the client, the caller's runtime).
+fn own_time(out: &mut String, node: &Node, rest: &str) {
+    if !node.children.is_empty() && node.own_us >= TREE_MIN_US {
+        let _ = writeln!(
+            out,
+            "{rest}│  ({} its own time, outside the spans under it)",
+            ms(node.own_us)
+        );
     }
 }
 
@@ -300,7 +312,8 @@ pub fn render_summary(s: &Summary) -> String {
         ms(s.total_us)
     );
     out.push_str("\nlate time by cause:\n");
-    for share in &s.causes {
+    // Causes that round to 0.0 ms say nothing.
+    for share in s.causes.iter().filter(|c| c.us >= 50) {
         let _ = writeln!(
             out,
             "  {:>5.1} %  {:>9}  {}",
