@@ -380,7 +380,8 @@ fn culprits(span: &Span) -> Vec<Culprit> {
             share_us: l
                 .attributes
                 .get("holdup.share_us")
-                .and_then(super::model::Value::as_i64),
+                .and_then(super::model::Value::as_i64)
+                .map(super::model::clamp_micros),
             followed: None,
             note: None,
         })
@@ -548,6 +549,28 @@ mod tests {
         );
         let total: i64 = e.causes.iter().map(|s| s.us).sum();
         assert_eq!(total, 812_000);
+    }
+
+    #[test]
+    fn absurd_attributes_are_clamped_not_overflowed() {
+        let mut trace = upstream_trace();
+        for key in [
+            "holdup.busy_us",
+            "holdup.on_cpu_us",
+            "holdup.cpu_wait_us",
+            "holdup.scheduled_us",
+            "holdup.idle_us",
+            "holdup.total_us",
+        ] {
+            trace.spans[0].attributes.insert(key.into(), int(i64::MAX));
+        }
+        trace.spans[0].links[0]
+            .attributes
+            .insert("holdup.share_us".into(), int(i64::MAX));
+        let e = explain(&trace, 0);
+        assert!(e.causes.iter().all(|s| s.us >= 0));
+        let total: i64 = e.causes.iter().map(|s| s.us).sum();
+        assert!(total <= 812_000, "{total}");
     }
 
     #[test]

@@ -116,14 +116,24 @@ impl Span {
         self.attributes.get(key)
     }
 
-    /// A non-negative whole-number attribute (holdup's `*_us` fields).
+    /// A whole-number attribute in microseconds (holdup's `*_us` fields), clamped to
+    /// `0..=MAX_MICROS` so that sums of them never overflow, whatever a span claims.
     pub fn micros(&self, key: &str) -> Option<i64> {
-        self.attr(key)?.as_i64().map(|v| v.max(0))
+        self.attr(key)?.as_i64().map(clamp_micros)
     }
 
     pub fn text(&self, key: &str) -> Option<String> {
         self.attr(key).map(Value::text).filter(|t| !t.is_empty())
     }
+}
+
+/// The largest duration an attribute is taken to hold: a year, far beyond any request, and
+/// small enough that millions of them add up inside an `i64`.
+pub const MAX_MICROS: i64 = 365 * 86_400 * 1_000_000;
+
+/// `us` within `0..=MAX_MICROS`.
+pub fn clamp_micros(us: i64) -> i64 {
+    us.clamp(0, MAX_MICROS)
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
