@@ -294,26 +294,30 @@ async fn explains_contention_by_its_culprits_and_follows_them_into_their_traces(
     }
     causes_add_up(&e);
 
-    // Many traces, one question: the slowest Fast calls were late because of contention,
-    // blamed on CpuBound.
-    let s = explain_json(&[
-        "--jaeger",
-        &url,
-        "--service",
-        "holdup",
-        "--operation",
-        "holdup.v1.Lab/Fast",
-        "--since",
-        "5m",
-        "--slowest",
-        "5",
-    ])
-    .await;
-    assert_eq!(s["found"], 1, "{s:#}");
-    assert_eq!(s["causes"][0]["cause"], "runtime-contention", "{s:#}");
-    assert!(s["causes"][0]["share"].as_f64().expect("a share") > 0.5);
-    assert_eq!(s["blamed"][0]["culprit"], "CpuBound", "{s:#}");
-    assert_eq!(s["traces"][0]["trace_id"], victim.trace_id.as_str());
+    // Many traces, one question (through each API's search): the slowest Fast calls were
+    // late because of contention, blamed on CpuBound.
+    for api in ["v3", "v1"] {
+        let s = explain_json(&[
+            "--jaeger",
+            &url,
+            "--api",
+            api,
+            "--service",
+            "holdup",
+            "--operation",
+            "holdup.v1.Lab/Fast",
+            "--since",
+            "5m",
+            "--slowest",
+            "5",
+        ])
+        .await;
+        assert_eq!(s["found"], 1, "{s:#}");
+        assert_eq!(s["causes"][0]["cause"], "runtime-contention", "{s:#}");
+        assert!(s["causes"][0]["share"].as_f64().expect("a share") > 0.5);
+        assert_eq!(s["blamed"][0]["culprit"], "CpuBound", "{s:#}");
+        assert_eq!(s["traces"][0]["trace_id"], victim.trace_id.as_str());
+    }
 }
 
 /// A span of a service without holdup ("gateway"), sent to Jaeger over OTLP as a real
