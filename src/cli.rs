@@ -34,6 +34,9 @@ pub enum Command {
     Load(Box<crate::load::args::LoadArgs>),
     /// Run the experiment catalogue: each cause of delay, before and after its fix.
     Experiment(crate::experiment::args::ExperimentArgs),
+    /// Explain a late request from its trace in Jaeger: the critical path and each segment's
+    /// cause (or the slowest traces of an operation, summed by cause).
+    Explain(Box<crate::explain::args::ExplainArgs>),
 }
 
 impl Cli {

@@ -28,12 +28,15 @@
 //!   a `Fast` probe beside the load, text and JSON reports.
 //! - [`experiment`]: the experiment catalogue (`holdup experiment`): each cause before and
 //!   after its fix, as a findings table, JSON and an HTML report with latency plots.
+//! - [`explain`]: `holdup explain`: a late request across services, from its trace in Jaeger:
+//!   the critical path, and the cause of each segment from holdup's span attributes.
 #![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod config;
 pub use holdup_diagnose as diagnose;
 pub mod experiment;
+pub mod explain;
 pub mod http_server;
 pub mod lab;
 pub mod load;

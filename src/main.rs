@@ -39,6 +39,7 @@ fn main() -> ExitCode {
         Command::Upstream(args) => upstream(&args),
         Command::Load(args) => load(&args),
         Command::Experiment(args) => experiment(&args),
+        Command::Explain(args) => explain(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -236,5 +237,26 @@ fn experiment(args: &holdup::experiment::args::ExperimentArgs) -> Result<(), Fai
     } else {
         print!("{}", report::markdown(&report));
     }
+    Ok(())
+}
+
+fn explain(args: &holdup::explain::args::ExplainArgs) -> Result<(), Failure> {
+    let config = args.validate().map_err(usage)?;
+    // A few HTTP requests to Jaeger: one thread is plenty.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let outcome = runtime
+        .block_on(holdup::explain::run(&config))
+        .map_err(anyhow::Error::from)?;
+    let (stdout, page) =
+        holdup::explain::render(&config, &outcome).context("encoding the explanation")?;
+    if let (Some(path), Some(page)) = (&config.html, page) {
+        std::fs::write(path, page)
+            .with_context(|| format!("writing the HTML page to {}", path.display()))?;
+        eprintln!("waterfall written to {}", path.display());
+    }
+    print!("{stdout}");
     Ok(())
 }

@@ -29,8 +29,8 @@ tools=${HOLDUP_TOOLS_DIR:-$PWD/target/tools}
 # which answer a test's few calls: compiled with -gcflags=all=-N -l (no optimisation, no
 # inlining), which costs about 30 % less CPU to build (grpcurl: 122 against 174 CPU-seconds).
 GO_TOOLS=(
-    # v1.76.0 of the module is the Jaeger 2.13.0 release (v1 and v2 share the repository).
-    "jaeger|github.com/jaegertracing/jaeger|cmd/jaeger|v1.76.0|h1:sWCOOF1dr+NL0PLil7mFo3BqqQL8k4WiM7aguFbc14g=|github.com/jaegertracing/jaeger/internal/version.latestVersion=v2.13.0|no"
+    # v1.75.0 of the module is the Jaeger 2.12.0 release (v1 and v2 share the repository).
+    "jaeger|github.com/jaegertracing/jaeger|cmd/jaeger|v1.75.0|h1:OWj6uKRJ8QaH+AVypRwqINGi3Q/WOchbEfp53FJK0Xk=|github.com/jaegertracing/jaeger/internal/version.latestVersion=v2.12.0|no"
     "grpcurl|github.com/fullstorydev/grpcurl|cmd/grpcurl|v1.9.4|h1:7bC3tlRwS7dPyfhBo0Xmigns8hWH/K4fg9NrafpY57k=|main.version=v1.9.4|no"
     "ghz|github.com/bojand/ghz|cmd/ghz|v0.121.0|h1:CmXNDxDChmTI8eq6cs6ob3N+OUQIXeLQPCaKsw4oXXg=|main.version=v0.121.0|yes"
     "grpc-health-probe|github.com/grpc-ecosystem/grpc-health-probe|.|v0.4.62|h1:aTsuyg+EuPZ5xElFjFtxq4VPB0b6Ms3WPhN2iAhvGj8=|main.versionTag=v0.4.62|no"

@@ -1,6 +1,7 @@
 //! The timeline of one request as a waterfall, the way Jaeger draws a trace: the request's own
 //! row (its polls, its waits for a worker, its parked stretches with the stage they were in),
-//! then one row per culprit with the polls that held the workers while it waited.
+//! then one row per culprit with the polls that held the workers while it waited. [`draw`]
+//! draws any such rows; `holdup explain` draws a trace's critical path with it.
 
 use std::fmt::Write as _;
 
@@ -26,14 +27,28 @@ fn color(kind: &str) -> &'static str {
     }
 }
 
+/// One row of a waterfall: a label on the left, bars along the time axis.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub label: String,
+    pub bars: Vec<Bar>,
+}
+
+/// One stretch of time on a row; `tip` shows on hover.
+#[derive(Debug, Clone)]
+pub struct Bar {
+    pub from_us: f64,
+    pub to_us: f64,
+    pub color: &'static str,
+    pub tip: String,
+}
+
 /// The waterfall of `request`, or a note if it carried no timeline.
 pub fn waterfall(title: &str, request: &SlowestRequest) -> String {
     if request.stretches.is_empty() {
         return "<p class=\"meta\">No timeline was recorded.</p>".to_owned();
     }
     let culprits = &request.culprits[..request.culprits.len().min(MAX_CULPRIT_ROWS)];
-    let rows = 1 + culprits.len();
-    let height = TOP + ROW * rows as f64 + BOTTOM;
     let end_us = request
         .stretches
         .iter()
@@ -49,6 +64,67 @@ pub fn waterfall(title: &str, request: &SlowestRequest) -> String {
         .min()
         .unwrap_or(0)
         .min(0) as f64;
+    let mut rows = vec![Row {
+        label: format!("this request ({})", request.verdict),
+        bars: request
+            .stretches
+            .iter()
+            .map(|stretch| {
+                let tip = match stretch.kind.as_str() {
+                    "idle" if !stretch.stage.is_empty() => format!("idle in {}", stretch.stage),
+                    "poll" => format!("poll, {} us on CPU", stretch.on_cpu_us),
+                    kind => kind.to_owned(),
+                };
+                Bar {
+                    from_us: stretch.from_us as f64,
+                    to_us: stretch.to_us as f64,
+                    color: color(&stretch.kind),
+                    tip: format!("{tip}: {}..{} us", stretch.from_us, stretch.to_us),
+                }
+            })
+            .collect(),
+    }];
+    for culprit in culprits {
+        rows.push(Row {
+            label: format!("{} ({:.1} ms)", culprit.name, culprit.share_us as f64 / 1e3),
+            bars: culprit
+                .polls
+                .iter()
+                .map(|&(from, to)| Bar {
+                    from_us: from as f64,
+                    to_us: to as f64,
+                    color: "#9467bd",
+                    tip: format!("held a worker: {from}..{to} us"),
+                })
+                .collect(),
+        });
+    }
+    let mut out = draw(
+        title,
+        &rows,
+        (start_us, end_us),
+        &[
+            ("#2ca02c", "polled"),
+            ("#d62728", "ready, waiting for a worker"),
+            ("#999", "parked"),
+            ("#9467bd", "a culprit's poll during the wait"),
+        ],
+    );
+    if request.culprits.len() > MAX_CULPRIT_ROWS {
+        let _ = write!(
+            out,
+            "<p class=\"meta\">and {} more culprits</p>",
+            request.culprits.len() - MAX_CULPRIT_ROWS
+        );
+    }
+    out
+}
+
+/// Draws `rows` over the time `range` (microseconds), the way Jaeger draws a trace, with a
+/// legend of `(color, meaning)` under the axis.
+pub fn draw(title: &str, rows: &[Row], range: (f64, f64), legend: &[(&str, &str)]) -> String {
+    let (start_us, end_us) = range;
+    let height = TOP + ROW * rows.len() as f64 + BOTTOM;
     let span = (end_us - start_us).max(1.0);
     let plot_w = WIDTH - LEFT - RIGHT;
     let x = |us: f64| LEFT + (us - start_us) / span * plot_w;
@@ -61,76 +137,45 @@ pub fn waterfall(title: &str, request: &SlowestRequest) -> String {
         t = escape(title)
     );
     let row_y = |row: usize| TOP + ROW * row as f64;
-    let label = |out: &mut String, row: usize, text: &str| {
+    for (i, row) in rows.iter().enumerate() {
         let _ = write!(
             out,
             "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>",
             LEFT - 6.0,
-            row_y(row) + BAR - 3.0,
-            escape(text)
+            row_y(i) + BAR - 3.0,
+            escape(&row.label)
         );
-    };
-    label(&mut out, 0, &format!("this request ({})", request.verdict));
-    for stretch in &request.stretches {
-        let (x0, x1) = (x(stretch.from_us as f64), x(stretch.to_us as f64));
-        let tip = match stretch.kind.as_str() {
-            "idle" if !stretch.stage.is_empty() => format!("idle in {}", stretch.stage),
-            "poll" => format!("poll, {} us on CPU", stretch.on_cpu_us),
-            kind => kind.to_owned(),
-        };
-        let _ = write!(
-            out,
-            "<rect x=\"{x0:.1}\" y=\"{y:.1}\" width=\"{w:.1}\" height=\"{BAR}\" fill=\"{c}\">\
-             <title>{tip}: {from}..{to} us</title></rect>",
-            y = row_y(0),
-            w = (x1 - x0).max(1.0),
-            c = color(&stretch.kind),
-            tip = escape(&tip),
-            from = stretch.from_us,
-            to = stretch.to_us,
-        );
-    }
-    for (i, culprit) in culprits.iter().enumerate() {
-        let row = i + 1;
-        label(
-            &mut out,
-            row,
-            &format!("{} ({:.1} ms)", culprit.name, culprit.share_us as f64 / 1e3),
-        );
-        for &(from, to) in &culprit.polls {
-            let (x0, x1) = (x(from as f64), x(to as f64));
+        for bar in &row.bars {
+            let (x0, x1) = (x(bar.from_us), x(bar.to_us));
             let _ = write!(
                 out,
-                "<rect x=\"{x0:.1}\" y=\"{y:.1}\" width=\"{w:.1}\" height=\"{BAR}\" fill=\"#9467bd\">\
-                 <title>held a worker: {from}..{to} us</title></rect>",
-                y = row_y(row),
+                "<rect x=\"{x0:.1}\" y=\"{y:.1}\" width=\"{w:.1}\" height=\"{BAR}\" fill=\"{c}\">\
+                 <title>{tip}</title></rect>",
+                y = row_y(i),
                 w = (x1 - x0).max(1.0),
+                c = bar.color,
+                tip = escape(&bar.tip),
             );
         }
     }
-    let axis_y = row_y(rows) + 4.0;
+    let axis_y = row_y(rows.len()) + 4.0;
+    let legend: Vec<String> = legend
+        .iter()
+        .map(|(color, text)| format!("<tspan fill=\"{color}\">■ {}</tspan>", escape(text)))
+        .collect();
     let _ = write!(
         out,
         "<line x1=\"{LEFT}\" y1=\"{axis_y}\" x2=\"{r}\" y2=\"{axis_y}\" stroke=\"#999\"/>\
          <text x=\"{LEFT}\" y=\"{ty}\">{a:.1} ms</text>\
          <text x=\"{r}\" y=\"{ty}\" text-anchor=\"end\">{b:.1} ms</text>\
-         <text x=\"{LEFT}\" y=\"{ly}\"><tspan fill=\"#2ca02c\">■ polled</tspan> \
-         <tspan fill=\"#d62728\">■ ready, waiting for a worker</tspan> \
-         <tspan fill=\"#999\">■ parked</tspan> \
-         <tspan fill=\"#9467bd\">■ a culprit's poll during the wait</tspan></text></svg>",
+         <text x=\"{LEFT}\" y=\"{ly}\">{legend}</text></svg>",
         r = WIDTH - RIGHT,
         ty = axis_y + 14.0,
         ly = axis_y + 32.0,
         a = start_us / 1e3,
         b = end_us / 1e3,
+        legend = legend.join(" "),
     );
-    if request.culprits.len() > MAX_CULPRIT_ROWS {
-        let _ = write!(
-            out,
-            "<p class=\"meta\">and {} more culprits</p>",
-            request.culprits.len() - MAX_CULPRIT_ROWS
-        );
-    }
     out
 }
 

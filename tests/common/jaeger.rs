@@ -1,4 +1,4 @@
-//! A real Jaeger v2 (the `jaeger` that `tests/tools.sh` builds, 2.13.0) on loopback ports of
+//! A real Jaeger v2 (the `jaeger` that `tests/tools.sh` builds, 2.12.0) on loopback ports of
 //! the test's own (config: `tests/jaeger.yaml`), and a client for the query APIs a user's
 //! tools read: `/api/traces/{id}` (the JSON of Jaeger's UI and of Grafana's Jaeger data
 //! source), `/api/v3/traces/{id}` (OTLP JSON) and `/api/services`.

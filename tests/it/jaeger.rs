@@ -17,10 +17,11 @@ use holdup::proto::{
 };
 use tonic::{Code, Request, Status};
 
-/// Jaeger, the upstream simulator and holdup serve, wired as in deploy/.
-struct Stack {
-    jaeger: Jaeger,
-    serve: SocketAddr,
+/// Jaeger, the upstream simulator and holdup serve, wired as in deploy/ (also the stack of
+/// `holdup explain`'s tests).
+pub(crate) struct Stack {
+    pub(crate) jaeger: Jaeger,
+    pub(crate) serve: SocketAddr,
     _processes: [KillOnDrop; 2],
     /// Starting three processes loads the machine for a moment: not while another test
     /// measures latency.
@@ -30,7 +31,7 @@ struct Stack {
 impl Stack {
     /// `None` when Jaeger is not installed (outside CI). `serve_args` come after
     /// [`process::serve`]'s defaults and the separate upstream's URL.
-    async fn start(serve_args: &[&str]) -> Option<Self> {
+    pub(crate) async fn start(serve_args: &[&str]) -> Option<Self> {
         let serial = crate::common::serial().await;
         let jaeger = Jaeger::start().await?;
         let endpoint = jaeger.otlp_endpoint();
@@ -66,7 +67,7 @@ impl Stack {
 impl Stack {
     /// Sends `request` as a caller with a trace of its own would (a fresh W3C `traceparent`);
     /// returns the caller's trace id and span id, and the outcome.
-    async fn upstream_call(
+    pub(crate) async fn upstream_call(
         &self,
         request: UpstreamCallRequest,
     ) -> (String, String, Result<UpstreamCallReply, Status>) {

@@ -14,6 +14,7 @@ mod console_budget;
 mod console_tui;
 mod contention;
 mod experiment;
+mod explain;
 mod exposed;
 mod greeter;
 mod jaeger;
