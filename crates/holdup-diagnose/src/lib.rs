@@ -66,6 +66,7 @@
 //!
 //! None is on by default, and the crate turns on no feature of tokio or tonic.
 
+pub mod arrival;
 mod blame;
 mod clock;
 mod diagnosis;
