@@ -2,12 +2,37 @@
 //!
 //! A request can wait before any code of the server reads it: every worker busy, or only the
 //! one whose queue holds its connection's task. A tower layer starts its clock only when the
-//! request's own task is first polled, so that wait is invisible to it. [`Arrival`] is what a
-//! connection-level service puts into each request's extensions so that the engine can count
-//! that wait, and say which clock it counted from.
+//! request's own task is first polled, so that wait is invisible to it. This module measures
+//! it: the kernel stamps each received segment (`SO_TIMESTAMPING`, else `SO_TIMESTAMPNS`), the
+//! connection reads with `recvmsg` and keeps the stamp of the newest bytes, and a hyper service
+//! that runs in the connection task puts an [`Arrival`] into each request's
+//! extensions before the tower stack runs. Everything from the arrival to the request's first
+//! poll is time the request was ready and not served.
+//!
+//! The parts, smallest first:
+//!
+//! - [`Arrival`] (always): what a request carries, in the engine's clock.
+//! - feature `arrival`: [`enable`] turns the timestamps on at bind; [`TimestampedStream`] reads
+//!   with them and keeps the latest in its [`ReadMarks`].
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "arrival")]
+mod enable;
+#[cfg(feature = "arrival")]
+mod marks;
+#[cfg(all(feature = "arrival", target_os = "linux"))]
+mod realtime;
 mod record;
+#[cfg(feature = "arrival")]
+mod stream;
+#[cfg(all(feature = "arrival", target_os = "linux"))]
+mod timestamps;
 
+#[cfg(feature = "arrival")]
+pub use enable::{Support, enable};
+#[cfg(feature = "arrival")]
+pub use marks::{ReadMarks, ReadSnapshot};
 pub use record::{Arrival, SocketWait, Source};
+#[cfg(feature = "arrival")]
+pub use stream::TimestampedStream;
