@@ -66,8 +66,10 @@
 //! - `arrival`: kernel receive timestamps ([`arrival::enable`], [`arrival::TimestampedStream`]),
 //!   so a request's wait counts from when its bytes reached the machine (turns on tokio's
 //!   `net`; uses nix on Linux).
+//! - `serve`: [`arrival::serve`] and [`arrival::Stamp`], a hyper server that stamps each
+//!   request in its connection task (adds hyper and hyper-util).
 //!
-//! None is on by default, and without `arrival` the crate turns on no feature of
+//! None is on by default, and without `arrival` or `serve` the crate turns on no feature of
 //! tokio or tonic.
 
 pub mod arrival;

@@ -1,5 +1,7 @@
 //! Kernel-stamped arrivals on real sockets: the timestamps are on (a test that fails if they
-//! are silently off on Linux), and the stamp sees a wait the reader could not.
+//! are silently off on Linux), the stamp sees a wait the reader could not, and through
+//! `arrival::serve` a tonic service and an axum router get an `Arrival` in each request,
+//! never later than the request's first poll.
 
 #![cfg(feature = "arrival")]
 
@@ -162,5 +164,177 @@ async fn cost_of_a_stamped_read_against_a_plain_one() {
             "read of 64 B, median (p10): plain read {plain_median:?} ({plain_p10:?}), \
              recvmsg with stamp {stamped_median:?} ({stamped_p10:?})"
         );
+    }
+}
+
+#[cfg(feature = "serve")]
+mod serve {
+    use std::{
+        net::SocketAddr,
+        sync::{Arc, Mutex},
+        task::{Context, Poll},
+    };
+
+    use holdup_diagnose::arrival::Source;
+    use http::Request;
+    use tonic::transport::Channel;
+    use tonic_health::{
+        ServingStatus,
+        pb::{HealthCheckRequest, health_client::HealthClient},
+    };
+
+    use super::*;
+
+    /// What the probe saw of one request: its arrival and when it was first polled.
+    type Seen = Arc<Mutex<Vec<(Option<Arrival>, Instant)>>>;
+
+    /// A tower service in front of the real one that notes each request's `Arrival` at its
+    /// first poll (tower's `call` runs inside the first poll of hyper's request future).
+    #[derive(Clone)]
+    struct Probe<S> {
+        inner: S,
+        seen: Seen,
+    }
+
+    impl<S, B> tower_service::Service<Request<B>> for Probe<S>
+    where
+        S: tower_service::Service<Request<B>>,
+    {
+        type Response = S::Response;
+        type Error = S::Error;
+        type Future = S::Future;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            self.inner.poll_ready(cx)
+        }
+
+        fn call(&mut self, request: Request<B>) -> Self::Future {
+            let first_poll = Instant::now();
+            let arrival = request.extensions().get::<Arrival>().copied();
+            self.seen.lock().unwrap().push((arrival, first_poll));
+            self.inner.call(request)
+        }
+    }
+
+    #[track_caller]
+    fn assert_stamped_before_first_poll(seen: &Seen, expected: usize) {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), expected, "{seen:?}");
+        for (arrival, first_poll) in seen.iter() {
+            let arrival = arrival.expect("every request carries an Arrival");
+            let (at, source) = arrival.instant();
+            if cfg!(target_os = "linux") {
+                assert_eq!(source, Source::Kernel, "{arrival:?}");
+                assert!(arrival.kernel.is_some());
+            }
+            assert!(at <= *first_poll, "arrival after first poll: {arrival:?}");
+            assert!(
+                Arrival::instant_of(arrival.stamped_at) <= *first_poll,
+                "stamped after first poll: {arrival:?}"
+            );
+            assert!(arrival.read_at <= arrival.stamped_at, "{arrival:?}");
+        }
+    }
+
+    async fn spawn_serve<S, B>(
+        service: S,
+    ) -> (
+        SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    )
+    where
+        S: tower_service::Service<
+                Request<hyper::body::Incoming>,
+                Response = http::Response<B>,
+                Error = std::convert::Infallible,
+            > + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(arrival::serve(listener, service, stopped));
+        (addr, stop, server)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tonic_service_gets_kernel_arrivals_and_drains_on_shutdown() {
+        // Keeps the kernel's stamping on from before the first request.
+        let _stamping = connected().await;
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("", ServingStatus::Serving)
+            .await;
+        let seen = Seen::default();
+        let probe = Probe {
+            inner: tonic::service::Routes::new(health),
+            seen: Arc::clone(&seen),
+        };
+        let (addr, stop, server) = spawn_serve(probe).await;
+
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = HealthClient::new(channel);
+        for _ in 0..3 {
+            let reply = client
+                .check(HealthCheckRequest::default())
+                .await
+                .expect("Check answers over h2c");
+            assert_eq!(reply.into_inner().status, ServingStatus::Serving as i32);
+        }
+        assert_stamped_before_first_poll(&seen, 3);
+
+        stop.send(()).unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("serve returns once its connections drain, the client still open");
+        ended.unwrap().unwrap();
+        drop(client);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_axum_router_over_http1_gets_them_too() {
+        async fn arrival_source(request: axum::extract::Request) -> String {
+            match request.extensions().get::<Arrival>() {
+                Some(arrival) => arrival.arrival().1.as_str().to_owned(),
+                None => "none".to_owned(),
+            }
+        }
+        let _stamping = connected().await;
+        let seen = Seen::default();
+        let probe = Probe {
+            inner: axum::Router::new().route("/", axum::routing::get(arrival_source)),
+            seen: Arc::clone(&seen),
+        };
+        let (addr, stop, server) = spawn_serve(probe).await;
+
+        let body = reqwest::get(format!("http://{addr}/"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let expected = if cfg!(target_os = "linux") {
+            "kernel"
+        } else {
+            "connection-task"
+        };
+        assert_eq!(body, expected);
+        assert_stamped_before_first_poll(&seen, 1);
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
     }
 }

@@ -5,7 +5,7 @@
 //! request's own task is first polled, so that wait is invisible to it. This module measures
 //! it: the kernel stamps each received segment (`SO_TIMESTAMPING`, else `SO_TIMESTAMPNS`), the
 //! connection reads with `recvmsg` and keeps the stamp of the newest bytes, and a hyper service
-//! that runs in the connection task puts an [`Arrival`] into each request's
+//! that runs in the connection task ([`Stamp`]) puts an [`Arrival`] into each request's
 //! extensions before the tower stack runs. Everything from the arrival to the request's first
 //! poll is time the request was ready and not served.
 //!
@@ -14,6 +14,18 @@
 //! - [`Arrival`] (always): what a request carries, in the engine's clock.
 //! - feature `arrival`: [`enable`] turns the timestamps on at bind; [`TimestampedStream`] reads
 //!   with them and keeps the latest in its [`ReadMarks`].
+//! - feature `serve`: [`Stamp`], the hyper service that stamps; [`serve`](fn@serve), a whole
+//!   accept loop for a tonic `Routes` or an axum `Router`.
+//!
+//! ```no_run
+//! # #[cfg(feature = "serve")]
+//! # async fn run() -> std::io::Result<()> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:50051").await?;
+//! let (_, health) = tonic_health::server::health_reporter();
+//! let routes = tonic::service::Routes::new(health);
+//! holdup_diagnose::arrival::serve(listener, routes, std::future::pending::<()>()).await
+//! # }
+//! ```
 
 #![forbid(unsafe_code)]
 
@@ -24,6 +36,10 @@ mod marks;
 #[cfg(all(feature = "arrival", target_os = "linux"))]
 mod realtime;
 mod record;
+#[cfg(feature = "serve")]
+mod serve;
+#[cfg(feature = "serve")]
+mod stamp;
 #[cfg(feature = "arrival")]
 mod stream;
 #[cfg(all(feature = "arrival", target_os = "linux"))]
@@ -34,5 +50,9 @@ pub use enable::{Support, enable};
 #[cfg(feature = "arrival")]
 pub use marks::{ReadMarks, ReadSnapshot};
 pub use record::{Arrival, SocketWait, Source};
+#[cfg(feature = "serve")]
+pub use serve::serve;
+#[cfg(feature = "serve")]
+pub use stamp::Stamp;
 #[cfg(feature = "arrival")]
 pub use stream::TimestampedStream;
