@@ -2,12 +2,17 @@
 //!
 //! The kernel stamps packets for the whole system only once some socket asks for it, and it
 //! switches that on through a deferred static key: packets received before the switch lands
-//! carry no stamp. Asking on the listener, before the first accept, is early enough, and the
-//! accepted sockets inherit the option.
+//! carry no stamp. Asking on the listener, right after bind, is early enough, and the sockets
+//! it accepts inherit the option, except those whose handshake the kernel completed before
+//! the option was set (a client that connected between `listen` and [`enable`]). For those,
+//! and for sockets from a listener someone else set up, [`enable_stream`] sets it on the
+//! accepted socket: its bytes received since the system-wide switch came on are stamped too,
+//! since the kernel stamps packets on arrival and the socket's option only decides whether
+//! `recvmsg` reports the stamp.
 
 use std::io;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 /// Which receive timestamps a listener's connections get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -40,16 +45,27 @@ impl Support {
 /// The I/O error of a `setsockopt` that failed for a reason other than refusing the option
 /// (not a socket, a closed descriptor).
 pub fn enable(listener: &TcpListener) -> io::Result<Support> {
-    // The engine's epoch must precede every stamp it converts.
-    let now = crate::clock::now_ns();
-    #[cfg(target_os = "linux")]
-    {
-        super::realtime::offset(now);
-        super::timestamps::enable(listener)
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = (listener, now);
-        Ok(Support::Off)
-    }
+    enable_on(listener)
+}
+
+/// Turns on software receive timestamps on one accepted socket, as [`enable`] does on a
+/// listener: for a socket accepted before its listener's [`enable`], or from a listener
+/// someone else bound. One `setsockopt` per connection.
+///
+/// # Errors
+/// As [`enable`].
+pub fn enable_stream(stream: &TcpStream) -> io::Result<Support> {
+    enable_on(stream)
+}
+
+#[cfg(target_os = "linux")]
+fn enable_on(socket: &impl std::os::fd::AsFd) -> io::Result<Support> {
+    // The engine's epoch, and the realtime pair, must precede every stamp they convert.
+    super::realtime::offset(crate::clock::now_ns());
+    super::timestamps::enable(socket)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn enable_on<T>(_socket: &T) -> io::Result<Support> {
+    Ok(Support::Off)
 }

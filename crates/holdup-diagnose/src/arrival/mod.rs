@@ -46,7 +46,7 @@ mod stream;
 mod timestamps;
 
 #[cfg(feature = "arrival")]
-pub use enable::{Support, enable};
+pub use enable::{Support, enable, enable_stream};
 #[cfg(feature = "arrival")]
 pub use marks::{ReadMarks, ReadSnapshot};
 pub use record::{Arrival, SocketWait, Source};

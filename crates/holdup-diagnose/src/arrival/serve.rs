@@ -16,7 +16,7 @@ use hyper_util::{
 };
 use tokio::{net::TcpListener, task::JoinSet};
 
-use super::{Stamp, TimestampedStream, enable};
+use super::{Stamp, TimestampedStream, enable, enable_stream};
 
 /// How long the loop pauses after an accept error that is not one connection's (descriptors
 /// exhausted): retrying at once would spin a worker on the same error.
@@ -30,7 +30,8 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 /// a timeout for a bounded grace.
 ///
 /// Turns receive timestamps on first ([`enable`]); where they cannot be, it warns once and
-/// requests carry the connection task's stamp. Each accepted socket gets `TCP_NODELAY`.
+/// requests carry the connection task's stamp. Each accepted socket gets `TCP_NODELAY` and
+/// the timestamps again ([`enable_stream`]: a client may have connected before `enable`).
 ///
 /// # Errors
 /// The I/O error of [`enable`] other than a refusal of the option.
@@ -78,6 +79,13 @@ where
         };
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY refused");
+        }
+        // A client whose handshake completed before `enable` above has a socket without
+        // the option: set it on every accepted socket, one system call per connection.
+        if support.is_on()
+            && let Err(e) = enable_stream(&stream)
+        {
+            tracing::debug!(error = %e, "receive timestamps refused on an accepted socket");
         }
         let stream = TimestampedStream::new(stream);
         let stamped = Stamp::new(service.clone(), std::sync::Arc::clone(stream.marks()));

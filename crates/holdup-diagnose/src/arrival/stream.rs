@@ -26,8 +26,10 @@ use crate::clock;
 /// unfilled part is zeroed before each read: this caps that cost at a few microseconds.
 pub(crate) const MAX_READ: usize = 64 * 1024;
 
-/// A [`TcpStream`] whose reads keep the kernel's receive timestamp (on a socket from a listener
-/// passed to [`enable`](super::enable)) in a [`ReadMarks`] other tasks can read.
+/// A [`TcpStream`] whose reads keep the kernel's receive timestamp in a [`ReadMarks`] other
+/// tasks can read: on a socket from a listener passed to [`enable`](super::enable), or passed
+/// to [`enable_stream`](super::enable_stream) itself. On any other socket the reads are
+/// marked without a stamp.
 #[derive(Debug)]
 pub struct TimestampedStream {
     inner: TcpStream,
