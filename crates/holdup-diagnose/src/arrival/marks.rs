@@ -1,0 +1,174 @@
+//! The marks a connection's reads leave, in a cell other tasks can read: the kernel stamp of
+//! the newest bytes of the latest read, when that read ran, and when the socket was last
+//! found empty. The reading stream writes them; the service that stamps requests, and anyone
+//! holding the cell (a watchdog, the engine), reads them.
+//!
+//! Atomics under a sequence counter (a seqlock): one writer (the connection task), readers
+//! anywhere, and a reader never sees half of one read's marks with half of another's.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::Arrival;
+use crate::clock;
+
+/// A connection's latest read marks, shared between its stream and whoever reads them.
+/// Engine nanoseconds; 0 stands for "none yet".
+#[derive(Debug, Default)]
+pub struct ReadMarks {
+    /// Odd while a write is under way; readers retry across a change.
+    seq: AtomicU64,
+    /// The kernel stamp of the newest bytes of the latest read that returned bytes.
+    kernel: AtomicU64,
+    /// When that read ran.
+    read_at: AtomicU64,
+    /// The last drain before that read: its bytes came after it.
+    drained_before: AtomicU64,
+    /// The latest drain (a read that found the socket empty).
+    drained_at: AtomicU64,
+}
+
+/// One consistent reading of a [`ReadMarks`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReadSnapshot {
+    /// The kernel stamp of the newest bytes of the latest read, in engine time.
+    pub kernel: Option<u64>,
+    /// When the latest read that returned bytes ran.
+    pub read_at: Option<u64>,
+    /// The last drain before that read.
+    pub drained_before: Option<u64>,
+    /// The latest drain.
+    pub drained_at: Option<u64>,
+}
+
+/// How many times a reader retries a snapshot that a write overlapped before it settles for
+/// the marks as they are. The writer writes four words; past [`SPIN_RETRIES`] the reader
+/// yields its thread, so a writer preempted mid-write gets to finish. A reader that still
+/// loses this often would rather have a torn snapshot than hang.
+const MAX_RETRIES: usize = 1024;
+/// Retries that spin before the reader starts yielding.
+const SPIN_RETRIES: usize = 16;
+
+fn some(ns: u64) -> Option<u64> {
+    (ns != 0).then_some(ns)
+}
+
+impl ReadMarks {
+    /// A cell with no read yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn write(&self, f: impl FnOnce(&Self)) {
+        let seq = self.seq.load(Ordering::Relaxed);
+        self.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::Release);
+        f(self);
+        self.seq.store(seq.wrapping_add(2), Ordering::Release);
+    }
+
+    /// Records a read that returned bytes at `read_at`, with the kernel's stamp of the newest
+    /// of them (already in engine time) if there was one.
+    pub(crate) fn record_read(&self, kernel: Option<u64>, read_at: u64) {
+        self.write(|m| {
+            let drained = m.drained_at.load(Ordering::Relaxed);
+            m.drained_before.store(drained, Ordering::Relaxed);
+            m.kernel.store(kernel.unwrap_or(0), Ordering::Relaxed);
+            m.read_at.store(read_at, Ordering::Relaxed);
+        });
+    }
+
+    /// Records that a read at `at` found the socket empty.
+    pub(crate) fn record_drain(&self, at: u64) {
+        self.write(|m| m.drained_at.store(at, Ordering::Relaxed));
+    }
+
+    /// The marks as they are now.
+    pub fn snapshot(&self) -> ReadSnapshot {
+        let mut snapshot = ReadSnapshot::default();
+        for attempt in 0..MAX_RETRIES {
+            let before = self.seq.load(Ordering::Acquire);
+            snapshot = ReadSnapshot {
+                kernel: some(self.kernel.load(Ordering::Relaxed)),
+                read_at: some(self.read_at.load(Ordering::Relaxed)),
+                drained_before: some(self.drained_before.load(Ordering::Relaxed)),
+                drained_at: some(self.drained_at.load(Ordering::Relaxed)),
+            };
+            std::sync::atomic::fence(Ordering::Acquire);
+            if before.is_multiple_of(2) && self.seq.load(Ordering::Relaxed) == before {
+                break;
+            }
+            if attempt < SPIN_RETRIES {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        snapshot
+    }
+
+    /// The [`Arrival`] of a request handed on now, by the connection that left these marks:
+    /// what a connection-level service inserts into the request's extensions.
+    pub fn arrival_now(&self) -> Arrival {
+        let stamped_at = clock::now_ns();
+        let marks = self.snapshot();
+        Arrival {
+            kernel: marks.kernel,
+            read_at: marks.read_at.unwrap_or(stamped_at),
+            drained_at: marks.drained_before,
+            stamped_at,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_keeps_the_drain_before_it_not_the_one_after() {
+        let marks = ReadMarks::new();
+        marks.record_drain(10);
+        marks.record_read(Some(15), 20);
+        marks.record_drain(25);
+        assert_eq!(
+            marks.snapshot(),
+            ReadSnapshot {
+                kernel: Some(15),
+                read_at: Some(20),
+                drained_before: Some(10),
+                drained_at: Some(25),
+            }
+        );
+        let arrival = marks.arrival_now();
+        assert_eq!(arrival.drained_at, Some(10));
+        assert_eq!(arrival.kernel, Some(15));
+        assert_eq!(arrival.read_at, 20);
+    }
+
+    #[test]
+    fn a_read_without_a_stamp_forgets_the_previous_stamp() {
+        let marks = ReadMarks::new();
+        marks.record_read(Some(15), 20);
+        marks.record_read(None, 30);
+        assert_eq!(marks.snapshot().kernel, None);
+        assert_eq!(marks.snapshot().drained_before, None);
+    }
+
+    #[test]
+    fn snapshots_from_another_thread_are_never_torn() {
+        let marks = std::sync::Arc::new(ReadMarks::new());
+        let writer = {
+            let marks = std::sync::Arc::clone(&marks);
+            std::thread::spawn(move || {
+                for i in 1..200_000u64 {
+                    marks.record_read(Some(i), i);
+                }
+            })
+        };
+        while !writer.is_finished() {
+            let s = marks.snapshot();
+            assert_eq!(s.kernel, s.read_at, "torn snapshot {s:?}");
+        }
+        writer.join().expect("the writer does not panic");
+    }
+}

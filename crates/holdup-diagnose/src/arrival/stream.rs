@@ -1,0 +1,163 @@
+//! A TCP stream whose reads keep the kernel's receive stamp.
+//!
+//! Reads go through `recvmsg` with a control buffer instead of `read`, driven the way tokio
+//! drives its own reads (`poll_read_ready`, then a non-blocking call under `try_io`, which
+//! clears readiness on `WouldBlock`). Each read leaves its marks in the stream's
+//! [`ReadMarks`]: the stamp of the newest bytes (in engine time), when the read ran, and when
+//! a read found the socket empty. Writes go straight to the inner stream.
+
+use std::{
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
+
+use super::ReadMarks;
+use crate::clock;
+
+/// The most one read asks for. A reader that offers more (hyper's read strategy grows to
+/// hundreds of KiB) gets a shorter read, because `recvmsg` needs initialised memory and the
+/// unfilled part is zeroed before each read: this caps that cost at a few microseconds.
+pub(crate) const MAX_READ: usize = 64 * 1024;
+
+/// A [`TcpStream`] whose reads keep the kernel's receive timestamp in a [`ReadMarks`] other
+/// tasks can read: on a socket from a listener passed to [`enable`](super::enable), or passed
+/// to [`enable_stream`](super::enable_stream) itself. On any other socket the reads are
+/// marked without a stamp.
+#[derive(Debug)]
+pub struct TimestampedStream {
+    inner: TcpStream,
+    marks: Arc<ReadMarks>,
+    /// The `recvmsg` control buffer, allocated once per connection at full size.
+    #[cfg(target_os = "linux")]
+    control: Vec<u8>,
+}
+
+impl TimestampedStream {
+    /// Wraps an accepted stream.
+    pub fn new(inner: TcpStream) -> Self {
+        Self {
+            inner,
+            marks: Arc::new(ReadMarks::new()),
+            #[cfg(target_os = "linux")]
+            control: super::timestamps::control_buffer(),
+        }
+    }
+
+    /// The cell this stream's reads leave their marks in.
+    pub fn marks(&self) -> &Arc<ReadMarks> {
+        &self.marks
+    }
+
+    /// The inner stream (for its addresses and socket options).
+    pub fn get_ref(&self) -> &TcpStream {
+        &self.inner
+    }
+
+    /// The inner stream, whose reads no longer keep their stamps.
+    pub fn into_inner(self) -> TcpStream {
+        self.inner
+    }
+
+    /// One non-blocking read into `dst`: the bytes read and the kernel's stamp of the newest
+    /// (realtime ns), or `WouldBlock` with readiness cleared.
+    #[cfg(target_os = "linux")]
+    fn read_once(&mut self, dst: &mut [u8]) -> io::Result<(usize, Option<u64>)> {
+        use std::os::fd::AsRawFd;
+        let fd = self.inner.as_raw_fd();
+        let control = &mut self.control;
+        self.inner
+            .try_io(tokio::io::Interest::READABLE, || {
+                super::timestamps::recv(fd, dst, control)
+            })
+            .map(|received| (received.bytes, received.stamp))
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn read_once(&mut self, dst: &mut [u8]) -> io::Result<(usize, Option<u64>)> {
+        self.inner.try_read(dst).map(|bytes| (bytes, None))
+    }
+
+    /// The engine time of a realtime stamp taken by a read at `read_at`.
+    fn convert(stamp: Option<u64>, read_at: u64) -> Option<u64> {
+        #[cfg(target_os = "linux")]
+        {
+            stamp.and_then(|stamp| super::realtime::stamp_to_engine(stamp, read_at))
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = (stamp, read_at);
+            None
+        }
+    }
+}
+
+impl AsyncRead for TimestampedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            ready!(this.inner.poll_read_ready(cx))?;
+            let want = buf.remaining().min(MAX_READ);
+            let dst = buf.initialize_unfilled_to(want);
+            match this.read_once(dst) {
+                Ok((bytes, stamp)) => {
+                    if bytes > 0 {
+                        let read_at = clock::now_ns();
+                        this.marks
+                            .record_read(Self::convert(stamp, read_at), read_at);
+                    }
+                    buf.advance(bytes);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    this.marks.record_drain(clock::now_ns());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for TimestampedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}

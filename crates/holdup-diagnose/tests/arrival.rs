@@ -1,0 +1,340 @@
+//! Kernel-stamped arrivals on real sockets: the timestamps are on (a test that fails if they
+//! are silently off on Linux), the stamp sees a wait the reader could not, and through
+//! `arrival::serve` a tonic service and an axum router get an `Arrival` in each request,
+//! never later than the request's first poll.
+
+#![cfg(feature = "arrival")]
+
+use std::{
+    io::Write,
+    mem::MaybeUninit,
+    pin::Pin,
+    time::{Duration, Instant},
+};
+
+use holdup_diagnose::arrival::{self, Arrival, ReadSnapshot, TimestampedStream};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, ReadBuf},
+    net::TcpListener,
+};
+
+const MS: u64 = 1_000_000;
+
+/// A listener with timestamps on, a blocking client connected to it, and the accepted side
+/// wrapped, once the kernel stamps packets.
+///
+/// The kernel turns stamping on for the whole system through a deferred static key (a work
+/// item that patches code): the packets of the first milliseconds after the first `enable` go
+/// unstamped. This waits, writing and reading, until a read brings a stamp, and fails if none
+/// does within 2 s (receive timestamps silently off). While the returned sockets live, the
+/// key stays on for the other tests of this process.
+async fn connected() -> (std::net::TcpStream, TimestampedStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let support = arrival::enable(&listener).expect("setsockopt on a fresh listener");
+    let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    client.set_nodelay(true).unwrap();
+    let (accepted, _) = listener.accept().await.unwrap();
+    let mut pair = (client, TimestampedStream::new(accepted));
+    if cfg!(target_os = "linux") {
+        assert!(
+            support.is_on(),
+            "Linux refused receive timestamps: {support:?}"
+        );
+        let start = Instant::now();
+        let mut buf = [0u8; 64];
+        loop {
+            pair.0.write_all(b"warm").unwrap();
+            let n = pair.1.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            if pair.1.marks().snapshot().kernel.is_some() {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(2),
+                "no kernel receive stamp 2 s after enable: timestamps are off"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    pair
+}
+
+/// The engine time now, on the clock arrivals are in.
+#[track_caller]
+fn engine_age(ns: u64) -> Duration {
+    Instant::now().saturating_duration_since(Arrival::instant_of(ns))
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn receive_timestamps_are_on_and_reach_the_reader() {
+    let (mut client, mut server) = connected().await;
+
+    client.write_all(b"first").unwrap();
+    let mut buf = [0u8; 64];
+    let n = server.read(&mut buf).await.unwrap();
+    assert_eq!(&buf[..n], b"first");
+
+    let marks: ReadSnapshot = server.marks().snapshot();
+    let kernel = marks
+        .kernel
+        .expect("a kernel receive stamp on an accepted socket of an enabled listener");
+    let read_at = marks.read_at.expect("the read is marked");
+    assert!(kernel <= read_at, "stamp {kernel} after its read {read_at}");
+    assert!(
+        engine_age(kernel) < Duration::from_secs(5),
+        "stamp {:?} old",
+        engine_age(kernel)
+    );
+
+    // A read that finds the socket empty marks a drain; the next read keeps that drain as
+    // the bound of its bytes.
+    let nothing = tokio::time::timeout(Duration::from_millis(20), server.read(&mut buf)).await;
+    assert!(nothing.is_err(), "nothing more was sent");
+    let drained = server.marks().snapshot().drained_at.expect("a drain mark");
+    assert!(drained > read_at);
+    client.write_all(b"second").unwrap();
+    let n = server.read(&mut buf).await.unwrap();
+    assert_eq!(&buf[..n], b"second");
+    let marks = server.marks().snapshot();
+    assert_eq!(marks.drained_before, Some(drained));
+    let second = marks.kernel.expect("the second read is stamped too");
+    assert!(
+        drained <= second,
+        "bytes sent after the drain stamped before it"
+    );
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_kernel_stamp_sees_a_wait_the_reader_could_not() {
+    let (mut client, mut server) = connected().await;
+    client.write_all(b"waiting").unwrap();
+    // The reader's thread is busy (this current-thread runtime's only worker): the bytes
+    // wait in the socket.
+    std::thread::sleep(Duration::from_millis(100));
+    let mut buf = [0u8; 64];
+    let n = server.read(&mut buf).await.unwrap();
+    assert_eq!(&buf[..n], b"waiting");
+    let marks = server.marks().snapshot();
+    let (kernel, read_at) = (marks.kernel.unwrap(), marks.read_at.unwrap());
+    assert!(
+        read_at - kernel >= 90 * MS,
+        "the stamp saw {} ms of the 100 ms wait",
+        (read_at - kernel) / MS
+    );
+}
+
+/// Sends 64 bytes and reads them, `rounds` times, each read into a fresh uninitialised
+/// 8 KiB buffer (as hyper and h2 offer theirs); the median and the 10th percentile of the
+/// reads' times. Loopback delivers the bytes within the `write` call, so the read finds them.
+async fn time_reads<R: AsyncRead + Unpin>(
+    client: &mut std::net::TcpStream,
+    reader: &mut R,
+    rounds: usize,
+) -> (Duration, Duration) {
+    let mut took = Vec::with_capacity(rounds);
+    let mut storage = [MaybeUninit::<u8>::uninit(); 8192];
+    for _ in 0..rounds {
+        client.write_all(&[7u8; 64]).unwrap();
+        let mut buf = ReadBuf::uninit(&mut storage);
+        let start = Instant::now();
+        std::future::poll_fn(|cx| Pin::new(&mut *reader).poll_read(cx, &mut buf))
+            .await
+            .unwrap();
+        took.push(start.elapsed());
+        assert_eq!(buf.filled().len(), 64);
+    }
+    took.sort_unstable();
+    (took[rounds / 2], took[rounds / 10])
+}
+
+#[tokio::test]
+#[ignore = "a measurement, not a check: cargo test --release --all-features -- --ignored --nocapture"]
+async fn cost_of_a_stamped_read_against_a_plain_one() {
+    let (mut client, mut stamped) = connected().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut plain_client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    plain_client.set_nodelay(true).unwrap();
+    let (mut plain, _) = listener.accept().await.unwrap();
+    for _ in 0..3 {
+        let (plain_median, plain_p10) = time_reads(&mut plain_client, &mut plain, 20_000).await;
+        let (stamped_median, stamped_p10) = time_reads(&mut client, &mut stamped, 20_000).await;
+        eprintln!(
+            "read of 64 B, median (p10): plain read {plain_median:?} ({plain_p10:?}), \
+             recvmsg with stamp {stamped_median:?} ({stamped_p10:?})"
+        );
+    }
+}
+
+#[cfg(feature = "serve")]
+mod serve {
+    use std::{
+        net::SocketAddr,
+        sync::{Arc, Mutex},
+        task::{Context, Poll},
+    };
+
+    use holdup_diagnose::arrival::Source;
+    use http::Request;
+    use tonic::transport::Channel;
+    use tonic_health::{
+        ServingStatus,
+        pb::{HealthCheckRequest, health_client::HealthClient},
+    };
+
+    use super::*;
+
+    /// What the probe saw of one request: its arrival and when it was first polled.
+    type Seen = Arc<Mutex<Vec<(Option<Arrival>, Instant)>>>;
+
+    /// A tower service in front of the real one that notes each request's `Arrival` at its
+    /// first poll (tower's `call` runs inside the first poll of hyper's request future).
+    #[derive(Clone)]
+    struct Probe<S> {
+        inner: S,
+        seen: Seen,
+    }
+
+    impl<S, B> tower_service::Service<Request<B>> for Probe<S>
+    where
+        S: tower_service::Service<Request<B>>,
+    {
+        type Response = S::Response;
+        type Error = S::Error;
+        type Future = S::Future;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            self.inner.poll_ready(cx)
+        }
+
+        fn call(&mut self, request: Request<B>) -> Self::Future {
+            let first_poll = Instant::now();
+            let arrival = request.extensions().get::<Arrival>().copied();
+            self.seen.lock().unwrap().push((arrival, first_poll));
+            self.inner.call(request)
+        }
+    }
+
+    #[track_caller]
+    fn assert_stamped_before_first_poll(seen: &Seen, expected: usize) {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), expected, "{seen:?}");
+        for (arrival, first_poll) in seen.iter() {
+            let arrival = arrival.expect("every request carries an Arrival");
+            let (at, source) = arrival.instant();
+            if cfg!(target_os = "linux") {
+                assert_eq!(source, Source::Kernel, "{arrival:?}");
+                assert!(arrival.kernel.is_some());
+            }
+            assert!(at <= *first_poll, "arrival after first poll: {arrival:?}");
+            assert!(
+                Arrival::instant_of(arrival.stamped_at) <= *first_poll,
+                "stamped after first poll: {arrival:?}"
+            );
+            assert!(arrival.read_at <= arrival.stamped_at, "{arrival:?}");
+        }
+    }
+
+    async fn spawn_serve<S, B>(
+        service: S,
+    ) -> (
+        SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    )
+    where
+        S: tower_service::Service<
+                Request<hyper::body::Incoming>,
+                Response = http::Response<B>,
+                Error = std::convert::Infallible,
+            > + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(arrival::serve(listener, service, stopped));
+        (addr, stop, server)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tonic_service_gets_kernel_arrivals_and_drains_on_shutdown() {
+        // Keeps the kernel's stamping on from before the first request.
+        let _stamping = connected().await;
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("", ServingStatus::Serving)
+            .await;
+        let seen = Seen::default();
+        let probe = Probe {
+            inner: tonic::service::Routes::new(health),
+            seen: Arc::clone(&seen),
+        };
+        let (addr, stop, server) = spawn_serve(probe).await;
+
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = HealthClient::new(channel);
+        for _ in 0..3 {
+            let reply = client
+                .check(HealthCheckRequest::default())
+                .await
+                .expect("Check answers over h2c");
+            assert_eq!(reply.into_inner().status, ServingStatus::Serving as i32);
+        }
+        assert_stamped_before_first_poll(&seen, 3);
+
+        stop.send(()).unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("serve returns once its connections drain, the client still open");
+        ended.unwrap().unwrap();
+        drop(client);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_axum_router_over_http1_gets_them_too() {
+        async fn arrival_source(request: axum::extract::Request) -> String {
+            match request.extensions().get::<Arrival>() {
+                Some(arrival) => arrival.arrival().1.as_str().to_owned(),
+                None => "none".to_owned(),
+            }
+        }
+        let _stamping = connected().await;
+        let seen = Seen::default();
+        let probe = Probe {
+            inner: axum::Router::new().route("/", axum::routing::get(arrival_source)),
+            seen: Arc::clone(&seen),
+        };
+        let (addr, stop, server) = spawn_serve(probe).await;
+
+        let body = reqwest::get(format!("http://{addr}/"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let expected = if cfg!(target_os = "linux") {
+            "kernel"
+        } else {
+            "connection-task"
+        };
+        assert_eq!(body, expected);
+        assert_stamped_before_first_poll(&seen, 1);
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
