@@ -15,8 +15,11 @@
 //! grpcurl -plaintext -v -d '{"name":"spin"}' 127.0.0.1:50061 helloworld.Greeter/SayHello
 //! ```
 //!
-//! Flags: `--listen ADDR` (default 127.0.0.1:50061), `--workers N` (handler threads, default 2),
-//! `--single-runtime` (handlers on the connection runtime: see what one runtime cannot see).
+//! Flags: `--listen ADDR` (default 127.0.0.1:50061), `--workers N` (the runtime's worker
+//! threads, default 2). One runtime reads the sockets and runs the handlers, as in most
+//! services: `holdup_diagnose::arrival::serve` stamps each request with the kernel's receive
+//! time, so a request that waited behind a blocked worker before any code read it still says
+//! so, and names who held the workers.
 #![forbid(unsafe_code)]
 
 use std::{
@@ -29,13 +32,10 @@ use std::{
 
 use anyhow::Context as _;
 use clap::Parser;
-use holdup::diagnose::{DiagnoseLayer, StageFilter, StageLayer, install_hooks};
+use holdup::diagnose::{DiagnoseLayer, StageFilter, StageLayer, arrival, install_hooks};
 use opentelemetry::trace::TracerProvider as _;
-use tokio::{net::TcpListener, runtime::Handle};
-use tonic::{
-    Request, Response, Status,
-    transport::{Server, server::TcpIncoming},
-};
+use tokio::net::TcpListener;
+use tonic::{Request, Response, Status, service::Routes};
 use tracing::Instrument;
 use tracing_subscriber::{
     EnvFilter, Layer, filter::LevelFilter, layer::SubscriberExt, util::SubscriberInitExt,
@@ -105,14 +105,13 @@ fn spin(time: Duration) -> u64 {
     x
 }
 
-/// Serves the greeter (and reflection) on `listener` until `shutdown`, diagnosed. With
-/// `handlers`, request handlers run there, apart from the runtime that reads the sockets.
+/// Serves the greeter (and reflection) on `listener` until `shutdown`, diagnosed, each request
+/// stamped with its arrival by the kernel.
 ///
 /// # Errors
-/// The transport error that stopped the server.
+/// The I/O error that stopped the server.
 pub async fn serve(
     listener: TcpListener,
-    handlers: Option<Handle>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     // Reflection, both versions: grpcurl before 1.9 speaks only v1alpha.
@@ -120,24 +119,19 @@ pub async fn serve(
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
     };
-    let reflection_v1 = reflection().build_v1().context("building reflection")?;
-    let reflection_v1alpha = reflection()
-        .build_v1alpha()
-        .context("building reflection")?;
-    // The diagnosis layer: one line (two with the separate handler runtime).
-    let mut diagnose = DiagnoseLayer::new();
-    if let Some(handlers) = handlers {
-        diagnose = diagnose.handlers_on(handlers);
-    }
-    Server::builder()
-        .layer(diagnose)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(GreeterServer::new(MyGreeter::default()))
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
+    let routes = Routes::new(GreeterServer::new(MyGreeter::default()))
+        .add_service(reflection().build_v1().context("building reflection")?)
+        .add_service(
+            reflection()
+                .build_v1alpha()
+                .context("building reflection")?,
         )
+        .prepare();
+    // The diagnosis layer: one line; `arrival::serve` stamps each request before it runs.
+    let service = tower::ServiceBuilder::new()
+        .layer(DiagnoseLayer::new())
+        .service(routes);
+    arrival::serve(listener, service, shutdown)
         .await
         .context("serving")
 }
@@ -160,12 +154,9 @@ pub fn runtime(name: &str, workers: usize) -> std::io::Result<tokio::runtime::Ru
 struct Args {
     #[arg(long, default_value = "127.0.0.1:50061")]
     listen: SocketAddr,
-    /// Threads that run the handlers.
+    /// Worker threads of the runtime (it reads the sockets and runs the handlers).
     #[arg(long, default_value_t = 2)]
     workers: usize,
-    /// Run handlers on the runtime that serves the connections (what most services do).
-    #[arg(long)]
-    single_runtime: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -190,26 +181,14 @@ fn main() -> anyhow::Result<()> {
         )
         .with(StageLayer::new().with_filter(StageFilter))
         .init();
-    let (connections, handlers) = if args.single_runtime {
-        (runtime("greeter", args.workers.max(1))?, None)
-    } else {
-        (
-            runtime("greeter-io", 1)?,
-            Some(runtime("greeter-handler", args.workers.max(1))?),
-        )
-    };
-    connections.block_on(async {
+    runtime("greeter", args.workers.max(1))?.block_on(async {
         let listener = TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("binding {}", args.listen))?;
         println!("greeter listening on {}", listener.local_addr()?);
-        serve(
-            listener,
-            handlers.as_ref().map(|r| r.handle().clone()),
-            async {
-                let _ = tokio::signal::ctrl_c().await;
-            },
-        )
+        serve(listener, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
         .await
     })
 }

@@ -74,10 +74,13 @@ fn in_range(point: &Point, rect: &Rectangle) -> bool {
     (left..=right).contains(&point.longitude) && (bottom..=top).contains(&point.latitude)
 }
 
+/// The notes left at each location (latitude, longitude).
+type Notes = HashMap<(i32, i32), Vec<RouteNote>>;
+
 #[derive(Debug, Clone)]
 pub struct RouteGuideService {
     features: Arc<Vec<Feature>>,
-    notes: Arc<Mutex<HashMap<(i32, i32), Vec<RouteNote>>>>,
+    notes: Arc<Mutex<Notes>>,
 }
 
 impl Default for RouteGuideService {

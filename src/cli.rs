@@ -96,12 +96,10 @@ pub struct ServeArgs {
     /// gRPC listen address (port 0 picks a free port).
     #[arg(long, env = "HOLDUP_LISTEN", default_value_t = config::DEFAULT_LISTEN)]
     pub listen: SocketAddr,
-    /// Worker threads of the lab runtime where handlers run (default: number of cores).
+    /// Worker threads of the runtime, which reads the sockets and runs the handlers
+    /// (default: number of cores).
     #[arg(long, env = "HOLDUP_WORKERS")]
     pub workers: Option<usize>,
-    /// Threads of the transport runtime (accept, HTTP/2, protobuf codec).
-    #[arg(long, env = "HOLDUP_IO_THREADS", default_value_t = config::DEFAULT_IO_THREADS)]
-    pub io_threads: usize,
     /// Database for SlowBackend: postgres://… or sqlite:…; default: embedded SQLite in a temp dir.
     #[arg(long, env = "HOLDUP_DATABASE_URL")]
     pub database_url: Option<String>,
@@ -342,7 +340,6 @@ impl ServeArgs {
         Ok(ServeConfig {
             listen: self.listen,
             workers: check_range("--workers", self.workers.unwrap_or_else(cores), 1, 256)?,
-            io_threads: check_range("--io-threads", self.io_threads, 1, 64)?,
             db: DatabaseConfig {
                 database,
                 pool_size: check_range("--db-pool-size", self.db_pool_size, 1, 1_000)?,
@@ -485,7 +482,6 @@ mod tests {
         assert_eq!(config.lag_interval, lag::DEFAULT_INTERVAL);
         let local = ServeConfig::local();
         assert_eq!(config.grace, local.grace);
-        assert_eq!(config.io_threads, local.io_threads);
         assert_eq!(config.db.acquire_timeout, local.db.acquire_timeout);
         assert_eq!(config.diagnose, crate::diagnose::EngineConfig::default());
         let telemetry = args.telemetry.validate("holdup").expect("valid");

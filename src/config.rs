@@ -80,12 +80,6 @@ pub const DEFAULT_DB_ACQUIRE_TIMEOUT_MS: u64 = 2_000;
 /// Jobs that may wait for a compute thread: a burst of a few dozen calls is absorbed, a flood
 /// is refused at once rather than queued for seconds.
 pub const DEFAULT_COMPUTE_QUEUE: usize = 64;
-/// Threads of the transport runtime (accept, HTTP/2, the codec). One was thought enough, but
-/// under `Fast` load it is the bottleneck: profiled at 12 k calls/s, the one transport thread
-/// took 82% of the server's CPU samples while both lab workers were mostly parked. Two raised
-/// closed-loop throughput by 1.5× (h2load, 32 streams on 4 connections, 2 cores); lab
-/// lessons are unchanged, since they block lab workers, not the transport.
-pub const DEFAULT_IO_THREADS: usize = 2;
 /// Ten seconds lets any CpuBound or SlowBackend call within its default cap finish, and stays
 /// well inside Kubernetes' default 30 s between SIGTERM and SIGKILL.
 pub const DEFAULT_GRACE_MS: u64 = 10_000;
@@ -168,12 +162,9 @@ pub struct TlsFiles {
 pub struct ServeConfig {
     /// gRPC listen address; port 0 picks a free port (read it back after bind).
     pub listen: SocketAddr,
-    /// Worker threads of the lab runtime, where handlers run. Small on purpose: the lessons
-    /// are about what happens when those few workers are blocked.
+    /// Worker threads of the one runtime, which reads the sockets and runs the handlers. Small
+    /// on purpose: the lessons are about what happens when those few workers are blocked.
     pub workers: usize,
-    /// Threads of the transport runtime (accept, HTTP/2, codec); see `runtime.rs` for why it
-    /// is separate.
-    pub io_threads: usize,
     pub db: DatabaseConfig,
     /// Threads of the dedicated compute pool for `CpuBound COMPUTE_POOL`.
     pub compute_threads: usize,
@@ -207,7 +198,6 @@ impl ServeConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             workers: 2,
-            io_threads: DEFAULT_IO_THREADS,
             db: DatabaseConfig {
                 database: Database::EmbeddedSqlite,
                 pool_size: DEFAULT_DB_POOL_SIZE,

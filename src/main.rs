@@ -69,15 +69,18 @@ fn usage(error: impl ToString) -> Failure {
     Failure::Usage(error.to_string())
 }
 
-fn transport_runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
-    runtime::multi_thread("holdup-io", threads).context("starting the transport runtime")
+/// The one runtime of `holdup serve` (and `holdup upstream`): it reads the sockets and runs
+/// the handlers, as in most services; every request's arrival is stamped by the kernel, so a
+/// wait for its workers is measured and blamed all the same.
+fn server_runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    runtime::multi_thread("holdup", threads).context("starting the runtime")
 }
 
-/// How long tasks left on the transport runtime (connections closed at the end of the
-/// grace, a blocking DNS lookup) may delay the exit.
+/// How long tasks left on the runtime (connections closed at the end of the grace, a
+/// blocking DNS lookup) may delay the exit.
 const RUNTIME_STOP: Duration = Duration::from_millis(500);
 
-/// Drops the transport runtime without waiting on what is left on it: the grace is over.
+/// Drops the runtime without waiting on what is left on it: the grace is over.
 fn stop(runtime: tokio::runtime::Runtime) {
     runtime.shutdown_timeout(RUNTIME_STOP);
 }
@@ -109,7 +112,7 @@ fn free_port_for(addr: SocketAddr) -> SocketAddr {
 }
 
 fn serve_until_signal(config: ServeConfig, console: Option<SocketAddr>) -> Result<(), Failure> {
-    let runtime = transport_runtime(config.io_threads)?;
+    let runtime = server_runtime(config.workers)?;
     // Over TLS the first call must trust the server's certificate (self-signed in a lab).
     let transport_flag = config.tls.as_ref().map_or_else(
         || "-plaintext".to_owned(),
@@ -119,7 +122,7 @@ fn serve_until_signal(config: ServeConfig, console: Option<SocketAddr>) -> Resul
         let workers = config.workers;
         let server = Server::build(config).await.context("starting holdup")?;
         let addr = server.local_addr();
-        println!("holdup listening on {addr} (gRPC; {workers} lab workers)");
+        println!("holdup listening on {addr} (gRPC; {workers} workers)");
         println!("upstream simulator at {}", server.upstream_url());
         if let Some(metrics) = server.metrics_addr() {
             println!("metrics at http://{metrics}/metrics");
@@ -156,7 +159,7 @@ fn run_upstream(
     limits: ConnectionLimits,
     grace: Duration,
 ) -> Result<(), Failure> {
-    let runtime = transport_runtime(1)?;
+    let runtime = server_runtime(1)?;
     runtime.block_on(async {
         let simulator = simulator::bind(listen, sim, limits)
             .await

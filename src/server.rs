@@ -21,7 +21,6 @@ use crate::{
         upstream::UpstreamClient,
     },
     proto::{self, lab_server::LabServer},
-    runtime::OwnedRuntime,
     simulator,
     telemetry::{endpoint, lag, metrics::Metrics},
     transport::{
@@ -78,8 +77,6 @@ pub enum ServeError {
     },
     #[error("invalid TLS configuration: {0}")]
     Tls(String),
-    #[error("a start-up task on the lab runtime failed: {0}")]
-    LabTask(#[source] tokio::task::JoinError),
 }
 
 /// A server that is bound and ready to serve.
@@ -89,8 +86,6 @@ pub struct Server {
     local_addr: SocketAddr,
     config: ServeConfig,
     lab: Lab,
-    /// Dropped last: handlers must be gone before their runtime.
-    lab_runtime: OwnedRuntime,
     simulator: Option<HttpServer>,
     upstream_url: String,
     metrics_endpoint: Option<HttpServer>,
@@ -102,7 +97,7 @@ fn start(what: &'static str) -> impl FnOnce(std::io::Error) -> ServeError {
 }
 
 impl Server {
-    /// Binds the gRPC port, starts the lab runtime and compute pool, opens the database pool
+    /// Binds the gRPC port, starts the compute pool, opens the database pool
     /// and, unless an upstream URL is given, binds an in-process upstream simulator.
     ///
     /// # Errors
@@ -115,8 +110,6 @@ impl Server {
                 source,
             })?;
         let local_addr = tcp.local_addr().map_err(start("listener"))?;
-        let lab_runtime =
-            OwnedRuntime::start("holdup-lab", config.workers).map_err(start("lab runtime"))?;
         let mut metrics = Metrics::new();
         let lab_metrics = LabMetrics::register(metrics.registry_mut());
         let transport_metrics = TransportMetrics::register(metrics.registry_mut());
@@ -139,27 +132,18 @@ impl Server {
                 (Some(simulator), format!("http://{addr}"))
             }
         };
-        // The pool and the HTTP client are created on the lab runtime, where they are used, so
-        // their connections are driven by the lab runtime's I/O driver.
         let listener = Listener::new(tcp, "grpc", config.connections, transport_metrics.clone());
         let db = config.db.clone();
         let db_metrics = lab_metrics.db_pool.clone();
-        let backend = lab_runtime
-            .handle()
-            .spawn(async move { Backend::connect(&db, db_metrics).await })
+        let backend = Backend::connect(&db, db_metrics)
             .await
-            .map_err(ServeError::LabTask)?
             .map_err(ServeError::Database)?;
         let url = upstream_url.clone();
         let attempt_metrics = lab_metrics.upstream.clone();
-        let upstream = lab_runtime
-            .handle()
-            .spawn(async move { UpstreamClient::new(url, attempt_metrics) })
-            .await
-            .map_err(ServeError::LabTask)?
-            .map_err(ServeError::UpstreamClient)?;
+        let upstream =
+            UpstreamClient::new(url, attempt_metrics).map_err(ServeError::UpstreamClient)?;
         let lab = Lab::new(LabState {
-            runtime: lab_runtime.handle().clone(),
+            runtime: tokio::runtime::Handle::current(),
             limits: config.limits,
             backend,
             compute: Arc::new(compute),
@@ -190,7 +174,6 @@ impl Server {
             local_addr,
             config,
             lab,
-            lab_runtime,
             simulator,
             upstream_url,
             metrics_endpoint,
@@ -228,7 +211,6 @@ impl Server {
             listener,
             config,
             lab,
-            lab_runtime,
             simulator,
             metrics_endpoint,
             ..
@@ -242,7 +224,7 @@ impl Server {
         let lag_histogram = lab.state().metrics.runtime.lag();
         let lag_probe = crate::runtime::spawn_named(
             "runtime lag probe",
-            lab_runtime.handle(),
+            &tokio::runtime::Handle::current(),
             lag::probe(config.lag_interval, move |lag| {
                 lag_histogram.observe(lag.as_secs_f64());
             }),
@@ -270,7 +252,6 @@ impl Server {
         helpers.stop().await;
         lag_probe.abort();
         drop(lab);
-        drop(lab_runtime);
         result
     }
 }

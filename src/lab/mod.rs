@@ -39,7 +39,7 @@ pub(crate) fn micros(d: std::time::Duration) -> u64 {
 /// What every lab handler shares.
 #[derive(Debug)]
 pub struct LabState {
-    /// Where handlers run (see `runtime.rs`).
+    /// The runtime that serves the requests (its metrics are sampled for Prometheus).
     pub runtime: runtime::Handle,
     pub limits: Limits,
     pub backend: backend::Backend,
@@ -50,7 +50,7 @@ pub struct LabState {
 }
 
 impl LabState {
-    /// Mirrors live state (pool, lab runtime) into the gauges before a scrape.
+    /// Mirrors live state (pool, runtime) into the gauges before a scrape.
     pub fn sample_gauges(&self) {
         self.backend.sample_gauges();
         self.metrics.runtime.sample(&self.runtime);
@@ -169,8 +169,8 @@ impl Lab {
         &self.state
     }
 
-    /// Runs `handler` as a task of its own on the lab runtime, measured as the request by the
-    /// diagnosis engine, and puts the engine's report in the reply.
+    /// Runs `handler` (inline, or as a named task of its own when the console is on), measured
+    /// as the request by the diagnosis engine, and puts the engine's report in the reply.
     async fn run<R, F>(&self, call: Call, handler: F) -> Result<Response<R>, Status>
     where
         F: Future<Output = Result<R, LabError>> + Send + 'static,
@@ -203,7 +203,7 @@ impl Lab {
         Ok(Response::new(reply))
     }
 
-    /// Spawns the handler, measured, and waits for it within the caller's deadline.
+    /// Runs the handler, measured, within the caller's deadline.
     async fn execute<R, F>(&self, call: &Call, started: Instant, handler: F) -> Result<R, Status>
     where
         F: Future<Output = Result<R, LabError>> + Send + 'static,
@@ -219,6 +219,28 @@ impl Lab {
             handler.await
         };
         let label = call.label();
+        // With tokio-console on, each handler is a task of its own named by its RPC and mode,
+        // so that the console shows which one never yields. Else it runs inline in its
+        // request's task: no spawn, no hand-over, no wake across tasks.
+        if !crate::diagnose::tasks_are_named() {
+            let result = match call.deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline.into(), handler)
+                    .await
+                    .map_err(|_| {
+                        Status::from(LabError::DeadlineExceeded {
+                            during: format!(
+                                "in {label} after {} ms",
+                                started.elapsed().as_millis()
+                            ),
+                        })
+                    })?,
+                None => handler.await,
+            };
+            return result.map_err(|e| {
+                log_failure(call.rpc, &e);
+                Status::from(e)
+            });
+        }
         let join = call
             .diagnosis
             .spawn(&label, &self.state.runtime, handler)

@@ -74,12 +74,12 @@ impl InProcessServer {
         let (ready_tx, ready_rx) = oneshot::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (done_tx, done_rx) = oneshot::channel();
-        let threads = config.io_threads;
+        let threads = config.workers;
         let grace = config.grace;
         thread::Builder::new()
             .name("holdup-in-process".into())
             .spawn(move || {
-                let runtime = match crate::runtime::multi_thread("holdup-io", threads) {
+                let runtime = match crate::runtime::multi_thread("holdup", threads) {
                     Ok(runtime) => runtime,
                     Err(e) => {
                         let _ = ready_tx.send(Err(LoadError::Thread(e)));

@@ -21,6 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use holdup_diagnose::arrival::{ReadMarks, TimestampedStream};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
@@ -205,12 +206,15 @@ pub struct ConnectionInfo {
     /// Addresses, as tonic's own `TcpConnectInfo` (`Request::remote_addr` reads it).
     pub tcp: TcpConnectInfo,
     pub state: Arc<ConnState>,
+    /// What the socket's reads saw (kernel receive timestamps): each request's arrival.
+    pub marks: Arc<ReadMarks>,
 }
 
 /// An accepted TCP connection under its listener's limits.
 #[derive(Debug)]
 pub struct Connection {
-    io: TcpStream,
+    /// Reads through `recvmsg`, keeping the kernel's receive timestamp of the newest bytes.
+    io: TimestampedStream,
     state: Arc<ConnState>,
     info: TcpConnectInfo,
     watchdog: Pin<Box<Sleep>>,
@@ -253,7 +257,7 @@ impl Connection {
         );
         metrics.opened(listener);
         Self {
-            io,
+            io: TimestampedStream::new(io),
             state,
             info,
             watchdog: Box::pin(tokio::time::sleep_until(first_check)),
@@ -269,6 +273,7 @@ impl Connection {
         ConnectionInfo {
             tcp: self.info.clone(),
             state: Arc::clone(&self.state),
+            marks: Arc::clone(self.io.marks()),
         }
     }
 

@@ -8,6 +8,10 @@
 //!   connection stays in the backlog, so retrying at once fails again at once; tonic's own
 //!   accept loop retries at once and spins at 100 % CPU. Logged once per episode, counted, and
 //!   accepting resumes when descriptors free up.
+//! - Kernel receive timestamps on, at bind and on every accepted socket (a client may have
+//!   connected before the option was set): each request's arrival is when its bytes reached
+//!   the machine, so a wait before any code of the server ran is measured too. Where the
+//!   kernel refuses, arrival falls back to the connection task's read, said once in the log.
 
 use std::{
     io,
@@ -66,6 +70,7 @@ impl Listener {
         limits: ConnectionLimits,
         metrics: TransportMetrics,
     ) -> Self {
+        receive_timestamps(name, holdup_diagnose::arrival::enable(&tcp));
         Self {
             tcp,
             name,
@@ -133,6 +138,7 @@ impl Listener {
                     if let Err(e) = tcp.set_nodelay(true) {
                         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
                     }
+                    receive_timestamps(self.name, holdup_diagnose::arrival::enable_stream(&tcp));
                     return Poll::Ready(Connection::new(
                         tcp,
                         self.limits,
@@ -159,6 +165,26 @@ impl Listener {
                 }
             }
         }
+    }
+}
+
+/// Says once per process when the kernel gives no receive timestamps: arrivals then count
+/// from the connection task's read, which misses a wait for the connection task itself.
+fn receive_timestamps(listener: &str, support: io::Result<holdup_diagnose::arrival::Support>) {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    let off = match &support {
+        Ok(support) => !support.is_on(),
+        Err(_) => true,
+    };
+    if off {
+        SAID.call_once(|| {
+            tracing::warn!(
+                listener,
+                ?support,
+                "no kernel receive timestamps: a request's arrival counts from when its \
+                 connection task read it, so a wait for that task is not measured"
+            );
+        });
     }
 }
 

@@ -175,6 +175,7 @@ where
         let mut request = request.map(Body::new);
         let extensions = request.extensions_mut();
         extensions.insert(self.info.tcp.clone());
+        extensions.insert(self.info.marks.arrival_now());
         extensions.insert(self.info.clone());
         self.inner.clone().oneshot(request)
     }

@@ -24,6 +24,18 @@ pub struct TestApp {
     pub client: LabClient<Channel>,
     stop: Option<oneshot::Sender<()>>,
     serving: Option<JoinHandle<Result<(), ServeError>>>,
+    /// The server's own runtime, as `holdup serve` has one (`--workers` workers that read the
+    /// sockets and run the handlers): a handler that blocks its workers must not block the
+    /// test's client, which runs on the test's runtime as it would in another process.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 static TRACING: Once = Once::new();
@@ -57,7 +69,7 @@ pub fn init_tracing() {
     });
 }
 
-/// A server with the local defaults: 2 lab workers, embedded SQLite, in-process upstream.
+/// A server with the local defaults: 2 workers, embedded SQLite, in-process upstream.
 pub async fn spawn_app() -> TestApp {
     spawn_with(|_| {}).await
 }
@@ -68,12 +80,17 @@ pub async fn spawn_with(adjust: impl FnOnce(&mut ServeConfig)) -> TestApp {
     let mut config = ServeConfig::local();
     config.db.seed_rows = 2_000;
     adjust(&mut config);
-    let server = Server::build(config).await.expect("server builds");
+    let runtime = holdup::runtime::multi_thread("holdup", config.workers).expect("server runtime");
+    let server = runtime
+        .spawn(Server::build(config))
+        .await
+        .expect("the build did not panic")
+        .expect("server builds");
     let addr = server.local_addr();
     let metrics_addr = server.metrics_addr().expect("test servers serve metrics");
     let upstream_url = server.upstream_url().to_owned();
     let (stop, stopped) = oneshot::channel::<()>();
-    let serving = tokio::spawn(server.run_until(async {
+    let serving = runtime.spawn(server.run_until(async {
         let _ = stopped.await;
     }));
     TestApp {
@@ -83,6 +100,7 @@ pub async fn spawn_with(adjust: impl FnOnce(&mut ServeConfig)) -> TestApp {
         client: client(addr).await,
         stop: Some(stop),
         serving: Some(serving),
+        runtime: Some(runtime),
     }
 }
 

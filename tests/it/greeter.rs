@@ -14,25 +14,25 @@ mod example;
 
 use example::pb::{HelloRequest, greeter_client::GreeterClient};
 
-/// A running greeter: handlers on a 2-worker runtime of their own, as the README advises.
+/// A running greeter on one runtime of 2 workers, which reads its sockets and runs its
+/// handlers (the test's own client runs elsewhere, on the test's runtime).
 struct Greeter {
     addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    handlers: Option<tokio::runtime::Runtime>,
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl Greeter {
     async fn start() -> Self {
         crate::common::init_tracing();
-        let handlers = example::runtime("greeter-handler", 2).expect("handler runtime");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let runtime = example::runtime("greeter", 2).expect("greeter runtime");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("non-blocking");
         let addr = listener.local_addr().expect("address");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let handle = handlers.handle().clone();
-        tokio::spawn(async move {
-            example::serve(listener, Some(handle), async {
+        runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            example::serve(listener, async {
                 let _ = stopped.await;
             })
             .await
@@ -41,7 +41,7 @@ impl Greeter {
         Self {
             addr,
             stop: Some(stop),
-            handlers: Some(handlers),
+            runtime: Some(runtime),
         }
     }
 
@@ -57,8 +57,8 @@ impl Drop for Greeter {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(handlers) = self.handlers.take() {
-            handlers.shutdown_background();
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
         }
     }
 }
@@ -87,6 +87,8 @@ impl Said {
             .get("culprits")
             .map(|list| {
                 list.split(',')
+                    // `+N`: culprits past the header's first four.
+                    .filter(|c| !c.starts_with('+'))
                     .map(|c| {
                         let (who, _share) = c.rsplit_once('/').expect("culprit/share");
                         let (method, trace) = who.split_once('@').unwrap_or((who, ""));
@@ -160,12 +162,79 @@ async fn each_misbehaviour_gets_its_measured_verdict() {
     tokio::time::sleep(ms(50)).await;
     let waiter = say(&mut client, "mutex").await;
     let holder = holder.await.expect("holder");
-    for mutex in [&holder, &waiter] {
-        assert_eq!(mutex.verdict(), "blocking-call", "{:?}", mutex.diagnosis);
+    assert_eq!(holder.verdict(), "blocking-call", "{:?}", holder.diagnosis);
+    // The waiter waited for the lock on a worker (blocking-call), or first for a worker the
+    // holder's blocked poll kept (runtime-contention: on one runtime its connection may sit
+    // in the blocked worker's queue): never `none`, and the holder is named for the latter.
+    assert!(
+        ["blocking-call", "runtime-contention"].contains(&waiter.verdict()),
+        "{:?}",
+        waiter.diagnosis
+    );
+    assert!(
+        waiter.ms("blocked") + waiter.ms("scheduled") >= 250.0,
+        "{:?}",
+        waiter.diagnosis
+    );
+    if waiter.ms("scheduled") >= 50.0 {
+        assert!(
+            waiter
+                .culprits()
+                .iter()
+                .any(|(_, trace)| *trace == holder.trace_id),
+            "the holder {} is named: {:?}",
+            holder.trace_id,
+            waiter.diagnosis
+        );
     }
-    assert!(waiter.ms("blocked") >= 250.0, "{:?}", waiter.diagnosis);
 }
 
+/// One worker of two blocked in a `std::thread::sleep`: a plain call on a fresh connection,
+/// as grpcurl sends one. Whether it waits depends on where tokio queued its connection (the
+/// blocked worker's LIFO slot or local queue cannot be stolen from); whatever its client
+/// waited, its diagnosis must show, as time scheduled and blamed on the blocking call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_behind_one_blocked_worker_is_shown_and_blamed() {
+    let _serial = crate::common::serial().await;
+    let greeter = Greeter::start().await;
+    let mut blocker_client = greeter.client().await;
+    let blocker = tokio::spawn(async move { say(&mut blocker_client, "block").await });
+    tokio::time::sleep(ms(30)).await;
+    let sent = std::time::Instant::now();
+    let mut client = greeter.client().await;
+    let victim = say(&mut client, "plain").await;
+    let waited = sent.elapsed().as_secs_f64() * 1e3;
+    let blocker = blocker.await.expect("blocker");
+    if waited >= 50.0 {
+        assert_eq!(
+            victim.verdict(),
+            "runtime-contention",
+            "the client waited {waited:.1} ms: {:?}",
+            victim.diagnosis
+        );
+        assert!(
+            victim.ms("scheduled") >= 0.8 * (waited - 10.0),
+            "the client waited {waited:.1} ms: {:?}",
+            victim.diagnosis
+        );
+        assert!(
+            victim
+                .culprits()
+                .iter()
+                .any(|(_, trace)| *trace == blocker.trace_id),
+            "the blocking call {} is named: {:?}",
+            blocker.trace_id,
+            victim.diagnosis
+        );
+    } else {
+        assert!(victim.ms("total") <= waited, "{:?}", victim.diagnosis);
+    }
+}
+
+/// Two spins sent on connections of their own, then a plain call: on one runtime the spins
+/// may hold both workers, or queue one behind the other (their connections on one worker).
+/// Whatever the plain call's client waited, its diagnosis shows it as scheduled time and
+/// blames the spins by trace id, and nothing else of the greeter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_behind_two_spins_blames_them_by_trace_id() {
     let _serial = crate::common::serial().await;
@@ -176,29 +245,43 @@ async fn a_request_behind_two_spins_blames_them_by_trace_id() {
         spins.push(tokio::spawn(async move { say(&mut client, "spin").await }));
     }
     tokio::time::sleep(ms(60)).await;
+    let sent = std::time::Instant::now();
     let mut client = greeter.client().await;
     let victim = say(&mut client, "plain").await;
+    let waited = sent.elapsed().as_secs_f64() * 1e3;
     let mut spun: Vec<String> = Vec::new();
     for spin in spins {
         spun.push(spin.await.expect("spin").trace_id);
     }
-    assert_eq!(
-        victim.verdict(),
-        "runtime-contention",
-        "{:?}",
-        victim.diagnosis
-    );
-    assert!(
-        Duration::from_secs_f64(victim.ms("scheduled") / 1e3) >= ms(50),
-        "{:?}",
-        victim.diagnosis
-    );
-    let mut blamed = victim.culprits();
-    blamed.sort();
-    spun.sort();
-    let expected: Vec<(String, String)> = spun
+    let blamed: Vec<(String, String)> = victim
+        .culprits()
         .into_iter()
-        .map(|t| ("SayHello".to_owned(), t))
+        .filter(|(method, _)| method == "SayHello")
         .collect();
-    assert_eq!(blamed, expected, "{:?}", victim.diagnosis);
+    assert!(
+        blamed.iter().all(|(_, trace)| spun.contains(trace)),
+        "only the spins {spun:?} are blamed: {:?}",
+        victim.diagnosis
+    );
+    if waited >= 50.0 {
+        assert_eq!(
+            victim.verdict(),
+            "runtime-contention",
+            "the client waited {waited:.1} ms: {:?}",
+            victim.diagnosis
+        );
+        assert!(
+            victim.ms("scheduled") >= 0.8 * (waited - 10.0),
+            "the client waited {waited:.1} ms: {:?}",
+            victim.diagnosis
+        );
+        assert!(!blamed.is_empty(), "{:?}", victim.diagnosis);
+        assert!(
+            Duration::from_secs_f64(victim.ms("scheduled") / 1e3) >= ms(40),
+            "{:?}",
+            victim.diagnosis
+        );
+    } else {
+        assert!(victim.ms("total") <= waited, "{:?}", victim.diagnosis);
+    }
 }

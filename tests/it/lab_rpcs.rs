@@ -47,10 +47,10 @@ async fn fast_echoes_and_is_not_late() {
         assert_eq!(reply.message, message);
         let d = diagnostics(&reply.diagnostics);
         assert!(d.total_us > 0, "{d:?}");
-        // The request's own future is polled to hand the work over and to reply, its handler
-        // task once (twice in all when the handler is done before the hand-over poll ends),
-        // and once more when the message's frame arrives after its headers were dispatched.
-        assert!((2..=5).contains(&d.polls), "{d:?}");
+        // The request's own future runs the handler inline: once, and once more when the
+        // message's frame arrives after its headers were dispatched (more with the console
+        // on, when the handler is a task of its own).
+        assert!((1..=5).contains(&d.polls), "{d:?}");
         if d.total_us < not_late_below_us {
             quick += 1;
             assert_eq!(
@@ -100,8 +100,8 @@ async fn cpu_bound_every_mode_returns_the_verifiable_digest() {
         match mode {
             // Inline work happens in one poll; cooperative work in many.
             CpuMode::Inline => assert!(d.max_poll_us * 10 >= reply.work_us * 9, "{d:?}"),
-            // Two slices with a yield between, plus the request's own polls.
-            CpuMode::Cooperative => assert!(d.polls >= 4, "{d:?}"),
+            // Two slices at least, with a yield between: a poll each.
+            CpuMode::Cooperative => assert!(d.polls >= 2, "{d:?}"),
             _ => assert!(
                 d.busy_us < reply.work_us,
                 "offloaded work is not own CPU: {d:?}"

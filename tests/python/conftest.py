@@ -58,7 +58,7 @@ STOP_TIMEOUT_S = 15
 
 INSTALL_HINT = "pip install --require-hashes -r tests/requirements.txt"
 
-LISTENING = re.compile(r"^holdup listening on (\S+) \(gRPC; (\d+) lab workers\)$")
+LISTENING = re.compile(r"^holdup listening on (\S+) \(gRPC; (\d+) workers\)$")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 

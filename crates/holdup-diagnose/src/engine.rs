@@ -54,6 +54,11 @@ pub fn name_tasks_through(gate: SpawnGate) {
     let _ = SPAWN_GATE.set(gate);
 }
 
+/// Whether a spawn gate is installed: someone (tokio-console) reads task names.
+pub fn tasks_are_named() -> bool {
+    SPAWN_GATE.get().is_some()
+}
+
 /// Runs `spawn` with whether the task it spawns should carry a per-request name.
 pub(crate) fn gated_spawn(spawn: &mut dyn FnMut(bool)) {
     match SPAWN_GATE.get() {

@@ -15,12 +15,12 @@ use std::{
 
 use http::{HeaderValue, uri::PathAndQuery};
 use http_body::{Body, Frame, SizeHint};
-use tokio::runtime::Handle;
 use tower_layer::Layer;
 use tower_service::Service;
 use tracing::field::Empty;
 
 use super::{
+    arrival::{Arrival, Source},
     clock::now_ns,
     diagnosis::Diagnosis,
     engine::{Engine, EngineConfig},
@@ -47,7 +47,6 @@ pub const REQUEST_SPAN_TARGET: &str = "holdup::rpc";
 #[derive(Debug, Clone, Default)]
 pub struct DiagnoseLayer {
     engine: Arc<Engine>,
-    handlers: Option<Handle>,
 }
 
 #[cfg(feature = "prometheus")]
@@ -69,15 +68,6 @@ impl DiagnoseLayer {
         Arc::make_mut(&mut self.engine).metrics = Some(metrics);
         self
     }
-
-    /// Runs every request's handler on `handlers`, a runtime of its own, instead of on the
-    /// runtime that serves the connections. Then a request that arrives while every handler
-    /// worker is blocked is still read and handed over at once, and its wait for a worker is
-    /// measured and blamed; on one runtime it would sit unread in the socket, unseen.
-    pub fn handlers_on(mut self, handlers: Handle) -> Self {
-        self.handlers = Some(handlers);
-        self
-    }
 }
 
 impl<S> Layer<S> for DiagnoseLayer {
@@ -88,7 +78,6 @@ impl<S> Layer<S> for DiagnoseLayer {
         Diagnose {
             inner,
             engine: Arc::clone(&self.engine),
-            handlers: self.handlers.clone(),
         }
     }
 }
@@ -98,30 +87,34 @@ impl<S> Layer<S> for DiagnoseLayer {
 pub struct Diagnose<S> {
     inner: S,
     engine: Arc<Engine>,
-    handlers: Option<Handle>,
 }
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Diagnose<S>
 where
-    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    ReqBody: Send + 'static,
-    ResBody: Body + Unpin + Default + Send + 'static,
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Clone,
+    ResBody: Body + Unpin,
 {
     type Response = http::Response<DiagnosedBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<ResBody, S::Error>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
-        let started = now_ns();
-        let timeline = start(&self.engine, &request, started);
+        // The request arrived when its bytes reached the machine (the kernel's stamp) or when
+        // its connection task read them, if the server stamped it there; else now. Every
+        // instant from then to its first poll is a wait for a worker, measured and blamed.
+        let now = now_ns();
+        let stamped = request.extensions().get::<Arrival>().map(Arrival::arrival);
+        let started = stamped.map_or(now, |(at, _)| at.min(now));
+        let timeline = start(
+            &self.engine,
+            &request,
+            started,
+            stamped.map(|(_, source)| source),
+        );
         request
             .extensions_mut()
             .insert(Diagnosis(Arc::clone(&timeline)));
@@ -129,31 +122,20 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let future = inner.call(request);
-        // The service's future runs in the request's span: here, or in the handler task (which
-        // enters it itself) while this side only waits for it.
-        let in_span = self.handlers.is_none();
-        let future: BoxFuture<Result<http::Response<ResBody>, S::Error>> = match &self.handlers {
-            None => Box::pin(future),
-            Some(handlers) => {
-                let label = timeline.identity.method().to_owned();
-                match Diagnosis(Arc::clone(&timeline)).spawn(&label, handlers, future) {
-                    Ok(join) => Box::pin(joined(join)),
-                    Err(_) => Box::pin(std::future::ready(Ok(status_only(
-                        14,
-                        "server shutting down",
-                    )))),
-                }
-            }
-        };
         ResponseFuture {
-            inner: Measured::outer(Arc::clone(&timeline), future, started, in_span),
+            inner: Measured::outer(Arc::clone(&timeline), future, started, true),
             timeline: Some(timeline),
         }
     }
 }
 
 /// Opens the request's span and timeline.
-fn start<B>(engine: &Arc<Engine>, request: &http::Request<B>, started: u64) -> Arc<Timeline> {
+fn start<B>(
+    engine: &Arc<Engine>,
+    request: &http::Request<B>,
+    started: u64,
+    arrival: Option<Source>,
+) -> Arc<Timeline> {
     let path = request
         .uri()
         .path_and_query()
@@ -172,6 +154,7 @@ fn start<B>(engine: &Arc<Engine>, request: &http::Request<B>, started: u64) -> A
         rpc.service = service,
         rpc.method = method,
         rpc.grpc.status_code = Empty,
+        holdup.arrival = arrival.map_or("layer", Source::as_str),
         holdup.total_us = Empty,
         holdup.busy_us = Empty,
         holdup.on_cpu_us = Empty,
@@ -191,13 +174,9 @@ fn start<B>(engine: &Arc<Engine>, request: &http::Request<B>, started: u64) -> A
         .headers()
         .get(TIMELINE_HEADER)
         .is_some_and(|v| v.as_bytes() == b"1" || v.as_bytes().eq_ignore_ascii_case(b"true"));
-    let timeline = Arc::new(Timeline::new(
-        identity,
-        span,
-        Arc::clone(engine),
-        started,
-        want_events,
-    ));
+    let mut timeline = Timeline::new(identity, span, Arc::clone(engine), started, want_events);
+    timeline.arrival = arrival;
+    let timeline = Arc::new(timeline);
     stage_layer::attach(&timeline.span, &timeline);
     timeline
 }
@@ -230,45 +209,11 @@ fn identify(path: PathAndQuery, span: &tracing::Span, headers: &http::HeaderMap)
     Identity::generated(path, caller)
 }
 
-/// The handler task's result; a panicked or aborted task answers INTERNAL / UNAVAILABLE.
-async fn joined<E, B: Default>(
-    join: tokio::task::JoinHandle<Result<http::Response<B>, E>>,
-) -> Result<http::Response<B>, E> {
-    let mut join = AbortOnDrop(join);
-    match (&mut join.0).await {
-        Ok(result) => result,
-        Err(e) if e.is_panic() => {
-            tracing::error!("request handler panicked");
-            Ok(status_only(13, "handler panicked"))
-        }
-        Err(_) => Ok(status_only(14, "server shutting down")),
-    }
-}
-
-/// Aborts the handler task when the caller stops waiting for it (client gone, deadline).
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// A trailers-only gRPC response with `code` and `message`.
-fn status_only<B: Default>(code: u16, message: &'static str) -> http::Response<B> {
-    let mut response = http::Response::new(B::default());
-    let headers = response.headers_mut();
-    headers.insert("content-type", HeaderValue::from_static("application/grpc"));
-    headers.insert("grpc-status", HeaderValue::from(code));
-    headers.insert("grpc-message", HeaderValue::from_static(message));
-    response
-}
-
 pin_project_lite::pin_project! {
     /// The measured request; on completion, the report goes out.
-    pub struct ResponseFuture<B, E> {
+    pub struct ResponseFuture<F> {
         #[pin]
-        inner: Measured<BoxFuture<Result<http::Response<B>, E>>>,
+        inner: Measured<F>,
         timeline: Option<Arc<Timeline>>,
     }
 }
@@ -277,7 +222,11 @@ pin_project_lite::pin_project! {
 /// over (a unary reply: its message and trailers are ready at once) or goes on (a stream).
 const PEEK_FRAMES: usize = 2;
 
-impl<B: Body + Unpin, E> Future for ResponseFuture<B, E> {
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+    B: Body + Unpin,
+{
     type Output = Result<http::Response<DiagnosedBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {

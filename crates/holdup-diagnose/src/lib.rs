@@ -102,7 +102,7 @@ pub use blame::Culprit;
 pub use diagnosis::Diagnosis;
 pub use engine::{DEFAULT_BLAME_FROM, DEFAULT_LONG_POLL, DEFAULT_WARN_BLAMED_FROM, EngineConfig};
 #[doc(hidden)]
-pub use engine::{SpawnGate, name_tasks_through};
+pub use engine::{SpawnGate, name_tasks_through, tasks_are_named};
 pub use identity::Identity;
 pub use layer::{
     DIAGNOSIS_HEADER, DiagnoseLayer, REQUEST_SPAN_TARGET, TIMELINE_HEADER, TRACE_ID_HEADER,

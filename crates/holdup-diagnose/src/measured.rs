@@ -108,10 +108,10 @@ impl Meter {
         } else {
             woken
         };
-        timeline.poll_started(self.depth, ready_since, start);
+        let cpu = clock::mark(start);
+        timeline.poll_started(self.depth, ready_since, start, Some(cpu));
         self.flag.task.register(cx.waker());
         let own_mark = OwnMark(occupancy::request_poll_started(&timeline.identity, start));
-        let cpu = clock::mark(start);
 
         // Entered here rather than by `Instrument`: that wrapper also enters the span to drop the
         // future, and holds a clone of it; two of them per request were about 4 500 instructions.

@@ -217,6 +217,7 @@ mod tests {
             culprits: Vec::new(),
             events: Vec::new(),
             events_dropped: 0,
+            arrival: None,
         }
     }
 

@@ -130,7 +130,16 @@ pub struct Report {
     pub culprits: Vec<Culprit>,
     pub events: Vec<Event>,
     pub events_dropped: u64,
+    /// Where the request's arrival, and so its first wait for a worker, was taken from: the
+    /// kernel's receive timestamp of its bytes, the connection task's read, or (`None`) the
+    /// layer itself, when the server does not stamp requests (then a wait before the layer
+    /// ran is not seen).
+    pub arrival: Option<crate::arrival::Source>,
 }
+
+/// A request that waited this long for a worker says where its arrival was taken from: only
+/// then does it change what `scheduled` can show.
+const ARRIVAL_SHOWN_FROM: u64 = 1_000_000;
 
 /// Microseconds, for replies and attributes.
 pub fn micros(ns: u64) -> u64 {
@@ -214,6 +223,12 @@ impl Report {
         ] {
             out.push_str(name);
             push_ms(&mut out, ns);
+        }
+        if let Some(source) = self.arrival
+            && s.scheduled >= ARRIVAL_SHOWN_FROM
+        {
+            out.push_str(" arrival=");
+            out.push_str(source.as_str());
         }
         if let Some(wait) = self.longest_wait() {
             out.push_str(" waited_in=");

@@ -10,7 +10,7 @@ use std::sync::{
 
 use super::{
     blame::{self, Culprit},
-    clock::PollCpu,
+    clock::{CpuMark, PollCpu},
     engine::Engine,
     identity::Identity,
     occupancy,
@@ -48,6 +48,10 @@ struct State {
     /// Start of the poll running now at depth 0 (the request's own future) and deeper (its
     /// handler task), if any: a report taken inside one counts it so far.
     polling: [Option<u64>; 2],
+    /// The CPU clocks of the thread running each of those polls at its start: a report taken
+    /// inside a poll (a handler that builds its reply in the poll that did its work) splits
+    /// the poll so far as a finished one would be split.
+    running: [Option<(CpuMark, std::thread::ThreadId)>; 2],
     culprits: Vec<Culprit>,
     events: Vec<Event>,
     events_dropped: u64,
@@ -138,6 +142,8 @@ pub struct Timeline {
     pub(crate) span: tracing::Span,
     pub(crate) engine: Arc<Engine>,
     pub(crate) started: u64,
+    /// Where `started` came from (see [`Report::arrival`]).
+    pub(crate) arrival: Option<crate::arrival::Source>,
     want_events: bool,
     /// Wrappers (handler tasks) started inside the request's first one and not yet finished:
     /// while one runs, the outer wrapper's own parked time is the inner one's to account.
@@ -158,6 +164,7 @@ impl Timeline {
             span,
             engine,
             started,
+            arrival: None,
             want_events,
             delegates: AtomicUsize::new(0),
             state: Mutex::new(State::default()),
@@ -179,7 +186,14 @@ impl Timeline {
     /// A wrapper at `depth` was polled at `now` after being ready since `ready_since` (woken,
     /// or handed over). Records the wait for a worker, blames it if long enough, and ends any
     /// parked stretch the poll ends.
-    pub(crate) fn poll_started(&self, depth: usize, ready_since: u64, now: u64) {
+    /// `mark`: the thread's CPU clocks at the poll's start, for a report taken inside it.
+    pub(crate) fn poll_started(
+        &self,
+        depth: usize,
+        ready_since: u64,
+        now: u64,
+        mark: Option<CpuMark>,
+    ) {
         // While a handler task the request handed its work to is running, that task's waits
         // are the request's; the outer future's own wait is not counted twice.
         let covered = self.delegates.load(Ordering::Acquire) > depth;
@@ -219,6 +233,7 @@ impl Timeline {
         };
         state.split.scheduled += waited;
         state.polling[depth.min(1)] = Some(now);
+        state.running[depth.min(1)] = mark.map(|mark| (mark, std::thread::current().id()));
         if waited > 0 {
             state.event(
                 self.want_events,
@@ -245,6 +260,7 @@ impl Timeline {
     pub(crate) fn poll_ended(&self, depth: usize, start: u64, end: u64, used: PollCpu) {
         let mut state = self.lock();
         state.polling[depth.min(1)] = None;
+        state.running[depth.min(1)] = None;
         let ns = end.saturating_sub(start);
         let charged = state.claim(start, end);
         state.split.busy += charged;
@@ -330,7 +346,28 @@ impl Timeline {
             // Running polls, counted once however many run at once, as far as not charged.
             let so_far = now.saturating_sub(earliest.max(state.charged_to));
             split.busy += so_far;
-            split.on_cpu += so_far;
+            // Split as a finished poll is, when the report is taken on the polling thread;
+            // from elsewhere the poll counts as computing so far.
+            let here = std::thread::current().id();
+            let used =
+                state
+                    .polling
+                    .iter()
+                    .zip(&state.running)
+                    .find_map(|(start, running)| match (start, running) {
+                        (Some(start), Some((mark, thread))) if *thread == here => {
+                            Some(super::clock::poll_cpu(*mark, *start, now))
+                        }
+                        _ => None,
+                    });
+            match used {
+                Some(used) => {
+                    let on_cpu = used.on_cpu.min(so_far);
+                    split.on_cpu += on_cpu;
+                    split.cpu_wait += used.cpu_wait.min(so_far - on_cpu);
+                }
+                None => split.on_cpu += so_far,
+            }
             for &start in state.polling.iter().flatten() {
                 split.polls += 1;
                 split.max_poll = split.max_poll.max(now.saturating_sub(start));
@@ -345,6 +382,7 @@ impl Timeline {
             culprits: state.culprits.clone(),
             events: state.events.clone(),
             events_dropped: state.events_dropped,
+            arrival: self.arrival,
         }
     }
 }
@@ -382,16 +420,16 @@ mod tests {
     fn overlapping_stretches_are_charged_once() {
         let t = timeline(0);
         let outer_woken = AtomicU64::new(0);
-        t.poll_started(0, 0, 0);
+        t.poll_started(0, 0, 0, None);
         let depth = t.delegate_started();
         t.poll_ended(0, 0, 1_000, cpu(1_000));
         t.park(0, 1_000, &outer_woken);
         // The handler task: waits 1 µs for a worker, computes 10 µs.
-        t.poll_started(depth, 1_000, 2_000);
+        t.poll_started(depth, 1_000, 2_000, None);
         t.poll_ended(depth, 2_000, 12_000, cpu(10_000));
         t.delegate_finished();
         // The outer future was ready since 5 µs (woken mid-task), polled at 13 µs.
-        t.poll_started(0, 5_000, 13_000);
+        t.poll_started(0, 5_000, 13_000, None);
         t.poll_ended(0, 13_000, 14_000, cpu(1_000));
         let split = t.report(14_000).split;
         assert_eq!(split.total, 14_000);
@@ -417,9 +455,9 @@ mod tests {
     #[test]
     fn a_partly_charged_poll_keeps_its_proportions() {
         let t = timeline(0);
-        t.poll_started(0, 0, 0);
+        t.poll_started(0, 0, 0, None);
         t.poll_ended(0, 0, 4_000, cpu(4_000));
-        t.poll_started(1, 0, 2_000);
+        t.poll_started(1, 0, 2_000, None);
         t.poll_ended(1, 2_000, 6_000, cpu(1_000));
         let split = t.report(6_000).split;
         assert_eq!(split.busy, 6_000, "{split:?}");

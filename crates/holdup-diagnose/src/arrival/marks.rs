@@ -25,6 +25,11 @@ pub struct ReadMarks {
     drained_before: AtomicU64,
     /// The latest drain (a read that found the socket empty).
     drained_at: AtomicU64,
+    /// How long the connection's first bytes lay in the socket before its first read (kernel
+    /// stamp to read; 0 when unknown).
+    setup_wait: AtomicU64,
+    /// Whether a request has been handed on already: only the first carries the setup wait.
+    handed_any: std::sync::atomic::AtomicBool,
 }
 
 /// One consistent reading of a [`ReadMarks`].
@@ -69,6 +74,12 @@ impl ReadMarks {
     /// Records a read that returned bytes at `read_at`, with the kernel's stamp of the newest
     /// of them (already in engine time) if there was one.
     pub(crate) fn record_read(&self, kernel: Option<u64>, read_at: u64) {
+        if let Some(kernel) = kernel
+            && self.read_at.load(Ordering::Relaxed) == 0
+        {
+            self.setup_wait
+                .store(read_at.saturating_sub(kernel), Ordering::Relaxed);
+        }
         self.write(|m| {
             let drained = m.drained_at.load(Ordering::Relaxed);
             m.drained_before.store(drained, Ordering::Relaxed);
@@ -111,11 +122,16 @@ impl ReadMarks {
     pub fn arrival_now(&self) -> Arrival {
         let stamped_at = clock::now_ns();
         let marks = self.snapshot();
+        let first = !self.handed_any.swap(true, Ordering::Relaxed);
+        let setup_wait = first
+            .then(|| self.setup_wait.load(Ordering::Relaxed))
+            .filter(|&wait| wait > 0);
         Arrival {
             kernel: marks.kernel,
             read_at: marks.read_at.unwrap_or(stamped_at),
             drained_at: marks.drained_before,
             stamped_at,
+            setup_wait,
         }
     }
 }
@@ -123,6 +139,20 @@ impl ReadMarks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_first_request_of_a_connection_carries_its_setup_wait() {
+        const MS: u64 = 1_000_000;
+        let marks = ReadMarks::new();
+        marks.record_read(Some(10 * MS), 40 * MS);
+        assert_eq!(marks.arrival_now().setup_wait, Some(30 * MS));
+        marks.record_read(Some(45 * MS), 46 * MS);
+        assert_eq!(
+            marks.arrival_now().setup_wait,
+            None,
+            "only the first request"
+        );
+    }
 
     #[test]
     fn a_read_keeps_the_drain_before_it_not_the_one_after() {

@@ -25,6 +25,12 @@ pub struct Arrival {
     pub drained_at: Option<u64>,
     /// When the connection task handed the request on (the stamp itself).
     pub stamped_at: u64,
+    /// For the first request of a connection: how long the connection's first bytes lay in
+    /// the socket before its first read (kernel stamp to read). A client that waits for the
+    /// server's HTTP/2 settings before it sends a request (grpc-go, so grpcurl) sends nothing
+    /// more until that read: on a server whose workers are all held, its first call waits in
+    /// the connection's setup, and this is that wait.
+    pub setup_wait: Option<u64>,
 }
 
 /// Which clock the arrival the engine uses comes from.
@@ -63,9 +69,14 @@ pub struct SocketWait {
 impl Arrival {
     /// The arrival the engine should count from, in engine nanoseconds, and which clock it
     /// comes from: the kernel stamp when there is one, else the connection task's read.
+    ///
+    /// The first request of a connection whose setup waited counts from that much earlier
+    /// ([`Arrival::setup_wait`]): the wait was on its path, and the client could send nothing
+    /// before the server read the connection.
     pub fn arrival(&self) -> (u64, Source) {
+        let setup = self.setup_wait.unwrap_or(0);
         match self.kernel {
-            Some(kernel) => (kernel, Source::Kernel),
+            Some(kernel) => (kernel.saturating_sub(setup), Source::Kernel),
             None => (self.read_at, Source::ConnectionTask),
         }
     }
@@ -105,8 +116,20 @@ mod tests {
             kernel,
             read_at: 100 * MS,
             drained_at,
+            setup_wait: None,
             stamped_at: 101 * MS,
         }
+    }
+
+    /// A connection whose first bytes waited 30 ms to be read: its first request counts from
+    /// 30 ms before its own bytes came (the client could send them only after that read).
+    #[test]
+    fn the_first_request_of_a_connection_counts_its_setup_wait() {
+        let first = Arrival {
+            setup_wait: Some(30 * MS),
+            ..arrival(Some(90 * MS), None)
+        };
+        assert_eq!(first.arrival(), (60 * MS, Source::Kernel));
     }
 
     #[test]

@@ -25,6 +25,15 @@ use crate::clock;
 /// hundreds of KiB) gets a shorter read, because `recvmsg` needs initialised memory and the
 /// unfilled part is zeroed before each read: this caps that cost at a few microseconds.
 pub(crate) const MAX_READ: usize = 64 * 1024;
+/// What a read asks for while the socket's bytes are known or suspected to have waited: the
+/// first read after the socket was found empty, and every read after one whose bytes waited
+/// [`LATE_FROM`] or more. The kernel stamps the newest bytes a read returns; a read this small
+/// returns a few small requests at most (a unary gRPC call is about 100 bytes), so requests
+/// that piled up behind a blocked worker each get a stamp near their own arrival instead of
+/// all sharing the newest one. A read that finds nothing late goes back to [`MAX_READ`].
+pub(crate) const CATCH_UP_READ: usize = 512;
+/// Bytes that lay in the socket this long before their read waited for the connection task.
+const LATE_FROM: u64 = 1_000_000;
 
 /// A [`TcpStream`] whose reads keep the kernel's receive timestamp in a [`ReadMarks`] other
 /// tasks can read: on a socket from a listener passed to [`enable`](super::enable), or passed
@@ -34,6 +43,9 @@ pub(crate) const MAX_READ: usize = 64 * 1024;
 pub struct TimestampedStream {
     inner: TcpStream,
     marks: Arc<ReadMarks>,
+    /// Read in [`CATCH_UP_READ`] pieces: the socket was just drained, or its last bytes were
+    /// late.
+    catching_up: bool,
     /// The `recvmsg` control buffer, allocated once per connection at full size.
     #[cfg(target_os = "linux")]
     control: Vec<u8>,
@@ -45,6 +57,7 @@ impl TimestampedStream {
         Self {
             inner,
             marks: Arc::new(ReadMarks::new()),
+            catching_up: true,
             #[cfg(target_os = "linux")]
             control: super::timestamps::control_buffer(),
         }
@@ -110,20 +123,28 @@ impl AsyncRead for TimestampedStream {
         }
         loop {
             ready!(this.inner.poll_read_ready(cx))?;
-            let want = buf.remaining().min(MAX_READ);
+            let most = if this.catching_up {
+                CATCH_UP_READ
+            } else {
+                MAX_READ
+            };
+            let want = buf.remaining().min(most);
             let dst = buf.initialize_unfilled_to(want);
             match this.read_once(dst) {
                 Ok((bytes, stamp)) => {
                     if bytes > 0 {
                         let read_at = clock::now_ns();
-                        this.marks
-                            .record_read(Self::convert(stamp, read_at), read_at);
+                        let kernel = Self::convert(stamp, read_at);
+                        this.marks.record_read(kernel, read_at);
+                        this.catching_up =
+                            kernel.is_some_and(|k| read_at.saturating_sub(k) >= LATE_FROM);
                     }
                     buf.advance(bytes);
                     return Poll::Ready(Ok(()));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     this.marks.record_drain(clock::now_ns());
+                    this.catching_up = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Poll::Ready(Err(e)),
