@@ -83,8 +83,11 @@ def _server_env() -> dict[str, str]:
 
 
 class _Server:
-    def __init__(self, binary: Path, stderr_path: Path):
+    def __init__(
+        self, binary: Path, stderr_path: Path, workers: int = WORKERS, extra: tuple[str, ...] = ()
+    ):
         self.binary = binary
+        self.workers = workers
         self.stderr_path = stderr_path
         self.args = [
             str(binary),
@@ -92,9 +95,10 @@ class _Server:
             "--listen",
             "127.0.0.1:0",
             "--workers",
-            str(WORKERS),
+            str(workers),
             "--seed-rows",
             str(SEED_ROWS),
+            *extra,
         ]
         with open(stderr_path, "wb") as stderr:
             self.proc = subprocess.Popen(
@@ -160,7 +164,7 @@ class _Server:
                 )
             match = LISTENING.match(line)
             if match:
-                assert int(match.group(2)) == WORKERS, line
+                assert int(match.group(2)) == self.workers, line
                 return match.group(1)
 
     def stop(self) -> int | None:
