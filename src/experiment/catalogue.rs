@@ -244,6 +244,20 @@ pub fn catalogue() -> Vec<Experiment> {
             expect: expect(Verdict::BlockingCall, Verdict::RuntimeContention),
         },
         Experiment {
+            id: "sleep-blocking-one",
+            group: "sleep",
+            role: Role::Cause,
+            title: "Sleep BLOCKING on one worker only",
+            question: "Does one blocked worker delay requests the other workers could serve?",
+            fixes: None,
+            server: None,
+            // One caller: one worker blocked at a time, the others free. On one runtime a
+            // request whose connection sits in the blocked worker's LIFO slot (which no other
+            // worker may steal) or its local queue waits all the same, and says who held it.
+            pressure: |_| closed(RpcSpec::sleep(SleepMode::Blocking, SLEEP_MS), 1),
+            expect: expect(Verdict::BlockingCall, Verdict::RuntimeContention),
+        },
+        Experiment {
             id: "sleep-async",
             group: "sleep",
             role: Role::Fix,

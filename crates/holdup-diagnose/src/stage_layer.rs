@@ -119,6 +119,14 @@ impl<S> Filter<S> for StageFilter {
             tracing::subscriber::Interest::never()
         }
     }
+
+    /// Stages are DEBUG or above. Without this hint a subscriber whose other layers set none
+    /// runs at TRACE: every `trace!` and `trace_span!` of h2 and hyper (hundreds per request)
+    /// is then asked whether it is enabled. Measured: bare tonic with the engine and only this
+    /// layer used 2.3x bare's CPU per call, against 1.3x with an INFO-filtered layer beside it.
+    fn max_level_hint(&self) -> Option<tracing_subscriber::filter::LevelFilter> {
+        Some(tracing_subscriber::filter::LevelFilter::DEBUG)
+    }
 }
 
 /// Puts `timeline` in the extensions of its request's span (a no-op when the subscriber is not
