@@ -173,9 +173,18 @@ where
 
     fn call(&self, request: http::Request<Incoming>) -> Self::Future {
         let mut request = request.map(Body::new);
+        request.extensions_mut().insert(self.info.tcp.clone());
+        let arrival = self.info.marks.arrival_now();
+        tracing::trace!(
+            path = request.uri().path(),
+            kernel = ?arrival.kernel,
+            read_at = arrival.read_at,
+            stamped_at = arrival.stamped_at,
+            setup_wait = ?arrival.setup_wait,
+            "request stamped"
+        );
         let extensions = request.extensions_mut();
-        extensions.insert(self.info.tcp.clone());
-        extensions.insert(self.info.marks.arrival_now());
+        extensions.insert(arrival);
         extensions.insert(self.info.clone());
         self.inner.clone().oneshot(request)
     }
