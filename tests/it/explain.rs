@@ -11,7 +11,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use holdup::proto::{CpuBoundRequest, CpuMode, FastReply, FastRequest, UpstreamCallRequest};
+use holdup::proto::{CpuBoundRequest, CpuMode, FastRequest, UpstreamCallRequest};
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
     common::v1::{AnyValue, KeyValue, any_value::Value as AnyKind},
@@ -204,47 +204,32 @@ async fn explains_contention_by_its_culprits_and_follows_them_into_their_traces(
     // One worker and one inline spin on it: every other request waits for that worker, and
     // the spin alone holds it (two workers on two shared cores leave where tokio queues each
     // connection, and which thread gets a CPU, to chance).
-    let mut spins = Vec::new();
     // Connected first: a connect waits for the worker too.
-    let mut clients = Vec::new();
-    for _ in 0..1 {
-        clients.push(client(stack.serve).await);
-    }
-    for mut c in clients {
-        spins.push(tokio::spawn(async move {
-            let reply = c
-                .cpu_bound(CpuBoundRequest {
-                    mode: CpuMode::Inline.into(),
-                    work_ms: SPIN_MS,
-                    iterations: 0,
-                })
-                .await
-                .expect("CpuBound answers")
-                .into_inner();
-            crate::common::diagnostics(&reply.diagnostics)
-                .trace_id
-                .clone()
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    // One probe on a fresh connection, while the spin holds the only worker.
-    let mut reply = None;
-    for _ in 0..1 {
-        let probe = client(stack.serve)
-            .await
-            .fast(FastRequest {
-                message: "victim".into(),
+    let mut c = client(stack.serve).await;
+    let spins = [tokio::spawn(async move {
+        let reply = c
+            .cpu_bound(CpuBoundRequest {
+                mode: CpuMode::Inline.into(),
+                work_ms: SPIN_MS,
+                iterations: 0,
             })
             .await
-            .expect("Fast answers")
+            .expect("CpuBound answers")
             .into_inner();
-        let total = |r: &FastReply| r.diagnostics.as_ref().map_or(0, |d| d.total_us);
-        if reply.as_ref().is_none_or(|r| total(&probe) > total(r)) {
-            reply = Some(probe);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let reply = reply.expect("a probe");
+        crate::common::diagnostics(&reply.diagnostics)
+            .trace_id
+            .clone()
+    })];
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // One probe on a fresh connection, while the spin holds the only worker.
+    let reply = client(stack.serve)
+        .await
+        .fast(FastRequest {
+            message: "victim".into(),
+        })
+        .await
+        .expect("Fast answers")
+        .into_inner();
     let victim = crate::common::diagnostics(&reply.diagnostics).clone();
     assert_eq!(victim.verdict, "runtime-contention", "{victim:?}");
     let mut spun = Vec::new();

@@ -13,7 +13,7 @@ use crate::common::{
     process::{self, KillOnDrop},
 };
 use holdup::proto::{
-    CpuBoundRequest, CpuMode, FastReply, FastRequest, UpstreamCallReply, UpstreamCallRequest,
+    CpuBoundRequest, CpuMode, FastRequest, UpstreamCallReply, UpstreamCallRequest,
 };
 use tonic::{Code, Request, Status};
 
@@ -346,48 +346,32 @@ async fn a_late_request_references_the_requests_that_held_the_workers() {
     // One worker and one inline spin on it: every other request waits for that worker, and
     // the spin alone holds it (two workers on two shared cores leave where tokio queues each
     // connection, and which thread gets a CPU, to chance).
-    let mut spins = Vec::new();
     // Connected first: a connect waits for the worker too.
-    let mut clients = Vec::new();
-    for _ in 0..1 {
-        clients.push(client(stack.serve).await);
-    }
-    for mut c in clients {
-        spins.push(tokio::spawn(async move {
-            let reply = c
-                .cpu_bound(CpuBoundRequest {
-                    mode: CpuMode::Inline.into(),
-                    work_ms: SPIN_MS,
-                    iterations: 0,
-                })
-                .await
-                .expect("CpuBound answers")
-                .into_inner();
-            crate::common::diagnostics(&reply.diagnostics).clone()
-        }));
-    }
-    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
-    // One probe on a fresh connection, while the spin holds the only worker.
-    let mut reply = None;
-    let mut waited = Vec::new();
-    for _ in 0..1 {
-        let sent = std::time::Instant::now();
-        let probe = client(stack.serve)
-            .await
-            .fast(FastRequest {
-                message: "victim".into(),
+    let mut c = client(stack.serve).await;
+    let spins = [tokio::spawn(async move {
+        let reply = c
+            .cpu_bound(CpuBoundRequest {
+                mode: CpuMode::Inline.into(),
+                work_ms: SPIN_MS,
+                iterations: 0,
             })
             .await
-            .expect("Fast answers")
+            .expect("CpuBound answers")
             .into_inner();
-        waited.push(sent.elapsed());
-        let total = |r: &FastReply| r.diagnostics.as_ref().map_or(0, |d| d.total_us);
-        if reply.as_ref().is_none_or(|r| total(&probe) > total(r)) {
-            reply = Some(probe);
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let reply = reply.expect("a probe");
+        crate::common::diagnostics(&reply.diagnostics).clone()
+    })];
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    // One probe on a fresh connection, while the spin holds the only worker.
+    let sent = std::time::Instant::now();
+    let reply = client(stack.serve)
+        .await
+        .fast(FastRequest {
+            message: "victim".into(),
+        })
+        .await
+        .expect("Fast answers")
+        .into_inner();
+    let waited = sent.elapsed();
     let victim = crate::common::diagnostics(&reply.diagnostics).clone();
     let mut spun = Vec::new();
     for spin in spins {
