@@ -93,6 +93,8 @@ mod otel;
 mod report;
 mod stage;
 mod stage_layer;
+#[cfg(feature = "arrival")]
+mod tcp_info;
 mod timeline;
 mod verdict;
 

@@ -28,6 +28,9 @@ pub struct ReadMarks {
     /// How long the connection's first bytes lay in the socket before its first read (kernel
     /// stamp to read; 0 when unknown).
     setup_wait: AtomicU64,
+    /// How long the connection had waited in the accept queue when it was wrapped (`TCP_INFO`:
+    /// the time since its last ACK), for a client that sent nothing meanwhile.
+    accept_wait: AtomicU64,
     /// Whether a request has been handed on already: only the first carries the setup wait.
     handed_any: std::sync::atomic::AtomicBool,
 }
@@ -69,6 +72,11 @@ impl ReadMarks {
         std::sync::atomic::fence(Ordering::Release);
         f(self);
         self.seq.store(seq.wrapping_add(2), Ordering::Release);
+    }
+
+    /// Records how long the connection waited to be accepted (see the field).
+    pub(crate) fn record_accept_wait(&self, ns: u64) {
+        self.accept_wait.store(ns, Ordering::Relaxed);
     }
 
     /// Records a read that returned bytes at `read_at`, with the kernel's stamp of the newest
@@ -124,7 +132,11 @@ impl ReadMarks {
         let marks = self.snapshot();
         let first = !self.handed_any.swap(true, Ordering::Relaxed);
         let setup_wait = first
-            .then(|| self.setup_wait.load(Ordering::Relaxed))
+            .then(|| {
+                self.setup_wait
+                    .load(Ordering::Relaxed)
+                    .max(self.accept_wait.load(Ordering::Relaxed))
+            })
             .filter(|&wait| wait > 0);
         Arrival {
             kernel: marks.kernel,

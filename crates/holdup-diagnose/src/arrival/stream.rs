@@ -54,9 +54,15 @@ pub struct TimestampedStream {
 impl TimestampedStream {
     /// Wraps an accepted stream.
     pub fn new(inner: TcpStream) -> Self {
+        let marks = ReadMarks::new();
+        // Just accepted: how long its handshake had been done (its client silent since, or
+        // the first read will say more).
+        if let Some(waited) = crate::tcp_info::since_last_ack(&inner) {
+            marks.record_accept_wait(crate::clock::nanos(waited));
+        }
         Self {
             inner,
-            marks: Arc::new(ReadMarks::new()),
+            marks: Arc::new(marks),
             catching_up: true,
             #[cfg(target_os = "linux")]
             control: super::timestamps::control_buffer(),
