@@ -5,8 +5,8 @@
 //! as a request's headers are decoded; tonic's loop wraps the tower stack in a `Oneshot`, so
 //! every tower layer (the diagnosis engine's included) first runs inside the request task that
 //! hyper spawns, after that task's own wait for a worker. Here `call` runs in the connection
-//! task and stamps the request ([`Stamped`]), so the wait for the request's first poll is
-//! measured and blamed, not lost. The rest is what tonic's loop did: HTTP/2 only, the HTTP/2
+//! task and stamps the request (`holdup_diagnose::arrival::Stamp`), so the wait for the
+//! request's first poll is measured and blamed, not lost. The rest is what tonic's loop did: HTTP/2 only, the HTTP/2
 //! settings, TLS (rustls, ALPN `h2`), the connection's info in every request, and a graceful
 //! drain (GOAWAY, then the in-flight calls) when asked to stop.
 
@@ -22,7 +22,9 @@ use tokio_rustls::TlsAcceptor;
 use tonic::body::Body;
 use tower::{Service, ServiceExt};
 
-use super::{Listener, connection::ConnectionInfo};
+use holdup_diagnose::arrival::Stamp;
+
+use super::Listener;
 
 /// The HTTP/2 settings of every gRPC connection (see `crate::server` for why each value).
 #[derive(Debug, Clone, Copy)]
@@ -103,10 +105,20 @@ pub async fn serve<S, B>(
                 () = &mut drain => break,
                 connection = listener.accept() => connection,
             };
-            let stamped = Stamped {
-                inner: service.clone(),
-                info: connection.info(),
-            };
+            let info = connection.info();
+            let marks = Arc::clone(&info.marks);
+            // The arrival is stamped by `Stamp` in the connection task; the connection's own
+            // info is for the layers, which read it in the request's task.
+            let with_info = service
+                .clone()
+                .map_request(move |request: http::Request<Incoming>| {
+                    let mut request = request.map(Body::new);
+                    let extensions = request.extensions_mut();
+                    extensions.insert(info.tcp.clone());
+                    extensions.insert(info.clone());
+                    request
+                });
+            let stamped = Stamp::new(with_info, marks);
             let builder = builder.clone();
             let tls = tls.clone();
             let watcher = graceful.watcher();
@@ -130,11 +142,11 @@ pub async fn serve<S, B>(
 async fn serve_one<IO, S, B>(
     builder: &http2::Builder<TokioExecutor>,
     io: IO,
-    service: Stamped<S>,
+    service: Stamp<S>,
     watcher: hyper_util::server::graceful::Watcher,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<http::Request<Body>, Response = http::Response<B>, Error = Infallible>
+    S: Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
         + Clone
         + Send
         + 'static,
@@ -145,47 +157,5 @@ async fn serve_one<IO, S, B>(
     let connection = builder.serve_connection(TokioIo::new(io), service);
     if let Err(e) = watcher.watch(connection).await {
         tracing::debug!(error = %e, "connection ended with an error");
-    }
-}
-
-/// The per-connection hyper service: its `call` runs in the connection task, as soon as a
-/// request's headers are read, and puts what the request's layers need in its extensions
-/// before the tower stack runs (in the request's own task).
-#[derive(Debug, Clone)]
-struct Stamped<S> {
-    inner: S,
-    info: ConnectionInfo,
-}
-
-impl<S, B> hyper::service::Service<http::Request<Incoming>> for Stamped<S>
-where
-    S: Service<http::Request<Body>, Response = http::Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = hyper::body::Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    type Response = http::Response<B>;
-    type Error = Infallible;
-    type Future = tower::util::Oneshot<S, http::Request<Body>>;
-
-    fn call(&self, request: http::Request<Incoming>) -> Self::Future {
-        let mut request = request.map(Body::new);
-        request.extensions_mut().insert(self.info.tcp.clone());
-        let arrival = self.info.marks.arrival_now();
-        tracing::trace!(
-            path = request.uri().path(),
-            kernel = ?arrival.kernel,
-            read_at = arrival.read_at,
-            stamped_at = arrival.stamped_at,
-            setup_wait = ?arrival.setup_wait,
-            "request stamped"
-        );
-        let extensions = request.extensions_mut();
-        extensions.insert(arrival);
-        extensions.insert(self.info.clone());
-        self.inner.clone().oneshot(request)
     }
 }

@@ -43,7 +43,16 @@ where
     type Future = TowerToHyperServiceFuture<S, Request<B>>;
 
     fn call(&self, mut request: Request<B>) -> Self::Future {
-        request.extensions_mut().insert(self.marks.arrival_now());
+        let arrival = self.marks.arrival_now();
+        tracing::trace!(
+            path = request.uri().path(),
+            kernel = ?arrival.kernel,
+            read_at = arrival.read_at,
+            stamped_at = arrival.stamped_at,
+            setup_wait = ?arrival.setup_wait,
+            "request stamped"
+        );
+        request.extensions_mut().insert(arrival);
         self.inner.call(request)
     }
 }
