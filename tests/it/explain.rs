@@ -11,7 +11,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use holdup::proto::{CpuBoundRequest, CpuMode, FastRequest, UpstreamCallRequest};
+use holdup::proto::UpstreamCallRequest;
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
     common::v1::{AnyValue, KeyValue, any_value::Value as AnyKind},
@@ -20,10 +20,7 @@ use opentelemetry_proto::tonic::{
 };
 use serde_json::Value;
 
-use crate::{
-    common::{client, jaeger::Jaeger},
-    jaeger::Stack,
-};
+use crate::{common::jaeger::Jaeger, jaeger::Stack};
 
 /// `holdup explain ARGS`: its exit status, stdout and stderr.
 async fn explain(args: &[&str]) -> Output {
@@ -193,50 +190,14 @@ async fn explains_a_two_service_trace_with_each_segments_cause() {
     assert!(html.contains("holdup-upstream GET /work"));
 }
 
-/// How long each of the two inline `CpuBound` calls holds its lab worker.
-const SPIN_MS: u32 = 600;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explains_contention_by_its_culprits_and_follows_them_into_their_traces() {
     let Some(stack) = Stack::start(&["--workers", "1"]).await else {
         return;
     };
-    // One worker and one inline spin on it: every other request waits for that worker, and
-    // the spin alone holds it (two workers on two shared cores leave where tokio queues each
-    // connection, and which thread gets a CPU, to chance).
-    // Connected first: a connect waits for the worker too.
-    let mut c = client(stack.serve).await;
-    let spins = [tokio::spawn(async move {
-        let reply = c
-            .cpu_bound(CpuBoundRequest {
-                mode: CpuMode::Inline.into(),
-                work_ms: SPIN_MS,
-                iterations: 0,
-            })
-            .await
-            .expect("CpuBound answers")
-            .into_inner();
-        crate::common::diagnostics(&reply.diagnostics)
-            .trace_id
-            .clone()
-    })];
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    // One probe on a fresh connection, while the spin holds the only worker.
-    let reply = client(stack.serve)
-        .await
-        .fast(FastRequest {
-            message: "victim".into(),
-        })
-        .await
-        .expect("Fast answers")
-        .into_inner();
-    let victim = crate::common::diagnostics(&reply.diagnostics).clone();
+    let (victim, spin, _) = crate::jaeger::fast_behind_a_spin(&stack).await;
     assert_eq!(victim.verdict, "runtime-contention", "{victim:?}");
-    let mut spun = Vec::new();
-    for spin in spins {
-        spun.push(spin.await.expect("the spin finished"));
-    }
-    spun.sort_unstable();
+    let spun = vec![spin.trace_id];
     // Every trace explain will read is in Jaeger first.
     stack
         .jaeger

@@ -5,7 +5,7 @@
 //! The project's own OTLP collector (`tests/observability.rs`) stays for span-level details
 //! Jaeger does not show exactly (span kinds, events, the console).
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use crate::common::{
     client,
@@ -13,7 +13,7 @@ use crate::common::{
     process::{self, KillOnDrop},
 };
 use holdup::proto::{
-    CpuBoundRequest, CpuMode, FastRequest, UpstreamCallReply, UpstreamCallRequest,
+    CpuBoundRequest, CpuMode, Diagnostics, FastRequest, UpstreamCallReply, UpstreamCallRequest,
 };
 use tonic::{Code, Request, Status};
 
@@ -335,20 +335,15 @@ async fn jaeger_shows_the_split_the_reply_carries() {
 /// How long each of the two inline `CpuBound` calls holds its lab worker.
 const SPIN_MS: u32 = 600;
 
-/// Who made a request late, as Jaeger shows it: the victim's server span carries a reference
-/// (an OpenTelemetry link) to the server span of each request that held the workers, and those
-/// are spans of traces Jaeger has.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_late_request_references_the_requests_that_held_the_workers() {
-    let Some(stack) = Stack::start(&["--workers", "1"]).await else {
-        return;
-    };
-    // One worker and one inline spin on it: every other request waits for that worker, and
-    // the spin alone holds it (two workers on two shared cores leave where tokio queues each
-    // connection, and which thread gets a CPU, to chance).
+/// One inline `CpuBound` of [`SPIN_MS`] on a server of one worker, then a `Fast` on a fresh
+/// connection 150 ms in: every other request waits for that worker, and the spin alone holds
+/// it (two workers on two shared cores leave where tokio queues each connection, and which
+/// thread gets a CPU, to chance). Returns the `Fast`'s and the spin's diagnostics, and how
+/// long the `Fast` took at its client.
+pub(crate) async fn fast_behind_a_spin(stack: &Stack) -> (Diagnostics, Diagnostics, Duration) {
     // Connected first: a connect waits for the worker too.
     let mut c = client(stack.serve).await;
-    let spins = [tokio::spawn(async move {
+    let spin = tokio::spawn(async move {
         let reply = c
             .cpu_bound(CpuBoundRequest {
                 mode: CpuMode::Inline.into(),
@@ -359,9 +354,8 @@ async fn a_late_request_references_the_requests_that_held_the_workers() {
             .expect("CpuBound answers")
             .into_inner();
         crate::common::diagnostics(&reply.diagnostics).clone()
-    })];
-    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
-    // One probe on a fresh connection, while the spin holds the only worker.
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
     let sent = std::time::Instant::now();
     let reply = client(stack.serve)
         .await
@@ -373,10 +367,19 @@ async fn a_late_request_references_the_requests_that_held_the_workers() {
         .into_inner();
     let waited = sent.elapsed();
     let victim = crate::common::diagnostics(&reply.diagnostics).clone();
-    let mut spun = Vec::new();
-    for spin in spins {
-        spun.push(spin.await.expect("the spin finished").trace_id);
-    }
+    (victim, spin.await.expect("the spin finished"), waited)
+}
+
+/// Who made a request late, as Jaeger shows it: the victim's server span carries a reference
+/// (an OpenTelemetry link) to the server span of each request that held the workers, and those
+/// are spans of traces Jaeger has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_request_references_the_requests_that_held_the_workers() {
+    let Some(stack) = Stack::start(&["--workers", "1"]).await else {
+        return;
+    };
+    let (victim, spin, waited) = fast_behind_a_spin(&stack).await;
+    let spun = [spin.trace_id];
     assert_eq!(
         victim.verdict, "runtime-contention",
         "{victim:?} {waited:?}"
