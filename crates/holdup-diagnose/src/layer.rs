@@ -320,6 +320,18 @@ struct Peeked<D, E> {
     len: usize,
 }
 
+impl<D: bytes::Buf, E> Peeked<D, E> {
+    /// Bytes of the data frames not yet handed on.
+    fn data_len(&self) -> u64 {
+        self.frames
+            .iter()
+            .flatten()
+            .filter_map(|f| f.as_ref().ok()?.data_ref())
+            .map(|d| d.remaining() as u64)
+            .sum()
+    }
+}
+
 impl<D, E> Default for Peeked<D, E> {
     fn default() -> Self {
         Self {
@@ -492,7 +504,17 @@ impl<B: Body> Body for DiagnosedBody<B> {
         self.peeked.is_empty() && self.inner.is_end_stream()
     }
 
+    /// The inner body's hint counts only what it has left: the frames read ahead of the head
+    /// are added back, or an exact hint of what remains (axum's `Full`, 0 once read) would
+    /// make hyper send an empty body.
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let inner = self.inner.size_hint();
+        let ahead = self.peeked.data_len();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower().saturating_add(ahead));
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper.saturating_add(ahead));
+        }
+        hint
     }
 }

@@ -70,6 +70,10 @@ async fn each_route_gets_its_measured_verdict() {
     let base = serve().await;
     let fast = diagnosis(&format!("{base}/fast")).await;
     assert_eq!(verdict(&fast), "none", "{fast}");
+    // The layer reads a reply's first frames ahead of its head: the body must still arrive.
+    let body = reqwest::get(format!("{base}/spin")).await.unwrap();
+    assert_eq!(body.content_length(), Some(4), "{:?}", body.headers());
+    assert_eq!(body.text().await.unwrap(), "spun");
     let spun = diagnosis(&format!("{base}/spin")).await;
     assert_eq!(verdict(&spun), "own-cpu", "{spun}");
     let waited = diagnosis(&format!("{base}/wait")).await;
