@@ -29,6 +29,10 @@ pub struct EngineConfig {
     pub long_poll: Duration,
     pub blame_from: Duration,
     pub warn_blamed_from: Duration,
+    /// Ports of the service's own databases beyond the well-known ones
+    /// ([`DATABASE_PORTS`](crate::DATABASE_PORTS)), 0 for none: a wait that ends on data
+    /// from one is `backend`, not `upstream`. Set with [`EngineConfig::backend_port`].
+    pub backend_ports: [u16; 4],
 }
 
 impl Default for EngineConfig {
@@ -37,7 +41,33 @@ impl Default for EngineConfig {
             long_poll: DEFAULT_LONG_POLL,
             blame_from: DEFAULT_BLAME_FROM,
             warn_blamed_from: DEFAULT_WARN_BLAMED_FROM,
+            backend_ports: [0; 4],
         }
+    }
+}
+
+impl EngineConfig {
+    /// Says that `port` is a database's (a PostgreSQL on 6543): waits on connections to it are
+    /// `backend`. Up to four; more are ignored.
+    #[must_use]
+    pub fn backend_port(mut self, port: u16) -> Self {
+        if let Some(free) = self
+            .backend_ports
+            .iter_mut()
+            .find(|p| **p == 0 || **p == port)
+        {
+            *free = port;
+        }
+        self
+    }
+
+    /// The ports given with [`EngineConfig::backend_port`].
+    pub fn backend_ports(&self) -> Vec<u16> {
+        self.backend_ports
+            .iter()
+            .copied()
+            .filter(|p| *p != 0)
+            .collect()
     }
 }
 

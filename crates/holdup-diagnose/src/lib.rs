@@ -87,16 +87,19 @@ pub mod layer;
 mod measured;
 #[cfg(feature = "prometheus")]
 mod metrics;
+mod names;
 mod occupancy;
 #[cfg(feature = "opentelemetry")]
 mod otel;
 mod report;
+mod resource;
 mod stage;
 mod stage_layer;
-#[cfg(feature = "arrival")]
 mod tcp_info;
 mod timeline;
 mod verdict;
+mod wait_name;
+mod wake_source;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]
@@ -119,3 +122,4 @@ pub use report::{Event, EventKind, Report, Split, Wait, micros, task_description
 pub use stage::{STAGE_FIELD, StageKind};
 pub use stage_layer::{StageFilter, StageLayer};
 pub use verdict::{NOT_LATE_BELOW, Verdict};
+pub use wait_name::DATABASE_PORTS;

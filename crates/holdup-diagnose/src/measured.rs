@@ -21,7 +21,7 @@ use atomic_waker::AtomicWaker;
 
 use super::{
     clock::{self, now_ns},
-    occupancy,
+    occupancy, resource,
     timeline::Timeline,
 };
 
@@ -116,6 +116,7 @@ impl Meter {
         // Entered here rather than by `Instrument`: that wrapper also enters the span to drop the
         // future, and holds a clone of it; two of them per request were about 4 500 instructions.
         let entered = in_span.then(|| timeline.span.enter());
+        resource::poll_begins();
         let polled = poll(&mut Context::from_waker(&self.waker));
         drop(entered);
 
@@ -130,7 +131,7 @@ impl Meter {
             used.cpu_wait,
         );
         if polled.is_pending() {
-            timeline.park(self.depth, end, &self.flag.woken_at);
+            timeline.park(self.depth, end, &self.flag.woken_at, resource::pending_on());
         }
         polled
     }

@@ -137,6 +137,9 @@ static ANY_NAMES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool:
 
 thread_local! {
     static SLOT: Arc<Slot> = register();
+    /// Whether this thread has a slot: asking who polls on a thread that has none (a library's
+    /// own thread waking a request) must not register one for it.
+    static HAS_SLOT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 fn register() -> Arc<Slot> {
@@ -148,7 +151,57 @@ fn register() -> Arc<Slot> {
     let mut slots = SLOTS.lock().unwrap_or_else(PoisonError::into_inner);
     slots.retain(|s| s.strong_count() > 0);
     slots.push(Arc::downgrade(&slot));
+    HAS_SLOT.with(|has| has.set(true));
     slot
+}
+
+/// What the thread running this code is to the runtime, for a wake: see
+/// [`crate::wake_source`].
+#[derive(Debug, Clone)]
+pub(crate) enum ThreadRole {
+    /// A request's or (hooked) task's poll runs on it now.
+    Polling(Holder),
+    /// A runtime worker between polls: its I/O driver or timer.
+    Worker,
+    /// A thread of a runtime that is not a worker: the blocking pool. Told apart from a
+    /// worker only when the runtime has the engine's hooks (a worker's park marks it).
+    Blocking,
+    /// A thread no tokio runtime owns.
+    Foreign,
+}
+
+/// See [`ThreadRole`].
+pub(crate) fn role_here() -> ThreadRole {
+    if HAS_SLOT.with(std::cell::Cell::get) {
+        let (holder, worker) = SLOT.with(|slot| {
+            let holder = slot.lock().current.as_ref().and_then(|p| p.holder.clone());
+            (
+                holder,
+                slot.worker.load(std::sync::atomic::Ordering::Relaxed),
+            )
+        });
+        if let Some(holder) = holder {
+            return ThreadRole::Polling(holder);
+        }
+        if worker || !HOOKED.load(std::sync::atomic::Ordering::Relaxed) {
+            return ThreadRole::Worker;
+        }
+    }
+    if tokio::runtime::Handle::try_current().is_err() {
+        ThreadRole::Foreign
+    } else if HOOKED.load(std::sync::atomic::Ordering::Relaxed) {
+        ThreadRole::Blocking
+    } else {
+        ThreadRole::Worker
+    }
+}
+
+/// The request or task polling on this thread now, if any.
+pub(crate) fn current_holder() -> Option<Holder> {
+    match role_here() {
+        ThreadRole::Polling(holder) => Some(holder),
+        _ => None,
+    }
 }
 
 /// The runtime this thread works for (0 where tokio cannot say: all one runtime then).

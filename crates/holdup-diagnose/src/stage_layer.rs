@@ -15,7 +15,12 @@ use tracing_subscriber::{
     registry::LookupSpan,
 };
 
-use super::{stage::KindVisitor, timeline::Timeline};
+use super::{
+    occupancy::{self, Holder},
+    resource::{self, EventVisitor, Holds, Resource, ResourceKind, ResourceVisitor},
+    stage::KindVisitor,
+    timeline::Timeline,
+};
 
 /// In a span's extensions: the request it belongs to. Weak: the timeline holds the request's
 /// span, which must close when the request is done.
@@ -48,9 +53,31 @@ impl StageLayer {
     /// entry and exit was a registry look-up for every filtered layer, about 4 % of a `Fast`
     /// call's instructions, for a span that outlives every request on it and so is never one's
     /// stage.
+    ///
+    /// And tokio's resource instrumentation (`--cfg tokio_unstable` and tokio's `tracing`
+    /// feature, as tokio-console needs): the `runtime.resource` spans of timers, semaphores,
+    /// mutexes and channels and the events of their operations, which say what a request
+    /// parked on and who holds a lock ([`crate::resource`]).
     pub fn wants(meta: &Metadata<'_>) -> bool {
-        meta.is_span() && may_be_stage(meta.target(), meta.name(), *meta.level())
+        if meta.is_span() {
+            may_be_stage(meta.target(), meta.name(), *meta.level()) || is_resource_span(meta)
+        } else {
+            is_resource_event(meta)
+        }
     }
+}
+
+/// tokio's spans of a resource and of the operations on it.
+fn is_resource_span(meta: &Metadata<'_>) -> bool {
+    meta.target().starts_with("tokio") && meta.name().starts_with("runtime.resource")
+}
+
+/// tokio's events of a resource: an operation polled, permits taken or given back.
+fn is_resource_event(meta: &Metadata<'_>) -> bool {
+    matches!(
+        meta.target(),
+        "runtime::resource::poll_op" | "runtime::resource::state_update"
+    )
 }
 
 /// Whether a span with this target, name and level may be a request's stage.
@@ -75,6 +102,25 @@ where
 {
     fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
+        if attrs.metadata().name() == "runtime.resource" {
+            let mut fields = ResourceVisitor::default();
+            attrs.record(&mut fields);
+            // A resource tokio builds inside another (the semaphore of a `Mutex`) is made while
+            // the outer one's span is entered.
+            let outer = ctx.lookup_current().and_then(|current| {
+                current
+                    .extensions()
+                    .get::<Resource>()
+                    .map(Resource::visible)
+            });
+            let resource = fields.resource(id.into_u64(), outer);
+            let mut extensions = span.extensions_mut();
+            if resource.this.kind == ResourceKind::Lock && resource.outer.is_none() {
+                extensions.insert(Holds::default());
+            }
+            extensions.insert(resource);
+            return;
+        }
         let Some(parent) = span.parent() else { return };
         let Some(request) = parent.extensions().get::<InRequest>().cloned() else {
             return;
@@ -89,6 +135,54 @@ where
             timeline: request.timeline,
             root: false,
         });
+    }
+
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
+        let Some(scope) = ctx.event_scope(event) else {
+            return;
+        };
+        let Some((resource, span)) = scope.into_iter().find_map(|span| {
+            let found = span
+                .extensions()
+                .get::<Resource>()
+                .map(|r| (r.this, r.outer, r.internal));
+            found.map(|r| (r, span))
+        }) else {
+            return;
+        };
+        let (this, outer, internal) = resource;
+        let mut fields = EventVisitor::default();
+        event.record(&mut fields);
+        match fields.ready {
+            Some(false) => resource::not_ready(&Resource {
+                this,
+                outer,
+                internal,
+            }),
+            // An acquisition, counted once: on the lock the user sees, not on the semaphore
+            // tokio keeps inside it.
+            Some(true) if this.kind == ResourceKind::Lock && !internal => {
+                if let Some(holder) = occupancy::current_holder()
+                    && let Some(holds) = span.extensions_mut().get_mut::<Holds>()
+                {
+                    holds.acquired(holder, super::clock::now_ns());
+                }
+            }
+            _ if fields.added => {
+                // Permits given back: on the inner semaphore, counted against the outer lock.
+                let target = match outer {
+                    Some(outer) if internal => ctx.span(&span::Id::from_u64(outer.span)),
+                    _ => Some(span),
+                };
+                if let Some(target) = target
+                    && let Some(holds) = target.extensions_mut().get_mut::<Holds>()
+                {
+                    let by = occupancy::current_holder();
+                    holds.released(by.as_ref(), super::clock::now_ns());
+                }
+            }
+            _ => {}
+        }
     }
 
     fn on_close(&self, id: span::Id, ctx: Context<'_, S>) {
@@ -124,9 +218,33 @@ impl<S> Filter<S> for StageFilter {
     /// runs at TRACE: every `trace!` and `trace_span!` of h2 and hyper (hundreds per request)
     /// is then asked whether it is enabled. Measured: bare tonic with the engine and only this
     /// layer used 2.3x bare's CPU per call, against 1.3x with an INFO-filtered layer beside it.
+    ///
+    /// TRACE only where tokio may emit its resource instrumentation (`tokio_unstable`), which
+    /// is at TRACE.
     fn max_level_hint(&self) -> Option<tracing_subscriber::filter::LevelFilter> {
-        Some(tracing_subscriber::filter::LevelFilter::DEBUG)
+        if cfg!(tokio_unstable) {
+            Some(tracing_subscriber::filter::LevelFilter::TRACE)
+        } else {
+            Some(tracing_subscriber::filter::LevelFilter::DEBUG)
+        }
     }
+}
+
+/// Who held the lock whose resource span is `resource` during `from..to`, other than
+/// `victim`, and for how long of it (empty when the subscriber is not a registry, or the lock
+/// is gone).
+pub(crate) fn holders_of(resource: u64, from: u64, to: u64, victim: &Holder) -> Vec<(Holder, u64)> {
+    tracing::dispatcher::get_default(|dispatch| {
+        dispatch
+            .downcast_ref::<tracing_subscriber::Registry>()
+            .and_then(|registry| registry.span(&span::Id::from_u64(resource)))
+            .and_then(|span| {
+                span.extensions()
+                    .get::<Holds>()
+                    .map(|holds| holds.during(from, to, victim))
+            })
+            .unwrap_or_default()
+    })
 }
 
 /// Puts `timeline` in the extensions of its request's span (a no-op when the subscriber is not

@@ -4,33 +4,170 @@
 //! sends a request) leaves no bytes whose receive stamp could show that wait; the handshake's
 //! final ACK is the last thing it sent.
 //!
-//! nix does not wrap `TCP_INFO`, so this is the crate's one `getsockopt` by hand.
+//! It also finds the connection a network wait ended on ([`opened_connections`]): the
+//! process's established TCP connections that it opened (not accepted), each with the time
+//! since it last received data. A request woken by the I/O driver at the moment one of them
+//! received data was waiting for that peer.
+//!
+//! nix does not wrap `TCP_INFO`, so this is the crate's `getsockopt` by hand, and its only
+//! `unsafe` code.
 
-use std::{os::fd::AsFd, time::Duration};
+#[cfg(any(feature = "arrival", test))]
+use std::os::fd::AsFd;
+use std::{net::SocketAddr, time::Duration};
 
-/// Time since `socket` last received an ACK (the handshake's, on a connection that has sent
-/// nothing since), to the millisecond; `None` where the kernel does not say.
+/// `TCP_INFO` of the socket `fd`.
 #[cfg(target_os = "linux")]
-pub(crate) fn since_last_ack(socket: &impl AsFd) -> Option<Duration> {
-    use std::os::fd::AsRawFd;
+fn tcp_info(fd: std::os::fd::RawFd) -> Option<libc::tcp_info> {
     // SAFETY: `tcp_info` is a plain C struct of integers, for which all zeros is valid.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::tcp_info>()).ok()?;
-    // SAFETY: the descriptor is borrowed for the call; `info` is writable for `len` bytes and
-    // `len` says so; the kernel writes at most `len` bytes and sets `len` to what it wrote.
+    // SAFETY: `fd` is only read by the call (a descriptor closed meanwhile fails it); `info`
+    // is writable for `len` bytes and `len` says so; the kernel writes at most `len` bytes.
     let rc = unsafe {
         libc::getsockopt(
-            socket.as_fd().as_raw_fd(),
+            fd,
             libc::IPPROTO_TCP,
             libc::TCP_INFO,
             std::ptr::from_mut(&mut info).cast(),
             &mut len,
         )
     };
-    (rc == 0).then(|| Duration::from_millis(u64::from(info.tcpi_last_ack_recv)))
+    (rc == 0).then_some(info)
+}
+
+/// Whether the socket `fd` listens.
+#[cfg(target_os = "linux")]
+fn listens(fd: std::os::fd::RawFd) -> bool {
+    let mut on: libc::c_int = 0;
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
+    // SAFETY: as in `tcp_info`: `on` is writable for `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            std::ptr::from_mut(&mut on).cast(),
+            &mut len,
+        )
+    };
+    rc == 0 && on != 0
+}
+
+/// The local (`peer == false`) or remote address of the IP socket `fd`.
+#[cfg(target_os = "linux")]
+fn address(fd: std::os::fd::RawFd, peer: bool) -> Option<SocketAddr> {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
+    // SAFETY: all zeros is a valid `sockaddr_storage`.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_storage>()).ok()?;
+    let out = std::ptr::from_mut(&mut storage).cast::<libc::sockaddr>();
+    // SAFETY: `storage` is writable for `len` bytes and `len` says so.
+    let rc = unsafe {
+        if peer {
+            libc::getpeername(fd, out, &mut len)
+        } else {
+            libc::getsockname(fd, out, &mut len)
+        }
+    };
+    if rc != 0 {
+        return None;
+    }
+    match libc::c_int::from(storage.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote a `sockaddr_in` (family AF_INET), which fits.
+            let v4: libc::sockaddr_in = unsafe { std::ptr::read(out.cast()) };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr)),
+                u16::from_be(v4.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the kernel wrote a `sockaddr_in6` (family AF_INET6), which fits.
+            let v6: libc::sockaddr_in6 = unsafe { std::ptr::read(out.cast()) };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(v6.sin6_addr.s6_addr),
+                u16::from_be(v6.sin6_port),
+                v6.sin6_flowinfo,
+                v6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// An established TCP connection the process opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Opened {
+    pub(crate) peer: SocketAddr,
+    /// Time since it last received data, to the kernel's tick (a few milliseconds).
+    pub(crate) since_data: Duration,
+}
+
+/// The process's established TCP connections that it opened: every IP socket in
+/// `/proc/self/fd` that is established and whose local port is not one the process listens
+/// on (an accepted connection has its listener's). About four system calls a socket: called
+/// only for a request that waited at least a millisecond on something no span or tokio
+/// resource named.
+#[cfg(target_os = "linux")]
+pub(crate) fn opened_connections() -> Vec<Opened> {
+    const ESTABLISHED: u8 = 1;
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    let mut listening = Vec::new();
+    let mut found = Vec::new();
+    for entry in dir.flatten() {
+        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let is_socket = std::fs::read_link(entry.path()).is_ok_and(|target| {
+            target
+                .as_os_str()
+                .as_encoded_bytes()
+                .starts_with(b"socket:")
+        });
+        if !is_socket {
+            continue;
+        }
+        let Some(local) = address(fd, false) else {
+            continue;
+        };
+        if listens(fd) {
+            listening.push(local.port());
+            continue;
+        }
+        let Some(info) = tcp_info(fd).filter(|i| i.tcpi_state == ESTABLISHED) else {
+            continue;
+        };
+        let Some(peer) = address(fd, true) else {
+            continue;
+        };
+        let since_data = Duration::from_millis(u64::from(info.tcpi_last_data_recv));
+        found.push((local.port(), Opened { peer, since_data }));
+    }
+    found
+        .into_iter()
+        .filter(|(port, _)| !listening.contains(port))
+        .map(|(_, opened)| opened)
+        .collect()
 }
 
 #[cfg(not(target_os = "linux"))]
+pub(crate) fn opened_connections() -> Vec<Opened> {
+    Vec::new()
+}
+
+/// Time since `socket` last received an ACK (the handshake's, on a connection that has sent
+/// nothing since), to the millisecond; `None` where the kernel does not say.
+#[cfg(all(target_os = "linux", any(feature = "arrival", test)))]
+pub(crate) fn since_last_ack(socket: &impl AsFd) -> Option<Duration> {
+    use std::os::fd::AsRawFd;
+    tcp_info(socket.as_fd().as_raw_fd())
+        .map(|info| Duration::from_millis(u64::from(info.tcpi_last_ack_recv)))
+}
+
+#[cfg(all(not(target_os = "linux"), any(feature = "arrival", test)))]
 pub(crate) fn since_last_ack(_socket: &impl AsFd) -> Option<Duration> {
     None
 }

@@ -13,9 +13,12 @@ use super::{
     clock::{CpuMark, PollCpu},
     engine::Engine,
     identity::Identity,
-    occupancy,
+    occupancy::{self, Holder},
     report::{Event, EventKind, Report, Split, Wait},
+    resource::{Pending, ResourceKind, ResourceRef},
     stage::StageKind,
+    wait_name::{self, Naming},
+    wake_source::WokenBy,
 };
 
 /// Distinct stage names a request's waits are listed under; more are summed under the last.
@@ -32,11 +35,28 @@ struct OpenStage {
     kind: Option<StageKind>,
 }
 
-/// The request is parked (waiting for a wake) since `since`; `depth` says which wrapper.
+/// The request is parked (waiting for a wake) since `since`; `depth` says which wrapper;
+/// `on`: the tokio resources it parked on, if tokio said.
 #[derive(Debug, Clone, Copy)]
 struct Park {
     since: u64,
     depth: usize,
+    on: Pending,
+}
+
+/// Parked stretches of a millisecond or more that may be network waits: named when the report
+/// is taken, from the connections that received data when they ended.
+const NAME_NETWORK_FROM: u64 = 1_000_000;
+
+/// A parked stretch to be named by [`wait_name::network`] when the report is taken.
+#[derive(Debug, Clone)]
+struct Unnamed {
+    from: u64,
+    to: u64,
+    ns: u64,
+    /// The stage open (no kind) or resource, for a stretch that turns out not to be one.
+    name: &'static str,
+    by: WokenBy,
 }
 
 #[derive(Debug, Default)]
@@ -55,6 +75,7 @@ struct State {
     culprits: Vec<Culprit>,
     events: Vec<Event>,
     events_dropped: u64,
+    unnamed: Vec<Unnamed>,
     /// The end of the latest stretch charged to the split. The request's own future and its
     /// handler task run on different threads, so their stretches can overlap (a wake of the
     /// future while the task computes, a poll of each at the hand-over); each instant is
@@ -84,21 +105,86 @@ impl State {
         }
     }
 
-    /// Charges the parked stretch up to `until` to the innermost open stage.
-    fn charge_idle(&mut self, want_events: bool, until: u64) {
+    /// Charges the parked stretch up to `until` to the innermost open stage that has a kind,
+    /// or else to what measurement names ([`wait_name`]); `by`: who woke it, when a wake ends
+    /// the stretch.
+    fn charge_idle(
+        &mut self,
+        want_events: bool,
+        until: u64,
+        by: Option<&WokenBy>,
+        victim: &Arc<Identity>,
+    ) {
         let Some(park) = self.parked.as_mut() else {
             return;
         };
         let from = park.since;
         park.since = until;
+        let on = park.on;
         let ns = self.claim(from, until);
         if ns == 0 {
             return;
         }
         let stage = self.open.last().copied();
-        let (name, kind) = stage.map_or(("", None), |s| (s.name, s.kind));
+        let stage_name = stage.map_or("", |s| s.name);
+        let naming = wait_name::name(on, by);
+        let lock = on.other.filter(|r| r.kind == ResourceKind::Lock);
+        // Only a lock the wake says was waited for (not a timeout around it that fired).
+        let queued = matches!(
+            naming,
+            Naming::Known {
+                kind: Some(StageKind::Queue),
+                ..
+            }
+        );
+        if let Some(resource) = lock.filter(|_| queued && by.is_some()) {
+            self.blame_holders(resource, from, until, ns, victim);
+        }
+        if let Some(kind) = stage.and_then(|s| s.kind) {
+            self.add_idle(want_events, stage_name, Some(kind), ns, from, until);
+            return;
+        }
+        let (kind, name) = match naming {
+            Naming::Known { kind, name } => (kind, name),
+            Naming::Network { name } => {
+                let name = if name.is_empty() { stage_name } else { name };
+                if let Some(by) = by.filter(|_| ns >= NAME_NETWORK_FROM) {
+                    self.unnamed.push(Unnamed {
+                        from,
+                        to: until,
+                        ns,
+                        name,
+                        by: by.clone(),
+                    });
+                    return;
+                }
+                (None, name)
+            }
+        };
+        let name = if name.is_empty() { stage_name } else { name };
+        self.add_idle(want_events, name, kind, ns, from, until);
+        if kind.is_none()
+            && let Some(WokenBy::Poll(holder)) = by
+        {
+            self.blame_waker(holder, ns, want_events);
+        }
+    }
+
+    /// Adds `ns` of parked time under `name` and `kind`.
+    fn add_idle(
+        &mut self,
+        want_events: bool,
+        name: &'static str,
+        kind: Option<StageKind>,
+        ns: u64,
+        from: u64,
+        until: u64,
+    ) {
         self.split.idle[StageKind::slot(kind)] += ns;
-        let known = self.waits.iter().position(|w| w.stage == name);
+        let known = self
+            .waits
+            .iter()
+            .position(|w| w.stage == name && w.kind == kind);
         match known {
             Some(i) => self.waits[i].ns += ns,
             None if self.waits.len() < MAX_WAITS => self.waits.push(Wait {
@@ -122,6 +208,93 @@ impl State {
                 stage: name,
             },
         );
+    }
+
+    /// The holders of the lock `resource` during the wait `from..until` (`ns` of it charged
+    /// here) are its culprits, each with the time it held the lock then.
+    fn blame_holders(
+        &mut self,
+        resource: ResourceRef,
+        from: u64,
+        until: u64,
+        ns: u64,
+        victim: &Arc<Identity>,
+    ) {
+        let victim = Holder::Request(Arc::clone(victim));
+        let held = super::stage_layer::holders_of(resource.span, from, until, &victim);
+        let total: u64 = held.iter().map(|(_, held)| *held).sum();
+        let culprits = held
+            .into_iter()
+            .map(|(holder, held)| Culprit {
+                holder,
+                overlap: held,
+                share: if total > ns {
+                    u64::try_from(u128::from(held) * u128::from(ns) / u128::from(total))
+                        .unwrap_or(held)
+                } else {
+                    held
+                },
+                polls: Vec::new(),
+            })
+            .collect();
+        blame::merge(&mut self.culprits, culprits, false);
+    }
+
+    /// The request or task whose poll woke this one after it waited `ns` on nothing named
+    /// (a channel it sent on): the wait's culprit.
+    fn blame_waker(&mut self, holder: &Holder, ns: u64, want_events: bool) {
+        let culprit = Culprit {
+            holder: holder.clone(),
+            overlap: ns,
+            share: ns,
+            polls: Vec::new(),
+        };
+        blame::merge(&mut self.culprits, vec![culprit], want_events);
+    }
+
+    /// Names the stretches left for the report: finds the opened connection each ended on.
+    fn name_network_waits(
+        &mut self,
+        want_events: bool,
+        now: u64,
+        config: &super::engine::EngineConfig,
+    ) {
+        if self.unnamed.is_empty() {
+            return;
+        }
+        let backend_ports = config.backend_ports();
+        let received: Vec<_> = super::tcp_info::opened_connections()
+            .into_iter()
+            .map(|o| {
+                let ago = super::clock::nanos(o.since_data);
+                (o.peer, now.saturating_sub(ago))
+            })
+            .collect();
+        for stretch in std::mem::take(&mut self.unnamed) {
+            match wait_name::network(stretch.to, &received, &backend_ports) {
+                Some((kind, peer)) => self.add_idle(
+                    want_events,
+                    peer,
+                    Some(kind),
+                    stretch.ns,
+                    stretch.from,
+                    stretch.to,
+                ),
+                None => {
+                    self.add_idle(
+                        want_events,
+                        stretch.name,
+                        None,
+                        stretch.ns,
+                        stretch.from,
+                        stretch.to,
+                    );
+                    if let WokenBy::Poll(holder) = &stretch.by {
+                        self.blame_waker(holder, stretch.ns, want_events);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -223,7 +396,7 @@ impl Timeline {
         let mut state = self.lock();
         if state.parked.is_some_and(|p| p.depth == depth) {
             // Polled without a wake of ours (a spurious poll): parked until now.
-            state.charge_idle(self.want_events, now);
+            state.charge_idle(self.want_events, now, None, &self.identity);
             state.parked = None;
         }
         let waited = if waited > 0 {
@@ -293,7 +466,7 @@ impl Timeline {
     /// (`woken_at` set, during the poll or since), or an inner wrapper accounts for this time,
     /// the request is parked. Checked under the lock that [`Timeline::woken`] takes, so a wake
     /// racing with the park is counted once.
-    pub(crate) fn park(&self, depth: usize, end: u64, woken_at: &AtomicU64) {
+    pub(crate) fn park(&self, depth: usize, end: u64, woken_at: &AtomicU64, on: Pending) {
         let mut state = self.lock();
         let woken = woken_at.load(Ordering::Acquire);
         if woken != 0 {
@@ -306,14 +479,20 @@ impl Timeline {
         if self.delegates.load(Ordering::Acquire) > depth {
             return;
         }
-        state.parked = Some(Park { since: end, depth });
+        state.parked = Some(Park {
+            since: end,
+            depth,
+            on,
+        });
     }
 
-    /// The wrapper at `depth` was woken at `now`: its parked stretch ends.
+    /// The wrapper at `depth` was woken at `now`, on this thread: its parked stretch ends, and
+    /// who woke it says what it waited for.
     pub(crate) fn woken(&self, depth: usize, now: u64) {
         let mut state = self.lock();
         if state.parked.is_some_and(|p| p.depth == depth) {
-            state.charge_idle(self.want_events, now);
+            let by = WokenBy::here();
+            state.charge_idle(self.want_events, now, Some(&by), &self.identity);
             state.parked = None;
         }
     }
@@ -322,7 +501,7 @@ impl Timeline {
     pub(crate) fn stage_opened(&self, span: u64, name: &'static str, kind: Option<StageKind>) {
         let now = super::clock::now_ns();
         let mut state = self.lock();
-        state.charge_idle(self.want_events, now);
+        state.charge_idle(self.want_events, now, None, &self.identity);
         state.open.push(OpenStage { span, name, kind });
     }
 
@@ -331,7 +510,7 @@ impl Timeline {
         let now = super::clock::now_ns();
         let mut state = self.lock();
         if let Some(i) = state.open.iter().rposition(|s| s.span == span) {
-            state.charge_idle(self.want_events, now);
+            state.charge_idle(self.want_events, now, None, &self.identity);
             state.open.remove(i);
         }
     }
@@ -340,7 +519,8 @@ impl Timeline {
     /// report, typically) counts as busy and computing so far.
     pub fn report(&self, now: u64) -> Report {
         let mut state = self.lock();
-        state.charge_idle(self.want_events, now);
+        state.charge_idle(self.want_events, now, None, &self.identity);
+        state.name_network_waits(self.want_events, now, &self.engine.config);
         let mut split = state.split;
         if let Some(&earliest) = state.polling.iter().flatten().min() {
             // Running polls, counted once however many run at once, as far as not charged.
@@ -423,7 +603,7 @@ mod tests {
         t.poll_started(0, 0, 0, None);
         let depth = t.delegate_started();
         t.poll_ended(0, 0, 1_000, cpu(1_000));
-        t.park(0, 1_000, &outer_woken);
+        t.park(0, 1_000, &outer_woken, Pending::default());
         // The handler task: waits 1 µs for a worker, computes 10 µs.
         t.poll_started(depth, 1_000, 2_000, None);
         t.poll_ended(depth, 2_000, 12_000, cpu(10_000));

@@ -1,0 +1,221 @@
+//! How a parked stretch that no stage span names is named, from measurement alone: what the
+//! request parked on ([`crate::resource`]) and who woke it ([`crate::wake_source`]). The rules,
+//! in order:
+//!
+//! 1. parked on a tokio timer (`Sleep`, `Interval`): `timer`;
+//! 2. parked on a tokio lock (`Semaphore`, `Mutex`, `RwLock`): `resource-queue`, named by its
+//!    type, its holders during the wait named as culprits;
+//! 3. woken by the runtime's blocking pool: `offloaded-cpu` (`spawn_blocking`);
+//! 4. woken by a thread no runtime owns: `backend` if it is a database's (sqlx's SQLite
+//!    worker), else `offloaded-cpu`, named by the thread;
+//! 5. woken by the I/O driver, or by a task that is not a request (a client's connection task,
+//!    as hyper's and reqwest's are): a network wait if a connection the process *opened*
+//!    received data at the moment of the wake. It is `backend` if the peer's port is a
+//!    database's ([`DATABASE_PORTS`], or one given to
+//!    [`EngineConfig::backend_port`](crate::EngineConfig::backend_port)), else `upstream`;
+//!    named `host:port`. Found when the report is taken, for waits of a millisecond or more;
+//! 6. woken by another request: `waiting`, that request named as the culprit (it sent what
+//!    this one received);
+//! 7. anything else: `waiting`.
+//!
+//! A stage span with a kind (`holdup.stage`, or OpenTelemetry conventions) wins over all of
+//! these: what the service says it waits for is what it waits for.
+
+use std::net::SocketAddr;
+
+use super::{
+    names,
+    resource::{Pending, ResourceKind},
+    stage::StageKind,
+    wake_source::{WokenBy, is_database_thread},
+};
+
+/// Well-known database ports: PostgreSQL, MySQL/MariaDB, Redis, MongoDB, SQL Server, Oracle,
+/// Cassandra, CockroachDB, Memcached, Elasticsearch, CouchDB, ClickHouse (HTTP).
+pub const DATABASE_PORTS: [u16; 12] = [
+    5432, 3306, 6379, 27017, 1433, 1521, 9042, 26257, 11211, 9200, 5984, 8123,
+];
+
+/// A wake this far (ns) after the newest data on a connection can be that data's: the
+/// kernel's last-receive time is counted in ticks (up to 4 ms), and the wake runs when the
+/// driver gets to it.
+const DATA_BEFORE_WAKE: u64 = 20_000_000;
+/// And this far before it (the tick rounds either way).
+const DATA_AFTER_WAKE: u64 = 5_000_000;
+
+/// What is known of a stretch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Naming {
+    /// Its kind (none: `waiting`) and name (empty: the stage's, if any).
+    Known {
+        kind: Option<StageKind>,
+        name: &'static str,
+    },
+    /// A network wait if an opened connection received data at the wake; else `waiting`
+    /// under `name`.
+    Network { name: &'static str },
+}
+
+/// See the module docs (rules 1–7; 5 is resolved later by [`network`]). A timer and another
+/// resource both pending (a timeout around a lock) is the timer's wait if the driver woke the
+/// request, the other's if anything else did.
+pub(crate) fn name(pending: Pending, by: Option<&WokenBy>) -> Naming {
+    let on = match (pending.timer, pending.other) {
+        (Some(timer), Some(_)) if matches!(by, Some(WokenBy::Driver)) => Some(timer),
+        (timer, None) => timer,
+        (_, other) => other,
+    };
+    let on_name = on.map_or("", |r| r.name);
+    if let Some(resource) = on {
+        match resource.kind {
+            ResourceKind::Timer => return known(StageKind::Timer, resource.name),
+            ResourceKind::Lock => return known(StageKind::Queue, resource.name),
+            ResourceKind::Other => {}
+        }
+    }
+    match by {
+        Some(WokenBy::BlockingPool) => known(StageKind::Offloaded, "spawn_blocking"),
+        Some(WokenBy::Thread(thread)) if is_database_thread(thread) => {
+            known(StageKind::Backend, thread)
+        }
+        Some(WokenBy::Thread(thread)) => known(StageKind::Offloaded, thread),
+        Some(WokenBy::Driver | WokenBy::Poll(super::Holder::Task { .. })) => {
+            Naming::Network { name: on_name }
+        }
+        Some(WokenBy::Poll(super::Holder::Request(_))) | None => Naming::Known {
+            kind: None,
+            name: on_name,
+        },
+    }
+}
+
+fn known(kind: StageKind, name: &'static str) -> Naming {
+    Naming::Known {
+        kind: Some(kind),
+        name,
+    }
+}
+
+/// The peer of the opened connection whose newest data (`received`, engine ns) is nearest
+/// the wake at `woken`, within the tick's slack; with its kind by port.
+pub(crate) fn network(
+    woken: u64,
+    received: &[(SocketAddr, u64)],
+    backend_ports: &[u16],
+) -> Option<(StageKind, &'static str)> {
+    let (peer, _) = received
+        .iter()
+        .filter(|(_, at)| {
+            *at + DATA_BEFORE_WAKE >= woken && *at <= woken.saturating_add(DATA_AFTER_WAKE)
+        })
+        .min_by_key(|(_, at)| at.abs_diff(woken))?;
+    let kind = if DATABASE_PORTS.contains(&peer.port()) || backend_ports.contains(&peer.port()) {
+        StageKind::Backend
+    } else {
+        StageKind::Upstream
+    };
+    Some((kind, names::intern(&peer.to_string(), "peer")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{identity::Identity, occupancy::Holder};
+
+    use crate::resource::ResourceRef;
+
+    fn lock() -> ResourceRef {
+        ResourceRef {
+            span: 1,
+            name: "Semaphore",
+            kind: ResourceKind::Lock,
+        }
+    }
+
+    fn on(timer: Option<ResourceRef>, other: Option<ResourceRef>) -> Pending {
+        Pending { timer, other }
+    }
+
+    #[test]
+    fn a_tokio_resource_names_the_wait_before_the_waker_does() {
+        let sleep = ResourceRef {
+            span: 2,
+            name: "Sleep",
+            kind: ResourceKind::Timer,
+        };
+        assert_eq!(
+            name(on(Some(sleep), None), Some(&WokenBy::Driver)),
+            known(StageKind::Timer, "Sleep")
+        );
+        let by = WokenBy::Poll(Holder::Request(Identity::untraced("/s/A")));
+        assert_eq!(
+            name(on(None, Some(lock())), Some(&by)),
+            known(StageKind::Queue, "Semaphore")
+        );
+        // A lock under a timeout: released by its holder, or timed out.
+        let both = on(Some(sleep), Some(lock()));
+        assert_eq!(name(both, Some(&by)), known(StageKind::Queue, "Semaphore"));
+        assert_eq!(
+            name(both, Some(&WokenBy::Driver)),
+            known(StageKind::Timer, "Sleep")
+        );
+    }
+
+    #[test]
+    fn the_waking_thread_names_offloaded_and_database_work() {
+        assert_eq!(
+            name(Pending::default(), Some(&WokenBy::BlockingPool)),
+            known(StageKind::Offloaded, "spawn_blocking")
+        );
+        assert_eq!(
+            name(
+                Pending::default(),
+                Some(&WokenBy::Thread("sqlx-sqlite-worker-0"))
+            ),
+            known(StageKind::Backend, "sqlx-sqlite-worker-0")
+        );
+        assert_eq!(
+            name(Pending::default(), Some(&WokenBy::Thread("my-pool-3"))),
+            known(StageKind::Offloaded, "my-pool-3")
+        );
+        assert_eq!(
+            name(Pending::default(), Some(&WokenBy::Driver)),
+            Naming::Network { name: "" }
+        );
+        let by = WokenBy::Poll(Holder::Request(Identity::untraced("/s/Sender")));
+        assert_eq!(
+            name(Pending::default(), Some(&by)),
+            Naming::Known {
+                kind: None,
+                name: ""
+            }
+        );
+    }
+
+    #[test]
+    fn the_connection_that_received_at_the_wake_is_the_peer() {
+        let ms = 1_000_000;
+        let db: SocketAddr = "10.0.0.5:5432".parse().unwrap();
+        let api: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let other: SocketAddr = "127.0.0.1:9999".parse().unwrap();
+        let received = [(db, 100 * ms), (api, 498 * ms), (other, 300 * ms)];
+        assert_eq!(
+            network(500 * ms, &received, &[]),
+            Some((StageKind::Upstream, "127.0.0.1:8080"))
+        );
+        assert_eq!(
+            network(101 * ms, &received, &[]),
+            Some((StageKind::Backend, "10.0.0.5:5432"))
+        );
+        assert_eq!(
+            network(301 * ms, &received, &[9999]),
+            Some((StageKind::Backend, "127.0.0.1:9999")),
+            "a port the service names as its database's"
+        );
+        assert_eq!(
+            network(900 * ms, &received, &[]),
+            None,
+            "nothing received then"
+        );
+    }
+}
