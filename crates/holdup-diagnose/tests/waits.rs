@@ -1,0 +1,425 @@
+//! Every wait named, without labels: what the engine finds out by itself when a handler waits.
+//!
+//! The handlers here are ordinary user code. They name no verdict, open no span of their own,
+//! and set no `holdup.stage` label. They wait the way services do: for a semaphore permit, a
+//! mutex, a message on a channel, an HTTP upstream, a database pool and query, a
+//! `spawn_blocking` and a sleep. The engine must say what each request waited in from what it
+//! can see for itself: tokio's own resource instrumentation (the `tracing` feature with
+//! `--cfg tokio_unstable`), the sockets, the blocking pool. When the wait is behind another
+//! request, it must also name that request (by its trace id) among the culprits.
+//!
+//! Each test serves a real axum router with `DiagnoseLayer` on a hooked runtime and calls it
+//! from another runtime over loopback, each request on a fresh connection. Waits are 200 ms or
+//! more. The assertions check verdict words and names, with generous bounds on durations.
+
+mod waits_support;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{Router, extract::State, routing::get};
+use holdup_diagnose::DiagnoseLayer;
+use sqlx::{SqlitePool, sqlite::SqlitePoolOptions};
+use tokio::sync::{Mutex, Semaphore, mpsc};
+use waits_support::{Diagnosis, Entered, Served, client_runtime, first_then_second, setup};
+
+/// How long the first request holds what the second one waits for.
+const HOLD: Duration = Duration::from_millis(200);
+
+/// The least a wait of about `HOLD - STAGGER` shows, with room to spare.
+const WAITED_MS: f64 = 100.0;
+
+/// Asserts the parts of the split every test relies on: the request took at least `ms` in all,
+/// and was idle (not running and not runnable) for at least `ms`. If this fails, the test's
+/// premise is wrong, not the verdict.
+fn assert_idle_for(who: &str, d: &Diagnosis, ms: f64) {
+    assert!(d.ms("total") >= ms, "{who}: total < {ms}ms: {d}");
+    assert!(d.ms("idle") >= ms, "{who}: idle < {ms}ms: {d}");
+}
+
+#[test]
+fn the_header_reads_as_fields() {
+    let d = Diagnosis::parse(
+        "verdict=resource-queue total=201.3ms busy=0.1ms idle=200.9ms queue=200.9ms \
+         waited_in=Semaphore culprits=GET /hold@4bf92f3577b34da6a3ce929d0e0e4736/200.1ms,\
+         task:7/0.5ms,+2",
+    );
+    assert_eq!(d.verdict(), "resource-queue");
+    assert_eq!(d.ms("queue"), 200.9);
+    assert_eq!(d.field("waited_in"), Some("Semaphore"));
+    let culprits = d.culprits();
+    assert_eq!(culprits.len(), 2, "{culprits:?}");
+    assert_eq!(
+        culprits[0].label,
+        "GET /hold@4bf92f3577b34da6a3ce929d0e0e4736"
+    );
+    assert_eq!(culprits[0].ms, 200.1);
+    assert_eq!(culprits[1].label, "task:7");
+    assert!(d.blames("4bf92f3577b34da6a3ce929d0e0e4736"));
+    assert!(!d.blames("00000000000000000000000000000000"));
+}
+
+#[derive(Clone)]
+struct Permits {
+    semaphore: Arc<Semaphore>,
+    entered: Entered,
+}
+
+/// A holds the only permit for `HOLD`; B, sent while A holds it, queues for it.
+#[test]
+fn a_semaphore_wait_names_the_semaphore_and_the_holder() {
+    let _serial = setup();
+    let entered = Entered::default();
+    let app = Router::new()
+        .route(
+            "/hold",
+            get(|State(s): State<Permits>| async move {
+                let _permit = s.semaphore.acquire().await.unwrap();
+                s.entered.mark();
+                tokio::time::sleep(HOLD).await;
+                "held"
+            }),
+        )
+        .route(
+            "/take",
+            get(|State(s): State<Permits>| async move {
+                let _permit = s.semaphore.acquire().await.unwrap();
+                "taken"
+            }),
+        )
+        .with_state(Permits {
+            semaphore: Arc::new(Semaphore::new(1)),
+            entered: entered.clone(),
+        })
+        .layer(DiagnoseLayer::new());
+    let server = Served::diagnosed(app);
+    let (a, b) = client_runtime().block_on(first_then_second(
+        &server.url("/hold"),
+        &entered,
+        &server.url("/take"),
+    ));
+    let (ad, bd) = (&a.diagnosis, &b.diagnosis);
+    assert_idle_for("B", bd, WAITED_MS);
+    assert_eq!(bd.verdict(), "resource-queue", "B: {bd}");
+    assert_eq!(bd.field("waited_in"), Some("Semaphore"), "B: {bd}");
+    assert!(
+        bd.blames(&a.trace_id),
+        "B's culprits name A ({}): B: {bd}; A: {ad}",
+        a.trace_id
+    );
+    assert!(
+        bd.ms("queue") >= WAITED_MS,
+        "B: queue < {WAITED_MS}ms: {bd}"
+    );
+}
+
+#[derive(Clone)]
+struct Locked {
+    counter: Arc<Mutex<u64>>,
+    entered: Entered,
+}
+
+/// A holds the mutex for `HOLD`; B, sent while A holds it, waits for the lock.
+#[test]
+fn a_mutex_wait_names_the_mutex_and_the_holder() {
+    let _serial = setup();
+    let entered = Entered::default();
+    let app = Router::new()
+        .route(
+            "/hold",
+            get(|State(s): State<Locked>| async move {
+                let mut counter = s.counter.lock().await;
+                s.entered.mark();
+                tokio::time::sleep(HOLD).await;
+                *counter += 1;
+                counter.to_string()
+            }),
+        )
+        .route(
+            "/read",
+            get(|State(s): State<Locked>| async move { s.counter.lock().await.to_string() }),
+        )
+        .with_state(Locked {
+            counter: Arc::new(Mutex::new(0)),
+            entered: entered.clone(),
+        })
+        .layer(DiagnoseLayer::new());
+    let server = Served::diagnosed(app);
+    let (a, b) = client_runtime().block_on(first_then_second(
+        &server.url("/hold"),
+        &entered,
+        &server.url("/read"),
+    ));
+    let (ad, bd) = (&a.diagnosis, &b.diagnosis);
+    assert_idle_for("B", bd, WAITED_MS);
+    assert_eq!(bd.verdict(), "resource-queue", "B: {bd}");
+    assert_eq!(bd.field("waited_in"), Some("Mutex"), "B: {bd}");
+    assert!(
+        bd.blames(&a.trace_id),
+        "B's culprits name A ({}): B: {bd}; A: {ad}",
+        a.trace_id
+    );
+}
+
+#[derive(Clone)]
+struct Channel {
+    /// Only the receiving request locks it: it is never contended.
+    rx: Arc<Mutex<mpsc::Receiver<u64>>>,
+    tx: mpsc::Sender<u64>,
+    entered: Entered,
+}
+
+/// R waits on a channel; S, sent while R waits, takes `HOLD` and then sends what R receives.
+#[test]
+fn a_channel_wait_names_the_sender() {
+    let _serial = setup();
+    let entered = Entered::default();
+    let (tx, rx) = mpsc::channel(1);
+    let app = Router::new()
+        .route(
+            "/recv",
+            get(|State(s): State<Channel>| async move {
+                let mut rx = s.rx.lock().await;
+                s.entered.mark();
+                let message = rx.recv().await;
+                assert_eq!(message, Some(7), "R receives what S sends");
+                "received"
+            }),
+        )
+        .route(
+            "/send",
+            get(|State(s): State<Channel>| async move {
+                tokio::time::sleep(HOLD).await;
+                s.tx.send(7).await.unwrap();
+                "sent"
+            }),
+        )
+        .with_state(Channel {
+            rx: Arc::new(Mutex::new(rx)),
+            tx,
+            entered: entered.clone(),
+        })
+        .layer(DiagnoseLayer::new());
+    let server = Served::diagnosed(app);
+    let (r, s) = client_runtime().block_on(first_then_second(
+        &server.url("/recv"),
+        &entered,
+        &server.url("/send"),
+    ));
+    let (rd, sd) = (&r.diagnosis, &s.diagnosis);
+    assert_idle_for("R", rd, HOLD.as_millis() as f64 / 2.0);
+    assert!(
+        ["waiting", "resource-queue"].contains(&rd.verdict()),
+        "R waited for a message: {rd}"
+    );
+    assert!(
+        rd.blames(&s.trace_id),
+        "R's culprits name S ({}), whose send woke it: R: {rd}; S: {sd}",
+        s.trace_id
+    );
+}
+
+/// The handler calls another HTTP server (no layer on it) that answers after 300 ms.
+#[test]
+fn an_http_call_names_the_upstream_address() {
+    let _serial = setup();
+    let slow = Served::plain(Router::new().route(
+        "/slow",
+        get(|| async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            "slow"
+        }),
+    ));
+    let upstream = slow.url("/slow");
+    let client = reqwest::Client::new();
+    let app = Router::new()
+        .route(
+            "/call",
+            get(
+                |State((client, upstream)): State<(reqwest::Client, String)>| async move {
+                    let body = client
+                        .get(&upstream)
+                        .send()
+                        .await
+                        .unwrap()
+                        .text()
+                        .await
+                        .unwrap();
+                    assert_eq!(body, "slow", "the upstream's answer");
+                    "called"
+                },
+            ),
+        )
+        .with_state((client, upstream))
+        .layer(DiagnoseLayer::new());
+    let server = Served::diagnosed(app);
+    let reply = client_runtime().block_on(waits_support::get(&server.url("/call")));
+    let d = &reply.diagnosis;
+    assert_idle_for("the call", d, 200.0);
+    assert_eq!(d.verdict(), "upstream", "{d}");
+    let address = format!("127.0.0.1:{}", slow.port);
+    assert_eq!(d.field("waited_in"), Some(address.as_str()), "{d}");
+}
+
+/// A query that counts to `n` in a recursive CTE: SQLite's CPU, on its worker thread.
+const COUNT_TO: &str = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c \
+                        WHERE x < ?) SELECT count(*) FROM c";
+
+/// The `n` for which [`COUNT_TO`] takes about `HOLD` on this machine: measured, and checked
+/// to take 150-400 ms (else the test fails saying so).
+async fn calibrate(pool: &SqlitePool) -> i64 {
+    // The fastest of three runs: what the query costs on this machine, less any hiccup.
+    let time = |n: i64| async move {
+        let mut fastest = Duration::MAX;
+        for _ in 0..3 {
+            let start = std::time::Instant::now();
+            let count: i64 = sqlx::query_scalar(COUNT_TO)
+                .bind(n)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            assert_eq!(count, n);
+            fastest = fastest.min(start.elapsed());
+        }
+        fastest
+    };
+    let scaled =
+        |n: i64, took: Duration| (n as f64 * HOLD.as_secs_f64() / took.as_secs_f64()) as i64;
+    let mut n: i64 = 20_000;
+    let mut took = time(n).await;
+    // Grow the probe until it is long enough to measure.
+    while took < Duration::from_millis(40) {
+        n *= 3;
+        took = time(n).await;
+    }
+    let mut n = scaled(n, took);
+    let mut took = time(n).await;
+    if !(Duration::from_millis(170)..Duration::from_millis(300)).contains(&took) {
+        n = scaled(n, took);
+        took = time(n).await;
+    }
+    assert!(
+        (Duration::from_millis(150)..Duration::from_millis(400)).contains(&took),
+        "the calibrated query (n={n}) took {took:?}, not about {HOLD:?}"
+    );
+    eprintln!("the query counts to {n} in {took:?}");
+    n
+}
+
+#[derive(Clone)]
+struct Db {
+    pool: SqlitePool,
+    n: i64,
+    entered: Entered,
+}
+
+/// A runs a ~200 ms query on a one-connection SQLite pool; B, sent while it runs, runs a
+/// trivial one and queues for the connection.
+#[test]
+fn a_sqlite_query_is_the_backend_and_the_pool_is_a_queue() {
+    let _serial = setup();
+    let entered = Entered::default();
+    let runtime = waits_support::hooked_runtime();
+    let (pool, n) = runtime.block_on(async {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .expect("an in-memory SQLite");
+        let n = calibrate(&pool).await;
+        (pool, n)
+    });
+    let app = Router::new()
+        .route(
+            "/count",
+            get(|State(s): State<Db>| async move {
+                s.entered.mark();
+                let count: i64 = sqlx::query_scalar(COUNT_TO)
+                    .bind(s.n)
+                    .fetch_one(&s.pool)
+                    .await
+                    .unwrap();
+                assert_eq!(count, s.n, "the query counted");
+                "counted"
+            }),
+        )
+        .route(
+            "/one",
+            get(|State(s): State<Db>| async move {
+                let one: i64 = sqlx::query_scalar("SELECT 1")
+                    .fetch_one(&s.pool)
+                    .await
+                    .unwrap();
+                assert_eq!(one, 1);
+                "one"
+            }),
+        )
+        .with_state(Db {
+            pool,
+            n,
+            entered: entered.clone(),
+        })
+        .layer(DiagnoseLayer::new());
+    let server = Served::on(runtime, app);
+    let (a, b) = client_runtime().block_on(first_then_second(
+        &server.url("/count"),
+        &entered,
+        &server.url("/one"),
+    ));
+    let (ad, bd) = (&a.diagnosis, &b.diagnosis);
+    assert_idle_for("A", ad, WAITED_MS);
+    assert_idle_for("B", bd, WAITED_MS / 2.0);
+    assert_eq!(ad.verdict(), "backend", "A ran the query: A: {ad}; B: {bd}");
+    assert_eq!(
+        bd.verdict(),
+        "resource-queue",
+        "B queued for the connection: B: {bd}; A: {ad}"
+    );
+    assert!(
+        bd.blames(&a.trace_id),
+        "B's culprits name A ({}), which held the connection: B: {bd}; A: {ad}",
+        a.trace_id
+    );
+}
+
+/// The handler awaits a `spawn_blocking` that sleeps `HOLD` on the blocking pool.
+#[test]
+fn an_awaited_spawn_blocking_is_offloaded_cpu() {
+    let _serial = setup();
+    let app = Router::new()
+        .route(
+            "/offload",
+            get(|| async {
+                tokio::task::spawn_blocking(|| std::thread::sleep(HOLD))
+                    .await
+                    .unwrap();
+                "done"
+            }),
+        )
+        .layer(DiagnoseLayer::new());
+    let server = Served::diagnosed(app);
+    let reply = client_runtime().block_on(waits_support::get(&server.url("/offload")));
+    let d = &reply.diagnosis;
+    assert_idle_for("the request", d, WAITED_MS);
+    assert_eq!(d.verdict(), "offloaded-cpu", "{d}");
+}
+
+/// The handler awaits `tokio::time::sleep(HOLD)`.
+#[test]
+fn an_awaited_sleep_is_the_timer() {
+    let _serial = setup();
+    let app = Router::new()
+        .route(
+            "/sleep",
+            get(|| async {
+                tokio::time::sleep(HOLD).await;
+                "slept"
+            }),
+        )
+        .layer(DiagnoseLayer::new());
+    let server = Served::diagnosed(app);
+    let reply = client_runtime().block_on(waits_support::get(&server.url("/sleep")));
+    let d = &reply.diagnosis;
+    assert_idle_for("the request", d, WAITED_MS);
+    assert_eq!(d.verdict(), "timer", "{d}");
+    assert_eq!(d.field("waited_in"), Some("Sleep"), "{d}");
+}
