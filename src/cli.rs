@@ -308,6 +308,15 @@ fn cores() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
+/// The port of a database URL (`postgres://u@host:6543/db`), which the diagnosis engine then
+/// counts as a database's: waits on connections to it are `backend`.
+fn database_port(url: Option<&str>) -> Option<u16> {
+    let rest = url?.split_once("://")?.1;
+    let authority = rest.split(['/', '?']).next()?;
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    host_port.rsplit_once(':')?.1.parse().ok()
+}
+
 impl ServeArgs {
     /// # Errors
     /// A [`ConfigError`] naming the first flag whose value is out of range.
@@ -403,7 +412,10 @@ impl ServeArgs {
                     100,
                     60_000_000,
                 )?),
-                ..crate::diagnose::EngineConfig::default()
+                ..database_port(self.database_url.as_deref())
+                    .map_or_else(crate::diagnose::EngineConfig::default, |port| {
+                        crate::diagnose::EngineConfig::default().backend_port(port)
+                    })
             },
             connections: self.transport.validate()?,
             max_concurrent_streams: check_range(
@@ -455,6 +467,21 @@ mod tests {
         let mut all = vec!["holdup"];
         all.extend_from_slice(args);
         ServeOnly::try_parse_from(all).expect("flags parse").serve
+    }
+
+    #[test]
+    fn a_database_urls_port_is_the_backends() {
+        assert_eq!(
+            database_port(Some("postgres://postgres@127.0.0.1:42249/holdup_test")),
+            Some(42249)
+        );
+        assert_eq!(
+            database_port(Some("postgresql://u:p@db:6543/x?sslmode=disable")),
+            Some(6543)
+        );
+        assert_eq!(database_port(Some("postgres://db/x")), None);
+        assert_eq!(database_port(Some("sqlite::memory:")), None);
+        assert_eq!(database_port(None), None);
     }
 
     #[test]

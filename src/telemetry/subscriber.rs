@@ -179,10 +179,7 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
         layer.with_filter(ConsoleFilter::new(config.console_budget))
     });
 
-    let mut layers = vec![
-        fmt.boxed(),
-        StageLayer::new().with_filter(StageFilter).boxed(),
-    ];
+    let mut layers = vec![fmt.boxed(), stage_layer()];
     layers.extend(otel_layer.map(Layer::boxed));
     if let Some(console_layer) = console_layer {
         // Before the console's own layer: it decides first, and for every layer.
@@ -240,10 +237,33 @@ pub fn init_local(logs: bool, trace_ids: bool) {
             .with_tracer(provider.tracer("holdup"))
             .with_filter(Targets::new().with_target("holdup", Level::INFO))
     });
-    let mut layers = vec![StageLayer::new().with_filter(StageFilter).boxed()];
+    let mut layers = vec![stage_layer()];
     layers.extend(fmt.map(Layer::boxed));
     layers.extend(otel_layer.map(Layer::boxed));
     let _ = tracing_subscriber::registry().with(layers).try_init();
+}
+
+/// `HOLDUP_LAB_STAGES=off`: the diagnosis engine sees none of the Lab's own spans (their
+/// `holdup.stage` kinds and OpenTelemetry attributes), only the request's span and tokio's
+/// resources, so it names every wait from measurement alone, as it would in a service that
+/// labels nothing. The experiment catalogue run with it shows how much measurement recovers.
+pub const LAB_STAGES_ENV: &str = "HOLDUP_LAB_STAGES";
+
+fn stage_layer<S>() -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    let off = std::env::var(LAB_STAGES_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("off"));
+    if off {
+        let unlabelled = tracing_subscriber::filter::filter_fn(|meta| {
+            StageLayer::wants(meta)
+                && (!meta.target().starts_with("holdup::")
+                    || meta.target() == crate::diagnose::REQUEST_SPAN_TARGET)
+        });
+        StageLayer::new().with_filter(unlabelled).boxed()
+    } else {
+        StageLayer::new().with_filter(StageFilter).boxed()
+    }
 }
 
 /// What the log shows: `RUST_LOG` (default `info`), but not the request spans of the
