@@ -226,6 +226,24 @@ async fn offloaded_cpu_and_async_sleep_leave_fast_alone() {
 async fn full_pool_makes_the_second_caller_queue_for_the_first_ones_hold() {
     let _serial = crate::common::serial().await;
     let app = spawn_with(|c| c.db.pool_size = 1).await;
-    crate::common::two_holds_on_one_connection(app.addr, 400).await;
+    let (first, second) = crate::common::two_holds_on_one_connection(app.addr, 400).await;
+    // Who held the connection: the first call, named from the pool's own semaphore (tokio's
+    // resource instrumentation), with the time it held it during the wait.
+    let held_by = crate::common::diagnostics(&first.diagnostics)
+        .trace_id
+        .clone();
+    let d = crate::common::diagnostics(&second.diagnostics);
+    assert_eq!(d.verdict, "resource-queue", "{d:?}");
+    let holder = d
+        .culprits
+        .iter()
+        .find(|c| c.rpc == "SlowBackend" && c.trace_id == held_by)
+        .unwrap_or_else(|| panic!("the holder {held_by} is not named: {d:?}"));
+    assert!(
+        holder.overlap_us >= second.pool_wait_us / 2,
+        "held {} us of a {} us wait: {d:?}",
+        holder.overlap_us,
+        second.pool_wait_us
+    );
     app.shutdown().await.expect("clean shutdown");
 }
