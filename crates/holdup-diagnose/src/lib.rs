@@ -37,13 +37,18 @@
 //!
 //! Per request, on the request's own future, the **split**: *busy* (polled), and of it
 //! *on-CPU* (the worker thread's CPU clock); *scheduled* (ready, waiting for a worker); *idle*
-//! (parked), charged to the innermost stage span open at the time, whose kind
-//! (`holdup.stage = "queue" | "backend" | "upstream" | "offloaded" | "timer"`, or inferred from
-//! OpenTelemetry conventions) makes *queue* time and the idle verdicts. The **verdict** is the
-//! largest component ([`Verdict`]): never a label, always a measurement. A request that
-//! waited for a worker gets **blame**: the polls that held the workers during its wait, each
-//! with its overlap and share, as named requests (method and trace id) or tasks (id, spawn
-//! location, and a name if given with [`name_task`]).
+//! (parked). Each parked stretch is named by measurement, with no label needed: the innermost
+//! stage span open with a kind (`holdup.stage = "queue" | "backend" | "upstream" |
+//! "offloaded" | "timer"`, or OpenTelemetry conventions) if there is one; else the tokio
+//! resource it parked on (a `Sleep` is a timer, a `Semaphore` or `Mutex` a queue whose holders
+//! are named), who woke it (the blocking pool, a library's thread, another request), or the
+//! connection it opened that received data at the wake (a database port is `backend`, any
+//! other `upstream`). The README's "How idle waits are named" gives the rules. The
+//! **verdict** is the largest component ([`Verdict`]): never a label, always a measurement. A
+//! request that waited for a worker gets **blame**: the polls that held the workers during
+//! its wait, each with its overlap and share, as named requests (method and trace id) or tasks
+//! (id, spawn location, and a name if given with [`name_task`]); a request that waited for a
+//! lock, the holders of the lock.
 //!
 //! Every request has an id: its W3C trace id (feature `opentelemetry`), the caller's
 //! `traceparent`, or one the engine makes; it goes in `x-trace-id` and in culprit names, so
