@@ -6,10 +6,10 @@
 //! Usage: `cargo run --release --example bare_echo -- [ADDR] [THREADS] [--diagnose] [--otel]
 //! [--hand-over]` (default 127.0.0.1:50052, 2 threads).
 //!
-//! `--diagnose` adds holdup's diagnosis engine the way its README tells a user to: the
-//! runtime's poll hooks, the stage layer in the subscriber, and `DiagnoseLayer` on the server,
-//! handlers on the same runtime. `--otel` adds an OpenTelemetry layer (trace ids, no exporter)
-//! to the subscriber, alone or with `--diagnose`. The benchmark runs each, so the engine's own
+//! `--diagnose` adds holdup's diagnosis engine the way its guide (docs/your-service.md) tells a
+//! user to: the runtime's poll hooks, the stage layer in the subscriber, and `DiagnoseLayer` on
+//! the server, handlers on the same runtime. `--otel` adds an OpenTelemetry layer (trace ids,
+//! no exporter) to the subscriber, alone or with `--diagnose`. The benchmark runs each, so the engine's own
 //! cost per call is measured against bare tonic, and against tonic with OpenTelemetry.
 //!
 //! `--hand-over` answers `Fast` the way `holdup serve` runs every handler: as a task of its own

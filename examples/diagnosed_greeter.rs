@@ -1,5 +1,6 @@
 //! A service that is not the Lab: the hello-world greeter of tonic's own examples, diagnosed by
-//! holdup's engine exactly as the README's "Diagnose your own service" tells you to add it.
+//! holdup's engine exactly as the guide's "Diagnose your own service" (docs/your-service.md)
+//! tells you to add it.
 //!
 //! Its handler misbehaves on purpose according to the name it greets, written as ordinary code
 //! is written (plain `tracing` spans, nothing that names a verdict):

@@ -6,7 +6,7 @@
 #   handover  the same, each handler a task on a second runtime of 2 workers, awaited
 #             (examples/bare_echo.rs --hand-over): what holdup's design (handlers on a runtime
 #             of their own) costs before any measurement; the floor under holdup serve
-#   diagnosed the same with holdup's diagnosis engine added as the README tells a user to
+#   diagnosed the same with holdup's diagnosis engine added as the guide (docs/your-service.md) tells a user to
 #             (examples/bare_echo.rs --diagnose): the engine's own cost per call
 #   otel      the bare echo with an OpenTelemetry layer (trace ids, no export; --otel)
 #   otel-diagnosed  the same with the engine too (--otel --diagnose): the engine's cost on a

@@ -161,8 +161,8 @@ const STALLED_STREAMS: u32 = 100;
 /// Memory one stalled stream may pin, as this test sees it. 400 streams grow a debug build's
 /// RSS by 12-15 MiB, 31-37 KB a stream, of which mimalloc's step-wise growth (segments of
 /// a few MiB) makes several KB: measured 31.5 KB three times on 3a21709 and 36.9 KB once on
-/// main since, above the 32 KiB this bound was; the per-stream cost itself is the README's
-/// (6.9 KiB over 10 000 streams, "Transport limits"). 48 KiB leaves that noise room and still
+/// main since, above the 32 KiB this bound was; the per-stream cost itself is the guide's
+/// (6.9 KiB over 10 000 streams, docs/reliability.md, "Transport limits"). 48 KiB leaves that noise room and still
 /// fails a stream that pins its replies' worth several times over.
 const STALLED_STREAM_BOUND: u64 = 48 * 1024;
 
@@ -536,7 +536,7 @@ async fn a_passed_deadline_is_answered_deadline_exceeded_by_the_server() {
     app.shutdown().await.expect("clean shutdown");
 }
 
-/// The attack of issue 11 item 1 at full size, for the numbers in the README and the issue
+/// The attack of issue 11 item 1 at full size, for the numbers in docs/reliability.md and the issue
 /// note; not part of the suite (it runs for a minute and loads the machine). Run with
 /// `cargo test --test it transport::stalled_reader_attack -- --ignored --nocapture`;
 /// `ATTACK_BIN` picks another binary (an older build, to compare), `ATTACK_CONNECTIONS` and
@@ -681,8 +681,8 @@ const UNFINISHED_STREAMS: usize = 256;
 /// much of it is sent.
 const DECLARED_BYTES: u32 = 16 * 1024;
 const SENT_BYTES: usize = 16_000;
-/// Memory one unfinished stream may pin: the README's bound (about 60 KiB measured in a debug
-/// build, see "Transport limits"), with room for allocator noise.
+/// Memory one unfinished stream may pin: the guide's bound (about 60 KiB measured in a debug
+/// build, see docs/reliability.md, "Transport limits"), with room for allocator noise.
 const UNFINISHED_STREAM_BOUND: u64 = 96 * 1024;
 
 /// A request stream whose message never completes: headers, then one DATA frame with a gRPC

@@ -1,5 +1,6 @@
 //! The verdict words are listed once, in `holdup_diagnose::Verdict`; the proto comment on
-//! `Diagnostics.verdict` and the README's verdict table must say exactly those words.
+//! `Diagnostics.verdict` and the guide's verdict table (docs/diagnosis.md) must say exactly those
+//! words.
 
 use holdup::diagnose::Verdict;
 
@@ -26,12 +27,12 @@ fn the_proto_comment_lists_exactly_these_words() {
 }
 
 #[test]
-fn the_readme_table_lists_exactly_these_words() {
-    let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"));
-    let start = readme
+fn the_guide_table_lists_exactly_these_words() {
+    let page = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/diagnosis.md"));
+    let start = page
         .find("| verdict | the largest component is |")
         .expect("the verdict table");
-    let table: Vec<&str> = readme[start..]
+    let table: Vec<&str> = page[start..]
         .lines()
         .skip(2)
         .take_while(|line| line.starts_with('|'))
