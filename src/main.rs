@@ -16,7 +16,7 @@ use holdup::{
 
 /// mimalloc instead of glibc's malloc: every request allocates its span, timeline, header
 /// and reply, and glibc's arenas cost more per allocation under two busy runtimes (measured:
-/// README, Performance).
+/// docs/performance.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -31,7 +31,7 @@ use crate::{
 
 /// Largest request message any service decodes. Lab requests are a few fields (Fast's message
 /// at most 1 KiB), health and reflection requests a name: 16 KiB leaves ample room while
-/// keeping what each open stream can make the server buffer small (README, "Transport
+/// keeping what each open stream can make the server buffer small (docs/reliability.md, "Transport
 /// limits"), and refuses a hostile 4 GiB length prefix up front.
 pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
 /// Largest reply message: reflection replies carry file descriptors (tens of KiB); 1 MiB

@@ -4,7 +4,7 @@
 //! The console keeps two HDR histograms (about 50 KB) per task until its retention passes,
 //! and its aggregator handles every poll and wake of every task it sees. At lab rates (tens
 //! to a hundred requests a second) that is nothing; at thousands of requests a second it
-//! was gigabytes and most of the CPU (README, Performance). So the console layer's filter
+//! was gigabytes and most of the CPU (docs/performance.md). So the console layer's filter
 //! admits new tasks through a token bucket ([`DEFAULT_CONSOLE_BUDGET`] a second, a second's
 //! worth of burst): below it the console shows every task; above it, a sample, said once in
 //! the log and counted in `holdup_console_tasks_total{outcome}`.
@@ -49,7 +49,7 @@ use tracing_subscriber::{
 /// stream on the transport runtime, its handler on the lab runtime), so every request up to
 /// about 100 a second, the rates the lessons run at, with room for connections and
 /// background tasks. With [`super::subscriber::DEFAULT_CONSOLE_RETENTION`] it bounds the
-/// finished tasks the console keeps (README, Performance).
+/// finished tasks the console keeps (docs/performance.md).
 pub const DEFAULT_CONSOLE_BUDGET: u32 = 250;
 
 /// The event tokio emits at every poll of a timer, lock or channel (`trace_poll_op!`).

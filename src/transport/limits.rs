@@ -10,7 +10,7 @@ use std::time::Duration;
 /// Connections one listener keeps open at once; more are accepted and closed at once (counted
 /// in `holdup_transport_connections_refused_total`). A lab is called by a few clients, load
 /// generators (one to a few connections each) and probes: 128 leaves ample room. Memory is
-/// bounded by [`DEFAULT_MAX_OPEN_REQUESTS`], not by this times the stream cap (README,
+/// bounded by [`DEFAULT_MAX_OPEN_REQUESTS`], not by this times the stream cap (docs/reliability.md,
 /// "Transport limits").
 pub const DEFAULT_MAX_CONNECTIONS: usize = 128;
 /// HTTP/2 streams one connection may have open at once. 256 is above RFC 9113's advice of at
@@ -38,7 +38,7 @@ pub const DEFAULT_MAX_OPEN_REQUESTS: usize = 4_096;
 /// gRPC clients write a request's headers and message together, and the server's stream
 /// window (64 KiB) is above the largest request (16 KiB), so a whole request arrives within
 /// a round trip; a request still incomplete after ten seconds comes from a client that is
-/// not sending it, and each one pins tens of KiB (README, "Transport limits"). Same value as
+/// not sending it, and each one pins tens of KiB (docs/reliability.md, "Transport limits"). Same value as
 /// the reply-send timeout, its mirror.
 pub const DEFAULT_REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a reply may wait for the client to make room for it (HTTP/2 flow control: the

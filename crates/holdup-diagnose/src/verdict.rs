@@ -1,8 +1,8 @@
 //! The verdict: the one word that says where a late request's time went.
 //!
 //! This enum is the only list of verdict words. The proto comment on `Diagnostics.verdict`, the
-//! README table, the `verdict` label of `holdup_verdicts_total` and the tests all take their
-//! words from here (tests check that the proto and the README say exactly these).
+//! verdict table of docs/diagnosis.md, the `verdict` label of `holdup_verdicts_total` and the tests all take their
+//! words from here (tests check that the proto and docs/diagnosis.md say exactly these).
 
 use std::{fmt, time::Duration};
 
@@ -36,7 +36,7 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    /// Every verdict, in the order the README and the proto list them.
+    /// Every verdict, in the order docs/diagnosis.md and the proto list them.
     pub const ALL: [Self; 10] = [
         Self::None,
         Self::OwnCpu,
