@@ -31,7 +31,7 @@ use super::{
     console_budget::{self, ConsoleFilter, ConsoleGate, DEFAULT_CONSOLE_BUDGET},
     otel,
 };
-use crate::diagnose::{StageFilter, StageLayer};
+use crate::diagnose::{StageAndResourceFilter, StageLayer};
 use crate::runtime::OwnedRuntime;
 
 /// Completed tasks stay in the console subscriber this long. The console's default (an hour)
@@ -256,13 +256,18 @@ where
     let off = std::env::var(LAB_STAGES_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("off"));
     if off {
         let unlabelled = tracing_subscriber::filter::filter_fn(|meta| {
-            StageLayer::wants(meta)
-                && (!meta.target().starts_with("holdup::")
-                    || meta.target() == crate::diagnose::REQUEST_SPAN_TARGET)
+            StageLayer::wants_resource(meta)
+                || StageLayer::wants(meta)
+                    && (!meta.target().starts_with("holdup::")
+                        || meta.target() == crate::diagnose::REQUEST_SPAN_TARGET)
         });
         StageLayer::new().with_filter(unlabelled).boxed()
     } else {
-        StageLayer::new().with_filter(StageFilter).boxed()
+        // The Lab has tokio's resource instrumentation anyway (the console needs it): timers
+        // and locks are named, and a pool's holders blamed, with no stage needed.
+        StageLayer::new()
+            .with_filter(StageAndResourceFilter)
+            .boxed()
     }
 }
 

@@ -125,6 +125,6 @@ pub use metrics::DiagnoseMetrics;
 pub use occupancy::{Holder, Hooks, install_hooks, install_hooks_with, name_task};
 pub use report::{Event, EventKind, Report, Split, Wait, micros, task_description};
 pub use stage::{STAGE_FIELD, StageKind};
-pub use stage_layer::{StageFilter, StageLayer};
+pub use stage_layer::{StageAndResourceFilter, StageFilter, StageLayer};
 pub use verdict::{NOT_LATE_BELOW, Verdict};
 pub use wait_name::DATABASE_PORTS;

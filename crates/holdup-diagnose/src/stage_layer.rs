@@ -53,14 +53,18 @@ impl StageLayer {
     /// entry and exit was a registry look-up for every filtered layer, about 4 % of a `Fast`
     /// call's instructions, for a span that outlives every request on it and so is never one's
     /// stage.
-    ///
-    /// And tokio's resource instrumentation (`--cfg tokio_unstable` and tokio's `tracing`
-    /// feature, as tokio-console needs): the `runtime.resource` spans of timers, semaphores,
-    /// mutexes and channels and the events of their operations, which say what a request
-    /// parked on and who holds a lock ([`crate::resource`]).
     pub fn wants(meta: &Metadata<'_>) -> bool {
+        meta.is_span() && may_be_stage(meta.target(), meta.name(), *meta.level())
+    }
+
+    /// Whether a span or event is tokio's resource instrumentation (`--cfg tokio_unstable`
+    /// and tokio's `tracing` feature, as tokio-console needs): the `runtime.resource` spans of
+    /// timers, semaphores, mutexes and channels and the events of their operations, which say
+    /// what a request parked on and who holds a lock ([`crate::resource`]). Read only through
+    /// [`StageAndResourceFilter`].
+    pub fn wants_resource(meta: &Metadata<'_>) -> bool {
         if meta.is_span() {
-            may_be_stage(meta.target(), meta.name(), *meta.level()) || is_resource_span(meta)
+            is_resource_span(meta)
         } else {
             is_resource_event(meta)
         }
@@ -218,15 +222,40 @@ impl<S> Filter<S> for StageFilter {
     /// runs at TRACE: every `trace!` and `trace_span!` of h2 and hyper (hundreds per request)
     /// is then asked whether it is enabled. Measured: bare tonic with the engine and only this
     /// layer used 2.3x bare's CPU per call, against 1.3x with an INFO-filtered layer beside it.
-    ///
-    /// TRACE only where tokio may emit its resource instrumentation (`tokio_unstable`), which
-    /// is at TRACE.
     fn max_level_hint(&self) -> Option<tracing_subscriber::filter::LevelFilter> {
-        if cfg!(tokio_unstable) {
-            Some(tracing_subscriber::filter::LevelFilter::TRACE)
+        Some(tracing_subscriber::filter::LevelFilter::DEBUG)
+    }
+}
+
+/// [`StageFilter`], and tokio's resource instrumentation too ([`StageLayer::wants_resource`]):
+/// with it (and `--cfg tokio_unstable` and tokio's `tracing` feature, as tokio-console needs)
+/// a wait on a tokio timer is `timer`, on a semaphore, mutex or read-write lock
+/// `resource-queue` with the lock's holders named.
+///
+/// Not the default, for its cost: tokio's resources are TRACE, so the subscriber runs at
+/// TRACE, and every `trace!` of h2 and hyper is asked whether it is enabled where another
+/// layer is interested in all (an `Option` layer that is `None` is); and every tokio timer,
+/// channel and lock the process makes is a span in the registry. Measured on the benchmark's
+/// bare echo: 1.95x bare's CPU per call, against 1.27x with [`StageFilter`]. A service that
+/// runs tokio-console already pays it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StageAndResourceFilter;
+
+impl<S> Filter<S> for StageAndResourceFilter {
+    fn enabled(&self, meta: &Metadata<'_>, _: &Context<'_, S>) -> bool {
+        StageLayer::wants(meta) || StageLayer::wants_resource(meta)
+    }
+
+    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> tracing::subscriber::Interest {
+        if StageLayer::wants(meta) || StageLayer::wants_resource(meta) {
+            tracing::subscriber::Interest::always()
         } else {
-            Some(tracing_subscriber::filter::LevelFilter::DEBUG)
+            tracing::subscriber::Interest::never()
         }
+    }
+
+    fn max_level_hint(&self) -> Option<tracing_subscriber::filter::LevelFilter> {
+        Some(tracing_subscriber::filter::LevelFilter::TRACE)
     }
 }
 

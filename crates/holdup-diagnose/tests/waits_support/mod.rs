@@ -24,8 +24,9 @@ pub fn setup() -> MutexGuard<'static, ()> {
     static SUBSCRIBER: Once = Once::new();
     static SERIAL: Mutex<()> = Mutex::new(());
     SUBSCRIBER.call_once(|| {
-        let subscriber = tracing_subscriber::registry()
-            .with(holdup_diagnose::StageLayer::new().with_filter(holdup_diagnose::StageFilter));
+        let subscriber = tracing_subscriber::registry().with(
+            holdup_diagnose::StageLayer::new().with_filter(holdup_diagnose::StageAndResourceFilter),
+        );
         tracing::subscriber::set_global_default(subscriber).expect("no other global subscriber");
     });
     // A test that failed while holding the lock leaves it poisoned: the next one still runs.
