@@ -263,7 +263,8 @@ impl State {
             return;
         }
         let backend_ports = config.backend_ports();
-        let received: Vec<_> = super::tcp_info::opened_connections()
+        let woken = self.unnamed.iter().map(|u| u.to).max().unwrap_or(now);
+        let received: Vec<_> = super::tcp_info::opened_connections(woken, now)
             .into_iter()
             .map(|o| {
                 let ago = super::clock::nanos(o.since_data);
