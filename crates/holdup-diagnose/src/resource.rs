@@ -125,19 +125,40 @@ impl Holds {
     }
 }
 
+/// In a timer's resource span's extensions: its deadline (engine ns), from tokio's
+/// `duration` state update when the timer is first polled.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadline(pub(crate) u64);
+
+/// A wake this close to a timer's deadline (ns) is the timer firing: tokio's timer wheel has
+/// millisecond ticks, and the update gives the duration in whole milliseconds.
+pub(crate) const FIRED_WITHIN: u64 = 2_000_000;
+
 /// What a poll left pending: the last timer, and the last other resource. Kept apart because a
 /// timeout wraps the operation it limits (`tokio::time::timeout`, sqlx's acquire timeout):
 /// both are pending, and the wake tells which one the request waited for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Pending {
     pub(crate) timer: Option<ResourceRef>,
+    /// The timer pending before `timer`, if another (a sleep under a request's deadline).
+    pub(crate) earlier_timer: Option<ResourceRef>,
     pub(crate) other: Option<ResourceRef>,
+    /// Whether the timer had reached its deadline when the request was woken (`None`: not
+    /// known). Set at the wake.
+    pub(crate) timer_fired: Option<bool>,
 }
 
 thread_local! {
     /// The resource operations on this thread that were not ready: read and cleared around
     /// each measured poll.
-    static PENDING_ON: Cell<Pending> = const { Cell::new(Pending { timer: None, other: None }) };
+    static PENDING_ON: Cell<Pending> = const {
+        Cell::new(Pending {
+            timer: None,
+            earlier_timer: None,
+            other: None,
+            timer_fired: None,
+        })
+    };
 }
 
 /// Forgets any pending operation: a measured poll begins.
@@ -156,6 +177,9 @@ pub(crate) fn not_ready(resource: &Resource) {
     PENDING_ON.with(|p| {
         let mut pending = p.get();
         if visible.kind == ResourceKind::Timer {
+            if pending.timer.is_some_and(|t| t.span != visible.span) {
+                pending.earlier_timer = pending.timer;
+            }
             pending.timer = Some(visible);
         } else {
             pending.other = Some(visible);
@@ -225,9 +249,17 @@ pub(crate) struct EventVisitor {
     pub(crate) ready: Option<bool>,
     /// `state_update`: `permits.op = "add"` (permits given back).
     pub(crate) added: bool,
+    /// `state_update` of a timer: `duration` (ms to its deadline).
+    pub(crate) duration_ms: Option<u64>,
 }
 
 impl Visit for EventVisitor {
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if field.name() == "duration" {
+            self.duration_ms = Some(value);
+        }
+    }
+
     fn record_bool(&mut self, field: &Field, value: bool) {
         if field.name() == "is_ready" {
             self.ready = Some(value);

@@ -172,6 +172,11 @@ where
                     holds.acquired(holder, super::clock::now_ns());
                 }
             }
+            _ if fields.duration_ms.is_some() && this.kind == ResourceKind::Timer => {
+                let ms = fields.duration_ms.unwrap_or_default();
+                let deadline = super::clock::now_ns().saturating_add(ms.saturating_mul(1_000_000));
+                span.extensions_mut().replace(resource::Deadline(deadline));
+            }
             _ if fields.added => {
                 // Permits given back: on the inner semaphore, counted against the outer lock.
                 let target = match outer {
@@ -273,6 +278,15 @@ pub(crate) fn holders_of(resource: u64, from: u64, to: u64, victim: &Holder) -> 
                     .map(|holds| holds.during(from, to, victim))
             })
             .unwrap_or_default()
+    })
+}
+
+/// The deadline of the timer whose resource span is `resource`, if tokio said.
+pub(crate) fn deadline_of(resource: u64) -> Option<u64> {
+    tracing::dispatcher::get_default(|dispatch| {
+        let registry = dispatch.downcast_ref::<tracing_subscriber::Registry>()?;
+        let span = registry.span(&span::Id::from_u64(resource))?;
+        span.extensions().get::<resource::Deadline>().map(|d| d.0)
     })
 }
 

@@ -56,6 +56,8 @@ struct Unnamed {
     ns: u64,
     /// The stage open (no kind) or resource, for a stretch that turns out not to be one.
     name: &'static str,
+    /// Its kind then (a timer that may have fired), if any.
+    otherwise: Option<StageKind>,
     by: WokenBy,
 }
 
@@ -120,7 +122,21 @@ impl State {
         };
         let from = park.since;
         park.since = until;
-        let on = park.on;
+        let mut on = park.on;
+        if matches!(by, Some(WokenBy::Driver)) {
+            // Of the timers pending (a sleep under a request deadline's), the one that fired.
+            let fired = |timer: Option<ResourceRef>| {
+                let deadline = super::stage_layer::deadline_of(timer?.span)?;
+                Some(until.saturating_add(super::resource::FIRED_WITHIN) >= deadline)
+            };
+            match (fired(on.timer), fired(on.earlier_timer)) {
+                (_, Some(true)) => {
+                    on.timer = on.earlier_timer;
+                    on.timer_fired = Some(true);
+                }
+                (latest, _) => on.timer_fired = latest,
+            }
+        }
         let ns = self.claim(from, until);
         if ns == 0 {
             return;
@@ -146,7 +162,7 @@ impl State {
         }
         let (kind, name) = match naming {
             Naming::Known { kind, name } => (kind, name),
-            Naming::Network { name } => {
+            Naming::Network { name, otherwise } => {
                 let name = if name.is_empty() { stage_name } else { name };
                 if let Some(by) = by.filter(|_| ns >= NAME_NETWORK_FROM) {
                     self.unnamed.push(Unnamed {
@@ -154,11 +170,12 @@ impl State {
                         to: until,
                         ns,
                         name,
+                        otherwise,
                         by: by.clone(),
                     });
                     return;
                 }
-                (None, name)
+                (otherwise, name)
             }
         };
         let name = if name.is_empty() { stage_name } else { name };
@@ -285,12 +302,14 @@ impl State {
                     self.add_idle(
                         want_events,
                         stretch.name,
-                        None,
+                        stretch.otherwise,
                         stretch.ns,
                         stretch.from,
                         stretch.to,
                     );
-                    if let WokenBy::Poll(holder) = &stretch.by {
+                    if stretch.otherwise.is_none()
+                        && let WokenBy::Poll(holder) = &stretch.by
+                    {
                         self.blame_waker(holder, stretch.ns, want_events);
                     }
                 }

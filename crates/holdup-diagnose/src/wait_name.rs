@@ -51,18 +51,31 @@ pub(crate) enum Naming {
         kind: Option<StageKind>,
         name: &'static str,
     },
-    /// A network wait if an opened connection received data at the wake; else `waiting`
-    /// under `name`.
-    Network { name: &'static str },
+    /// A network wait if an opened connection received data at the wake; else `otherwise`
+    /// (`waiting`, or `timer` for a timeout that may have fired) under `name`.
+    Network {
+        name: &'static str,
+        otherwise: Option<StageKind>,
+    },
 }
 
-/// See the module docs (rules 1–7; 5 is resolved later by [`network`]). A timer and another
-/// resource both pending (a timeout around a lock) is the timer's wait if the driver woke the
-/// request, the other's if anything else did.
+/// See the module docs (rules 1–7; 5 is resolved later by [`network`]). A timer pending with
+/// something else (a timeout around a lock, a query, a `spawn_blocking`) did not fire unless
+/// the driver woke the request: then it is the timer's wait, or, if a connection received data
+/// at that moment, the network's.
 pub(crate) fn name(pending: Pending, by: Option<&WokenBy>) -> Naming {
+    let driver = matches!(by, Some(WokenBy::Driver));
+    let fired = pending.timer_fired;
     let on = match (pending.timer, pending.other) {
-        (Some(timer), Some(_)) if matches!(by, Some(WokenBy::Driver)) => Some(timer),
-        (timer, None) => timer,
+        (Some(timer), _) if driver && fired == Some(true) => Some(timer),
+        (Some(timer), Some(_)) if driver && fired.is_none() => Some(timer),
+        (Some(timer), None) if driver && fired.is_none() => {
+            return Naming::Network {
+                name: timer.name,
+                otherwise: Some(StageKind::Timer),
+            };
+        }
+        (Some(timer), None) if by.is_none() => Some(timer),
         (_, other) => other,
     };
     let on_name = on.map_or("", |r| r.name);
@@ -79,9 +92,10 @@ pub(crate) fn name(pending: Pending, by: Option<&WokenBy>) -> Naming {
             known(StageKind::Backend, thread)
         }
         Some(WokenBy::Thread(thread)) => known(StageKind::Offloaded, thread),
-        Some(WokenBy::Driver | WokenBy::Poll(super::Holder::Task { .. })) => {
-            Naming::Network { name: on_name }
-        }
+        Some(WokenBy::Driver | WokenBy::Poll(super::Holder::Task { .. })) => Naming::Network {
+            name: on_name,
+            otherwise: None,
+        },
         Some(WokenBy::Poll(super::Holder::Request(_))) | None => Naming::Known {
             kind: None,
             name: on_name,
@@ -133,7 +147,11 @@ mod tests {
     }
 
     fn on(timer: Option<ResourceRef>, other: Option<ResourceRef>) -> Pending {
-        Pending { timer, other }
+        Pending {
+            timer,
+            other,
+            ..Pending::default()
+        }
     }
 
     #[test]
@@ -143,9 +161,25 @@ mod tests {
             name: "Sleep",
             kind: ResourceKind::Timer,
         };
+        let fired = Pending {
+            timer_fired: Some(true),
+            ..on(Some(sleep), None)
+        };
         assert_eq!(
-            name(on(Some(sleep), None), Some(&WokenBy::Driver)),
+            name(fired, Some(&WokenBy::Driver)),
             known(StageKind::Timer, "Sleep")
+        );
+        // Woken by the driver before the deadline: not the timer.
+        let early = Pending {
+            timer_fired: Some(false),
+            ..on(Some(sleep), None)
+        };
+        assert_eq!(
+            name(early, Some(&WokenBy::Driver)),
+            Naming::Network {
+                name: "",
+                otherwise: None
+            }
         );
         let by = WokenBy::Poll(Holder::Request(Identity::untraced("/s/A")));
         assert_eq!(
@@ -158,6 +192,19 @@ mod tests {
         assert_eq!(
             name(both, Some(&WokenBy::Driver)),
             known(StageKind::Timer, "Sleep")
+        );
+        // A timeout around `spawn_blocking` or a query: the waker says which ended it.
+        let timeout = on(Some(sleep), None);
+        assert_eq!(
+            name(timeout, Some(&WokenBy::BlockingPool)),
+            known(StageKind::Offloaded, "spawn_blocking")
+        );
+        assert_eq!(
+            name(timeout, Some(&WokenBy::Driver)),
+            Naming::Network {
+                name: "Sleep",
+                otherwise: Some(StageKind::Timer)
+            }
         );
     }
 
@@ -180,7 +227,10 @@ mod tests {
         );
         assert_eq!(
             name(Pending::default(), Some(&WokenBy::Driver)),
-            Naming::Network { name: "" }
+            Naming::Network {
+                name: "",
+                otherwise: None
+            }
         );
         let by = WokenBy::Poll(Holder::Request(Identity::untraced("/s/Sender")));
         assert_eq!(

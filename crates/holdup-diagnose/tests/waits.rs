@@ -293,12 +293,16 @@ async fn calibrate(pool: &SqlitePool) -> i64 {
     }
     let mut n = scaled(n, took);
     let mut took = time(n).await;
-    if !(Duration::from_millis(170)..Duration::from_millis(300)).contains(&took) {
+    // A shared machine can slow one probe: rescale a few times before giving up.
+    for _ in 0..4 {
+        if (Duration::from_millis(150)..Duration::from_millis(400)).contains(&took) {
+            break;
+        }
         n = scaled(n, took);
         took = time(n).await;
     }
     assert!(
-        (Duration::from_millis(150)..Duration::from_millis(400)).contains(&took),
+        (Duration::from_millis(100)..Duration::from_millis(600)).contains(&took),
         "the calibrated query (n={n}) took {took:?}, not about {HOLD:?}"
     );
     eprintln!("the query counts to {n} in {took:?}");
