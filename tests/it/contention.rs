@@ -160,8 +160,19 @@ async fn inline_cpu_delays_fast_and_is_blamed_for_it() {
     let app = spawn_app().await;
     let probed = probe_under(&app, cpu(CpuMode::Inline)).await;
     blames_the_pressure(&probed, "CpuBound");
+    // Inline hashing is its own CPU; a pressure call that tokio queued behind the other one
+    // (on one runtime, both can land on the same worker) is right to say it waited for it.
     for p in &probed.pressure {
-        assert_eq!(p.verdict, "own-cpu", "inline hashing is its own CPU: {p:?}");
+        let behind_the_other = p.verdict == "runtime-contention"
+            && probed
+                .pressure
+                .iter()
+                .filter(|o| o.trace_id != p.trace_id)
+                .all(|o| p.culprits.iter().any(|c| c.trace_id == o.trace_id));
+        assert!(
+            p.verdict == "own-cpu" || behind_the_other,
+            "inline hashing is its own CPU, or a wait behind the other call: {p:?}"
+        );
     }
     app.shutdown().await.expect("clean shutdown");
 }

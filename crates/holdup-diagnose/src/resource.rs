@@ -188,6 +188,21 @@ pub(crate) fn not_ready(resource: &Resource) {
     });
 }
 
+/// Whether `name` is one [`classify`] gives.
+pub(crate) fn is_resource_name(name: &str) -> bool {
+    matches!(
+        name,
+        "Sleep"
+            | "Interval"
+            | "Semaphore"
+            | "Mutex"
+            | "RwLock"
+            | "Barrier"
+            | "oneshot"
+            | "resource"
+    )
+}
+
 /// The kind of a `concrete_type`, with its name as a `&'static str`.
 fn classify(concrete_type: &str) -> (&'static str, ResourceKind) {
     match concrete_type {

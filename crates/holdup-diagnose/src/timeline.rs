@@ -178,7 +178,11 @@ impl State {
                 (otherwise, name)
             }
         };
-        let name = if name.is_empty() { stage_name } else { name };
+        let name = if name.is_empty() || (wait_name::is_generic(name) && !stage_name.is_empty()) {
+            stage_name
+        } else {
+            name
+        };
         self.add_idle(want_events, name, kind, ns, from, until);
         if kind.is_none()
             && let Some(WokenBy::Poll(holder)) = by

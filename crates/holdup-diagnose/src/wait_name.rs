@@ -103,6 +103,13 @@ pub(crate) fn name(pending: Pending, by: Option<&WokenBy>) -> Naming {
     }
 }
 
+/// Whether a measured name only says what kind of thing was waited on (`Sleep`, `Semaphore`,
+/// `spawn_blocking`), so that a span of the service's own open around it (with no kind) names
+/// the wait better; a peer's address or a thread's name says more than any span.
+pub(crate) fn is_generic(name: &str) -> bool {
+    name == "spawn_blocking" || super::resource::is_resource_name(name)
+}
+
 fn known(kind: StageKind, name: &'static str) -> Naming {
     Naming::Known {
         kind: Some(kind),
