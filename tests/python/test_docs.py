@@ -155,7 +155,9 @@ def test_slugs_are_githubs():
 # ------------------------------------------------------------------ the CLI, from --help
 
 HELP_FLAG = re.compile(r"^\s+(?:-[A-Za-z], )?--([a-z0-9][a-z0-9-]*)")
-HELP_ENV = re.compile(r"\[env: ([A-Z0-9_]+)=")
+# clap wraps help at the terminal's width, or 100 columns without one: `[env:` and the name can
+# sit on two lines, so any whitespace between them.
+HELP_ENV = re.compile(r"\[env:\s+([A-Z0-9_]+)=")
 # Flags every clap command has; the docs need not list them.
 BUILTIN = {"help", "version"}
 
