@@ -45,7 +45,7 @@ pub(crate) struct ResourceRef {
 }
 
 /// In a `runtime.resource` span's extensions.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Resource {
     pub(crate) this: ResourceRef,
     /// For a resource tokio builds inside another (the semaphore inside a `Mutex`): the outer
@@ -172,7 +172,7 @@ pub(crate) fn pending_on() -> Pending {
 }
 
 /// An operation on `resource` was not ready: whoever polls on this thread now parks on it.
-pub(crate) fn not_ready(resource: &Resource) {
+pub(crate) fn not_ready(resource: Resource) {
     let visible = resource.visible();
     PENDING_ON.with(|p| {
         let mut pending = p.get();
@@ -188,33 +188,32 @@ pub(crate) fn not_ready(resource: &Resource) {
     });
 }
 
-/// Whether `name` is one [`classify`] gives.
+/// tokio's resources by `concrete_type`: the name a wait on one is given, and its kind.
+const RESOURCES: [(&str, &str, ResourceKind); 7] = [
+    ("Sleep", "Sleep", ResourceKind::Timer),
+    ("Interval", "Interval", ResourceKind::Timer),
+    ("Semaphore", "Semaphore", ResourceKind::Lock),
+    ("Mutex", "Mutex", ResourceKind::Lock),
+    ("RwLock", "RwLock", ResourceKind::Lock),
+    ("Barrier", "Barrier", ResourceKind::Other),
+    ("Sender|Receiver", "oneshot", ResourceKind::Other),
+];
+/// The name of a resource tokio reports that is none of [`RESOURCES`].
+const OTHER_RESOURCE: &str = "resource";
+
+/// Whether `name` is one a wait on a tokio resource is given ([`classify`]).
 pub(crate) fn is_resource_name(name: &str) -> bool {
-    matches!(
-        name,
-        "Sleep"
-            | "Interval"
-            | "Semaphore"
-            | "Mutex"
-            | "RwLock"
-            | "Barrier"
-            | "oneshot"
-            | "resource"
-    )
+    name == OTHER_RESOURCE || RESOURCES.iter().any(|(_, known, _)| *known == name)
 }
 
 /// The kind of a `concrete_type`, with its name as a `&'static str`.
 fn classify(concrete_type: &str) -> (&'static str, ResourceKind) {
-    match concrete_type {
-        "Sleep" => ("Sleep", ResourceKind::Timer),
-        "Interval" => ("Interval", ResourceKind::Timer),
-        "Semaphore" => ("Semaphore", ResourceKind::Lock),
-        "Mutex" => ("Mutex", ResourceKind::Lock),
-        "RwLock" => ("RwLock", ResourceKind::Lock),
-        "Barrier" => ("Barrier", ResourceKind::Other),
-        "Sender|Receiver" => ("oneshot", ResourceKind::Other),
-        _ => ("resource", ResourceKind::Other),
-    }
+    RESOURCES
+        .iter()
+        .find(|(ty, _, _)| *ty == concrete_type)
+        .map_or((OTHER_RESOURCE, ResourceKind::Other), |&(_, name, kind)| {
+            (name, kind)
+        })
 }
 
 /// Reads a `runtime.resource` span's fields.
@@ -228,7 +227,7 @@ impl ResourceVisitor {
     pub(crate) fn resource(&self, span: u64, outer: Option<ResourceRef>) -> Resource {
         let (name, kind) = self
             .concrete_type
-            .unwrap_or(("resource", ResourceKind::Other));
+            .unwrap_or((OTHER_RESOURCE, ResourceKind::Other));
         Resource {
             this: ResourceRef { span, name, kind },
             outer: if self.internal { outer } else { None },
@@ -349,5 +348,10 @@ mod tests {
             ("oneshot", ResourceKind::Other)
         );
         assert_eq!(classify("Whatever").0, "resource");
+        for (_, name, _) in RESOURCES {
+            assert!(is_resource_name(name), "{name}");
+        }
+        assert!(is_resource_name("resource"));
+        assert!(!is_resource_name("127.0.0.1:5432"));
     }
 }

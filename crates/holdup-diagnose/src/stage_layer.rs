@@ -146,23 +146,20 @@ where
             return;
         };
         let Some((resource, span)) = scope.into_iter().find_map(|span| {
-            let found = span
-                .extensions()
-                .get::<Resource>()
-                .map(|r| (r.this, r.outer, r.internal));
+            let found = span.extensions().get::<Resource>().copied();
             found.map(|r| (r, span))
         }) else {
             return;
         };
-        let (this, outer, internal) = resource;
+        let Resource {
+            this,
+            outer,
+            internal,
+        } = resource;
         let mut fields = EventVisitor::default();
         event.record(&mut fields);
         match fields.ready {
-            Some(false) => resource::not_ready(&Resource {
-                this,
-                outer,
-                internal,
-            }),
+            Some(false) => resource::not_ready(resource),
             // An acquisition, counted once: on the lock the user sees, not on the semaphore
             // tokio keeps inside it.
             Some(true) if this.kind == ResourceKind::Lock && !internal => {
@@ -268,25 +265,21 @@ impl<S> Filter<S> for StageAndResourceFilter {
 /// `victim`, and for how long of it (empty when the subscriber is not a registry, or the lock
 /// is gone).
 pub(crate) fn holders_of(resource: u64, from: u64, to: u64, victim: &Holder) -> Vec<(Holder, u64)> {
-    tracing::dispatcher::get_default(|dispatch| {
-        dispatch
-            .downcast_ref::<tracing_subscriber::Registry>()
-            .and_then(|registry| registry.span(&span::Id::from_u64(resource)))
-            .and_then(|span| {
-                span.extensions()
-                    .get::<Holds>()
-                    .map(|holds| holds.during(from, to, victim))
-            })
-            .unwrap_or_default()
-    })
+    read_resource(resource, |holds: &Holds| holds.during(from, to, victim)).unwrap_or_default()
 }
 
 /// The deadline of the timer whose resource span is `resource`, if tokio said.
 pub(crate) fn deadline_of(resource: u64) -> Option<u64> {
+    read_resource(resource, |deadline: &resource::Deadline| deadline.0)
+}
+
+/// Reads what the layer keeps in a resource's span (`T`), from outside a `tracing` callback
+/// (a request's wake): through the global registry, if the subscriber is one.
+fn read_resource<T: 'static, R>(resource: u64, read: impl Fn(&T) -> R) -> Option<R> {
     tracing::dispatcher::get_default(|dispatch| {
         let registry = dispatch.downcast_ref::<tracing_subscriber::Registry>()?;
         let span = registry.span(&span::Id::from_u64(resource))?;
-        span.extensions().get::<resource::Deadline>().map(|d| d.0)
+        span.extensions().get::<T>().map(&read)
     })
 }
 
