@@ -26,7 +26,6 @@ use super::{
     engine::{Engine, EngineConfig},
     identity::{Identity, split_method, traceparent_trace_id},
     measured::{Measured, Meter},
-    stage_layer,
     timeline::Timeline,
 };
 
@@ -176,9 +175,7 @@ fn start<B>(
         .is_some_and(|v| v.as_bytes() == b"1" || v.as_bytes().eq_ignore_ascii_case(b"true"));
     let mut timeline = Timeline::new(identity, span, Arc::clone(engine), started, want_events);
     timeline.arrival = arrival;
-    let timeline = Arc::new(timeline);
-    stage_layer::attach(&timeline.span, &timeline);
-    timeline
+    Arc::new(timeline)
 }
 
 /// The request's ids: its span's, when OpenTelemetry gives the span a context (continuing the
@@ -188,11 +185,14 @@ fn identify(path: PathAndQuery, span: &tracing::Span, headers: &http::HeaderMap)
     {
         use opentelemetry::trace::TraceContextExt;
         use tracing_opentelemetry::OpenTelemetrySpanExt;
-        // Only fails if the span has already started, which it cannot have.
-        let _ = span.set_parent(super::otel::extract(headers));
-        let context = span.context();
-        let span_context = context.span().span_context().clone();
-        if span_context.is_valid() {
+        // No span, no context: the caller's trace id is read from `traceparent` below
+        // without asking the propagator.
+        let span_context = (!span.is_disabled()).then(|| {
+            // Only fails if the span has already started, which it cannot have.
+            let _ = span.set_parent(super::otel::extract(headers));
+            span.context().span().span_context().clone()
+        });
+        if let Some(span_context) = span_context.filter(|c| c.is_valid()) {
             return Identity::traced(
                 path,
                 span_context.trace_id().to_bytes(),

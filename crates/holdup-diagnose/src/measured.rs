@@ -8,6 +8,7 @@
 //! long it was parked before that (idle).
 
 use std::{
+    cell::Cell,
     future::Future,
     pin::Pin,
     sync::{
@@ -56,6 +57,40 @@ impl Wake for WakeFlag {
     }
 }
 
+thread_local! {
+    /// The request this thread polls now (its future, handler task or streaming body): a
+    /// span opened in that poll is one of its stages. Kept here rather than found through the
+    /// request's span, which exists only when a layer other than the stage layer wants it.
+    static POLLING: Cell<Option<Weak<Timeline>>> = const { Cell::new(None) };
+}
+
+/// The request polled on this thread now, if any.
+pub(crate) fn polling_request() -> Option<Weak<Timeline>> {
+    POLLING.with(|polling| {
+        let current = polling.take();
+        let copy = current.clone();
+        polling.set(current);
+        copy
+    })
+}
+
+/// Sets [`POLLING`] for one poll; restores what was there (a request polled inside another's
+/// poll, or nothing) when dropped, even if the poll panics.
+struct Polling(Option<Weak<Timeline>>);
+
+impl Polling {
+    fn enter(timeline: Weak<Timeline>) -> Self {
+        Self(POLLING.with(|polling| polling.replace(Some(timeline))))
+    }
+}
+
+impl Drop for Polling {
+    fn drop(&mut self) {
+        let outer = self.0.take();
+        POLLING.with(|polling| polling.set(outer));
+    }
+}
+
 /// Meters the polls of one thing a request is made of (its future, or its response body):
 /// times each poll and its on-CPU part, and wraps the waker to learn when it became ready.
 #[derive(Debug)]
@@ -88,8 +123,8 @@ impl Meter {
         }
     }
 
-    /// Runs one poll, `poll`, measured into `timeline` (inside the request's span when
-    /// `in_span`: spans the poll opens are the request's stages).
+    /// Runs one poll, `poll`, measured into `timeline`; when `in_span`, spans the poll opens
+    /// are the request's stages (and the request's span, if it has one, is entered).
     pub(crate) fn poll<T>(
         &mut self,
         timeline: &Timeline,
@@ -115,7 +150,12 @@ impl Meter {
 
         // Entered here rather than by `Instrument`: that wrapper also enters the span to drop the
         // future, and holds a clone of it; two of them per request were about 4 500 instructions.
-        let entered = in_span.then(|| timeline.span.enter());
+        let entered = in_span.then(|| {
+            (
+                Polling::enter(Weak::clone(&self.flag.timeline)),
+                timeline.span.enter(),
+            )
+        });
         resource::poll_begins();
         let polled = poll(&mut Context::from_waker(&self.waker));
         drop(entered);

@@ -140,6 +140,8 @@ pub struct Reply {
     /// The `x-trace-id` the layer gave the request.
     pub trace_id: String,
     pub diagnosis: Diagnosis,
+    /// What the handler answered.
+    pub body: String,
 }
 
 /// GETs `url` on a fresh connection (a client of its own) and reads the layer's headers.
@@ -178,6 +180,7 @@ pub async fn get(url: &str) -> Reply {
     Reply {
         trace_id,
         diagnosis,
+        body,
     }
 }
 
