@@ -29,8 +29,11 @@ use std::{
 /// short is not what makes a request late.
 pub(crate) const CPU_SPLIT_FROM: Duration = Duration::from_millis(1);
 /// At most one clock read per this much of a thread's wall time at poll starts: bounds the error
-/// on a long poll's on-CPU time to this, and the cost to about half a percent of a busy thread.
-pub(crate) const CPU_MARK_EVERY: Duration = Duration::from_micros(500);
+/// on a long poll's on-CPU time (and CPU wait) to this, and the cost to one system call and one
+/// proc read per 2 ms of a busy worker. At 500 µs, and read afresh after every park, the reads
+/// were a third of `holdup serve`'s system calls under the benchmark's load; the polls this
+/// split matters for (a blocking call against computing) last tens of milliseconds.
+pub(crate) const CPU_MARK_EVERY: Duration = Duration::from_millis(2);
 
 static EPOCH: OnceLock<Instant> = OnceLock::new();
 
@@ -132,12 +135,6 @@ thread_local! {
     static LAST_MARK: Cell<CpuMark> = const {
         Cell::new(CpuMark { wall: 0, cpu: None, sched: None })
     };
-}
-
-/// Forgets this thread's mark: the next poll reads the clocks afresh. Called when a worker
-/// parks, so that no poll is measured from before a sleep of the thread's own.
-pub fn forget_mark() {
-    LAST_MARK.with(|last| last.set(CpuMark::default()));
 }
 
 /// The mark a poll starting at `now` measures from: this thread's last reading, or a fresh one

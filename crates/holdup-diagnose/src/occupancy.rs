@@ -402,7 +402,6 @@ pub fn install_hooks_with(
     HOOKED.store(true, std::sync::atomic::Ordering::Relaxed);
     let park = yours.thread_park.clone();
     builder.on_thread_park(move || {
-        super::clock::forget_mark();
         SLOT.with(|slot| {
             slot.worker
                 .store(true, std::sync::atomic::Ordering::Relaxed);
