@@ -139,14 +139,6 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
             };
             (providers, Some(runtime))
         }
-        // Providers without a processor: ids for every span, nothing sent anywhere.
-        otel::Tracing::IdsOnly => (
-            vec![
-                SdkTracerProvider::builder().build(),
-                SdkTracerProvider::builder().build(),
-            ],
-            None,
-        ),
         otel::Tracing::Off => (Vec::new(), None),
     };
     let otel_layer = match providers.as_slice() {
