@@ -74,7 +74,11 @@ pub struct Finding {
     /// The share of the probe's scheduled time blamed on the pressure's RPC (`None`: the probe
     /// never waited for a worker).
     pub blame_precision: Option<f64>,
-    /// The probe's largest delay component under pressure was its wait for a worker.
+    /// Of what the server measured of the probe under pressure, its wait for a worker was
+    /// the largest part: where blame precision is scored. The time outside the server's
+    /// measure (the reply, ready, waiting for its connection task to write it: on one runtime
+    /// with its workers held, often the larger part of the client's wait) is left out, as
+    /// nothing blames it.
     pub probe_scheduled_dominates: bool,
 
     pub conclusion: String,
@@ -126,7 +130,11 @@ impl Finding {
                 let method = pressure.rpc.split_whitespace().next().unwrap_or_default();
                 (s.means.scheduled_ms > 0.0).then(|| s.blame.get(method).copied().unwrap_or(0.0))
             }),
-            probe_scheduled_dominates: component(&probe) == Some(SplitComponent::Scheduled),
+            probe_scheduled_dominates: probe.split.as_ref().is_some_and(|s| {
+                let m = &s.means;
+                let waiting = (m.idle_ms - m.queue_ms).max(0.0);
+                m.scheduled_ms > 0.0 && m.scheduled_ms >= m.busy_ms.max(m.queue_ms).max(waiting)
+            }),
             conclusion: String::new(),
             probe_alone,
             probe,
