@@ -26,6 +26,9 @@ pub const SLOWS_FACTOR: f64 = 2.0;
 pub const SLOWS_MIN_MS: f64 = 5.0;
 
 /// One experiment's result.
+/// The shortest wait for a worker the engine blames by default, in ms.
+const BLAMED_FROM_MS: f64 = crate::diagnose::DEFAULT_BLAME_FROM.as_secs_f64() * 1e3;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Finding {
     pub id: String,
@@ -78,7 +81,8 @@ pub struct Finding {
     /// the largest part: where blame precision is scored. The time outside the server's
     /// measure (the reply, ready, waiting for its connection task to write it: on one runtime
     /// with its workers held, often the larger part of the client's wait) is left out, as
-    /// nothing blames it.
+    /// nothing blames it. And only where that wait averaged [`BLAMED_FROM_MS`] or more: the
+    /// engine blames no shorter wait.
     pub probe_scheduled_dominates: bool,
 
     pub conclusion: String,
@@ -133,7 +137,8 @@ impl Finding {
             probe_scheduled_dominates: probe.split.as_ref().is_some_and(|s| {
                 let m = &s.means;
                 let waiting = (m.idle_ms - m.queue_ms).max(0.0);
-                m.scheduled_ms > 0.0 && m.scheduled_ms >= m.busy_ms.max(m.queue_ms).max(waiting)
+                m.scheduled_ms >= BLAMED_FROM_MS
+                    && m.scheduled_ms >= m.busy_ms.max(m.queue_ms).max(waiting)
             }),
             conclusion: String::new(),
             probe_alone,

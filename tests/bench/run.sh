@@ -8,9 +8,11 @@
 #             of their own) costs before any measurement; the floor under holdup serve
 #   diagnosed the same with holdup's diagnosis engine added as the guide (docs/your-service.md) tells a user to
 #             (examples/bare_echo.rs --diagnose): the engine's own cost per call
-#   otel      the bare echo with an OpenTelemetry layer (trace ids, no export; --otel)
-#   otel-diagnosed  the same with the engine too (--otel --diagnose): the engine's cost on a
-#             service that already traces
+#   otel      the bare echo with an OpenTelemetry layer (trace ids, no export; --otel) and a
+#             server span per request with the RPC conventions (tonic's trace_fn), as a
+#             service that traces has
+#   otel-diagnosed  the same layer with the engine (--otel --diagnose), whose request span is
+#             then the server span: the engine's cost on a service that already traces
 # SERVERS picks some of them (default: all), e.g. SERVERS="bare diagnosed otel otel-diagnosed".
 #   quiet     holdup serve --no-console
 #   default   holdup serve (tokio-console on, as shipped)
@@ -178,7 +180,7 @@ def spread(values):
 
 names = {"bare": "bare tonic echo", "handover": "bare echo, handlers on a 2nd runtime",
          "diagnosed": "bare echo + diagnosis engine",
-         "otel": "bare echo + OpenTelemetry layer (ids, no export)",
+         "otel": "bare echo + OpenTelemetry layer and server span (ids, no export)",
          "otel-diagnosed": "bare echo + OpenTelemetry layer + diagnosis engine",
          "quiet": "holdup serve --no-console",
          "default": "holdup serve (console on)"}

@@ -35,27 +35,64 @@ pub(crate) const CPU_SPLIT_FROM: Duration = Duration::from_millis(1);
 /// split matters for (a blocking call against computing) last tens of milliseconds.
 pub(crate) const CPU_MARK_EVERY: Duration = Duration::from_millis(2);
 
-static EPOCH: OnceLock<Instant> = OnceLock::new();
+/// The engine's epoch: an `Instant` and the monotonic clock's reading at (nearly) the same
+/// moment, so that engine time converts to and from `Instant`s.
+#[derive(Clone, Copy)]
+struct Epoch {
+    instant: Instant,
+    /// `CLOCK_MONOTONIC` at `instant`, in ns (Linux; 0 elsewhere, where `Instant` is read).
+    mono: u64,
+}
 
-fn epoch() -> Instant {
-    *EPOCH.get_or_init(Instant::now)
+static EPOCH: OnceLock<Epoch> = OnceLock::new();
+
+fn epoch() -> Epoch {
+    *EPOCH.get_or_init(|| Epoch {
+        instant: Instant::now(),
+        mono: monotonic_ns().unwrap_or(0),
+    })
+}
+
+/// `CLOCK_MONOTONIC` in ns, which `Instant` reads on Linux: one vDSO call, without the
+/// `Instant` arithmetic (measured: that arithmetic was most of the clock's instructions, and
+/// the engine reads the clock several times per poll).
+fn monotonic_ns() -> Option<u64> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        let secs = u64::try_from(t.tv_sec).ok()?;
+        let nanos = u64::try_from(t.tv_nsec).ok()?;
+        Some(secs * 1_000_000_000 + nanos)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        None
+    }
 }
 
 /// Nanoseconds since the engine's epoch; never 0, which atomics use for "unset".
 pub fn now_ns() -> u64 {
-    ns_at(Instant::now())
+    let epoch = epoch();
+    match monotonic_ns() {
+        Some(now) => now.saturating_sub(epoch.mono).max(1),
+        None => ns_at(Instant::now()),
+    }
 }
 
 /// The instant at engine time `ns`, the inverse of [`ns_at`].
 pub fn instant_at(ns: u64) -> Instant {
-    epoch() + std::time::Duration::from_nanos(ns)
+    epoch().instant + std::time::Duration::from_nanos(ns)
 }
 
 /// The engine time of `instant`.
 pub fn ns_at(instant: Instant) -> u64 {
-    u64::try_from(instant.saturating_duration_since(epoch()).as_nanos())
-        .unwrap_or(u64::MAX)
-        .max(1)
+    u64::try_from(
+        instant
+            .saturating_duration_since(epoch().instant)
+            .as_nanos(),
+    )
+    .unwrap_or(u64::MAX)
+    .max(1)
 }
 
 pub fn nanos(d: Duration) -> u64 {

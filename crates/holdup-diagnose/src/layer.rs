@@ -39,6 +39,18 @@ pub const TRACE_ID_HEADER: &str = "x-trace-id";
 /// (the Lab returns it in `Diagnostics.timeline`).
 pub const TIMELINE_HEADER: &str = "holdup-timeline";
 
+/// The header names the layer reads and writes on every request, parsed once: a `&str` name
+/// is parsed and hashed again at each use.
+mod names {
+    use http::HeaderName;
+    pub(super) const DIAGNOSIS: HeaderName = HeaderName::from_static(super::DIAGNOSIS_HEADER);
+    pub(super) const TRACE_ID: HeaderName = HeaderName::from_static(super::TRACE_ID_HEADER);
+    pub(super) const TIMELINE: HeaderName = HeaderName::from_static(super::TIMELINE_HEADER);
+    pub(super) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+    pub(super) const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+    pub(super) const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+}
+
 /// The target of the request spans the layer opens (name `rpc`).
 pub const REQUEST_SPAN_TARGET: &str = "holdup::rpc";
 
@@ -153,7 +165,8 @@ fn start<B>(
         rpc.service = service,
         rpc.method = method,
         rpc.grpc.status_code = Empty,
-        holdup.arrival = arrival.map_or("layer", Source::as_str),
+        // Only where the server stamped it: one attribute fewer on every other request.
+        holdup.arrival = arrival.map(Source::as_str),
         holdup.total_us = Empty,
         holdup.busy_us = Empty,
         holdup.on_cpu_us = Empty,
@@ -171,7 +184,7 @@ fn start<B>(
     let identity = Arc::new(identify(path, &span, request.headers()));
     let want_events = request
         .headers()
-        .get(TIMELINE_HEADER)
+        .get(names::TIMELINE)
         .is_some_and(|v| v.as_bytes() == b"1" || v.as_bytes().eq_ignore_ascii_case(b"true"));
     let mut timeline = Timeline::new(identity, span, Arc::clone(engine), started, want_events);
     timeline.arrival = arrival;
@@ -204,7 +217,7 @@ fn identify(path: PathAndQuery, span: &tracing::Span, headers: &http::HeaderMap)
     #[cfg(not(feature = "opentelemetry"))]
     let _ = span;
     let caller = headers
-        .get("traceparent")
+        .get(names::TRACEPARENT)
         .and_then(|v| traceparent_trace_id(v.as_bytes()));
     Identity::generated(path, caller)
 }
@@ -272,10 +285,10 @@ where
             value.push_str(PARTIAL);
         }
         if let Some(value) = unique_value(value) {
-            headers.insert(DIAGNOSIS_HEADER, value);
+            headers.insert(names::DIAGNOSIS, value);
         }
         if let Some(value) = unique_value(report.identity.trace_id()) {
-            headers.insert(TRACE_ID_HEADER, value);
+            headers.insert(names::TRACE_ID, value);
         }
         let answered = trailers_only != Some(UNIMPLEMENTED);
         if trailers_only.is_some() {
@@ -373,7 +386,7 @@ const UNIMPLEMENTED: u16 = 12;
 
 fn grpc_status(headers: &http::HeaderMap) -> Option<u16> {
     headers
-        .get("grpc-status")
+        .get(names::GRPC_STATUS)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
 }
@@ -388,7 +401,10 @@ fn record_status(span: &tracing::Span, headers: &http::HeaderMap) {
     span.record("rpc.grpc.status_code", i64::from(code));
     if code != 0 {
         span.record("otel.status_code", "ERROR");
-        if let Some(message) = headers.get("grpc-message").and_then(|v| v.to_str().ok()) {
+        if let Some(message) = headers
+            .get(names::GRPC_MESSAGE)
+            .and_then(|v| v.to_str().ok())
+        {
             span.record("otel.status_message", message);
         }
     }
@@ -452,7 +468,7 @@ fn finish_stream(state: &mut BodyState, trailers: Option<&mut http::HeaderMap>) 
             let report = timeline.report(now_ns());
             if let Some(trailers) = trailers {
                 if let Some(value) = unique_value(report.header_value()) {
-                    trailers.insert(DIAGNOSIS_HEADER, value);
+                    trailers.insert(names::DIAGNOSIS, value);
                 }
                 record_status(&timeline.span, trailers);
             }
