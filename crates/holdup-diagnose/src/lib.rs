@@ -96,6 +96,7 @@ mod names;
 mod occupancy;
 #[cfg(feature = "opentelemetry")]
 mod otel;
+mod read_stamp;
 mod report;
 mod resource;
 mod stage;

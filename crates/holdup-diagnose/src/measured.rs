@@ -44,14 +44,19 @@ impl Wake for WakeFlag {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        let now = now_ns();
+        // Dated from when its cause reached the machine, if the waker is a connection task
+        // that just read it (`read_stamp`): the wait behind that task is then scheduled.
+        let now = super::read_stamp::cause_of_wake(now_ns());
         if self
             .woken_at
             .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
             && let Some(timeline) = self.timeline.upgrade()
         {
-            timeline.woken(self.depth, now);
+            let at = timeline.woken(self.depth, now);
+            if at != now {
+                self.woken_at.store(at, Ordering::Release);
+            }
         }
         self.task.wake();
     }

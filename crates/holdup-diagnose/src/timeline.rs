@@ -510,15 +510,19 @@ impl Timeline {
         });
     }
 
-    /// The wrapper at `depth` was woken at `now`, on this thread: its parked stretch ends, and
-    /// who woke it says what it waited for.
-    pub(crate) fn woken(&self, depth: usize, now: u64) {
+    /// The wrapper at `depth` was woken at `at`, on this thread (or its cause reached the
+    /// machine then: see [`crate::read_stamp`]): its parked stretch ends, and who woke it says
+    /// what it waited for. Returns when it became ready: `at`, but never before it parked.
+    pub(crate) fn woken(&self, depth: usize, at: u64) -> u64 {
         let mut state = self.lock();
-        if state.parked.is_some_and(|p| p.depth == depth) {
-            let by = WokenBy::here();
-            state.charge_idle(self.want_events, now, Some(&by), &self.identity);
-            state.parked = None;
-        }
+        let Some(park) = state.parked.filter(|p| p.depth == depth) else {
+            return at;
+        };
+        let at = at.max(park.since);
+        let by = WokenBy::here();
+        state.charge_idle(self.want_events, at, Some(&by), &self.identity);
+        state.parked = None;
+        at
     }
 
     /// A stage span opened inside the request.

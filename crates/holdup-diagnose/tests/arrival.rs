@@ -337,4 +337,108 @@ mod serve {
             .unwrap()
             .unwrap();
     }
+
+    /// A request parked on its next body chunk, whose chunk then lies in the socket while the
+    /// only worker is held by another request, waited for that worker, not for its client:
+    /// the wake its connection task makes after reading the chunk is dated from the chunk's
+    /// kernel stamp, so the wait is scheduled and blamed on the holder (a client stream's
+    /// later message, as grpcurl's reflection sends its second request).
+    #[test]
+    fn a_later_chunk_that_waited_for_the_connection_task_is_a_wait_for_a_worker() {
+        use std::io::{BufRead, BufReader, Read};
+
+        let server_runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let _stamping = server_runtime.block_on(connected());
+        let app = axum::Router::new()
+            .route(
+                "/upload",
+                axum::routing::post(|body: axum::body::Body| async move {
+                    let bytes = axum::body::to_bytes(body, 1 << 16).await.unwrap();
+                    bytes.len().to_string()
+                }),
+            )
+            .route(
+                "/block",
+                axum::routing::get(|| async {
+                    std::thread::sleep(Duration::from_millis(300));
+                    "blocked"
+                }),
+            )
+            .layer(holdup_diagnose::DiagnoseLayer::new());
+        let (addr, stop, server) = server_runtime.block_on(spawn_serve(app));
+
+        /// Reads one HTTP/1.1 response's head: its `x-trace-id` and `holdup-diagnosis`.
+        fn head(stream: &std::net::TcpStream) -> (String, String) {
+            let mut reader = BufReader::new(stream);
+            let (mut trace_id, mut diagnosis) = (String::new(), String::new());
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let line = line.trim_end();
+                if line.is_empty() {
+                    return (trace_id, diagnosis);
+                }
+                if let Some(v) = line.strip_prefix("x-trace-id: ") {
+                    trace_id = v.to_owned();
+                }
+                if let Some(v) = line.strip_prefix("holdup-diagnosis: ") {
+                    diagnosis = v.to_owned();
+                }
+            }
+        }
+        let ms = |d| std::thread::sleep(Duration::from_millis(d));
+        let mut upload = std::net::TcpStream::connect(addr).unwrap();
+        upload
+            .write_all(
+                b"POST /upload HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n\
+                  5\r\nhello\r\n",
+            )
+            .unwrap();
+        ms(50); // the handler reads the first chunk and parks on the next
+        let mut block = std::net::TcpStream::connect(addr).unwrap();
+        block
+            .write_all(b"GET /block HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        ms(50); // the only worker sleeps in /block for 300 ms from about here
+        upload.write_all(b"5\r\nworld\r\n0\r\n\r\n").unwrap();
+        let sent = Instant::now();
+        let (_, diagnosis) = head(&upload);
+        let waited = sent.elapsed();
+        let (blocker, _) = head(&block);
+        let mut rest = Vec::new();
+        let _ = block.read_to_end(&mut rest);
+
+        let field = |key: &str| {
+            diagnosis
+                .split(' ')
+                .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+                .unwrap_or_else(|| panic!("no {key} in {diagnosis:?}"))
+                .to_owned()
+        };
+        let scheduled: f64 = field("scheduled").trim_end_matches("ms").parse().unwrap();
+        assert!(
+            waited >= Duration::from_millis(150),
+            "premise: the chunk waited behind /block ({waited:?}); {diagnosis}"
+        );
+        assert!(
+            scheduled >= 0.6 * waited.as_secs_f64() * 1e3,
+            "the chunk's wait for the connection task ({waited:?}) is scheduled: {diagnosis}"
+        );
+        assert_eq!(field("verdict"), "runtime-contention", "{diagnosis}");
+        assert!(
+            blocker.len() == 32 && field("culprits").contains(&blocker),
+            "the holder, /block ({blocker}), is blamed: {diagnosis}"
+        );
+        stop.send(()).unwrap();
+        drop(upload);
+        server_runtime
+            .block_on(async { tokio::time::timeout(Duration::from_secs(5), server).await })
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
 }

@@ -142,6 +142,9 @@ impl AsyncRead for TimestampedStream {
                         let read_at = clock::now_ns();
                         let kernel = Self::convert(stamp, read_at);
                         this.marks.record_read(kernel, read_at);
+                        if let Some(kernel) = kernel {
+                            crate::read_stamp::record(kernel, read_at);
+                        }
                         this.catching_up =
                             kernel.is_some_and(|k| read_at.saturating_sub(k) >= LATE_FROM);
                     }
