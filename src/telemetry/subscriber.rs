@@ -239,7 +239,7 @@ pub fn init_local(logs: bool, trace_ids: bool) {
 }
 
 /// `HOLDUP_LAB_STAGES=off`: the diagnosis engine sees none of the Lab's own spans (their
-/// `holdup.stage` kinds and OpenTelemetry attributes), only the request's span and tokio's
+/// `holdup.stage` kinds and OpenTelemetry attributes), only tokio's
 /// resources, so it names every wait from measurement alone, as it would in a service that
 /// labels nothing. The experiment catalogue run with it shows how much measurement recovers.
 pub const LAB_STAGES_ENV: &str = "HOLDUP_LAB_STAGES";
@@ -254,9 +254,7 @@ where
     if off {
         let unlabelled = tracing_subscriber::filter::filter_fn(|meta| {
             StageLayer::wants_resource(meta)
-                || StageLayer::wants(meta)
-                    && (!meta.target().starts_with("holdup::")
-                        || meta.target() == crate::diagnose::REQUEST_SPAN_TARGET)
+                || StageLayer::wants(meta) && !meta.target().starts_with("holdup::")
         });
         StageLayer::new().with_filter(unlabelled).boxed()
     } else if resources {
