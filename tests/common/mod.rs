@@ -203,10 +203,13 @@ pub fn require_tool(tool: &str, install: &str) -> Option<std::path::PathBuf> {
     }
 }
 
-/// Two concurrent `SlowBackend` holds of `hold_ms` (POINT, key 1) on connections of their own,
-/// against a server whose pool has one connection. Checks the shape every backend must show —
-/// the first does not wait, the second waits about the first one's hold and its `queue_us` is
-/// that wait — and returns `(first, second)` for backend-specific checks.
+/// Two `SlowBackend` holds (POINT, key 1) on connections of their own, against a server whose
+/// pool has one connection: the first holds `hold_ms`, the second starts 50 ms later and holds
+/// a quarter of that, so that its wait for the first one's hold is clearly the larger part of
+/// its time (with equal holds the two tie, and either may lead the verdict). Checks the shape
+/// every backend must show — the first does not wait, the second waits about the first one's
+/// hold and its `queue_us` is that wait — and returns `(first, second)` for backend-specific
+/// checks.
 pub async fn two_holds_on_one_connection(
     addr: SocketAddr,
     hold_ms: u32,
@@ -215,22 +218,25 @@ pub async fn two_holds_on_one_connection(
     holdup::proto::SlowBackendReply,
 ) {
     use holdup::proto::{Query, SlowBackendRequest};
-    let calls: Vec<_> = (0..2)
-        .map(|_| {
-            tokio::spawn(async move {
-                client(addr)
-                    .await
-                    .slow_backend(SlowBackendRequest {
-                        hold_ms,
-                        query: Query::Point.into(),
-                        key: 1,
-                    })
-                    .await
-                    .expect("SlowBackend answers")
-                    .into_inner()
-            })
-        })
-        .collect();
+    const STAGGER: std::time::Duration = std::time::Duration::from_millis(50);
+    let mut calls = Vec::new();
+    for (i, hold_ms) in [hold_ms, hold_ms / 4].into_iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(STAGGER).await;
+        }
+        calls.push(tokio::spawn(async move {
+            client(addr)
+                .await
+                .slow_backend(SlowBackendRequest {
+                    hold_ms,
+                    query: Query::Point.into(),
+                    key: 1,
+                })
+                .await
+                .expect("SlowBackend answers")
+                .into_inner()
+        }));
+    }
     let mut replies = Vec::new();
     for call in calls {
         replies.push(call.await.expect("call task"));
