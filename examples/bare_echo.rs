@@ -4,7 +4,9 @@
 //! can be measured against it under the same load.
 //!
 //! Usage: `cargo run --release --example bare_echo -- [ADDR] [THREADS] [--diagnose] [--otel]
-//! [--hand-over]` (default 127.0.0.1:50052, 2 threads).
+//! [--hand-over] [--arrival]` (default 127.0.0.1:50052, 2 threads). `--arrival` serves with the
+//! engine through `holdup_diagnose::arrival::serve` (kernel-stamped arrivals) instead of
+//! tonic's server.
 //!
 //! `--diagnose` adds holdup's diagnosis engine the way its guide (docs/your-service.md) tells a
 //! user to: the runtime's poll hooks, the stage layer in the subscriber, and `DiagnoseLayer` on
@@ -152,9 +154,16 @@ fn main() -> anyhow::Result<()> {
     let diagnose = std::env::args().any(|a| a == "--diagnose");
     let hand_over = std::env::args().any(|a| a == "--hand-over");
     let otel = std::env::args().any(|a| a == "--otel");
-    let mut args = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--diagnose" && a != "--hand-over" && a != "--otel");
+    // Served through `holdup_diagnose::arrival::serve`, with the engine: what a user of the
+    // crate's one-runtime serve loop pays, against `--diagnose` on tonic's own server.
+    let arrival = std::env::args().any(|a| a == "--arrival");
+    let diagnose = diagnose || arrival;
+    let mut args = std::env::args().skip(1).filter(|a| {
+        !matches!(
+            a.as_str(),
+            "--diagnose" | "--hand-over" | "--otel" | "--arrival"
+        )
+    });
     let addr: SocketAddr = args
         .next()
         .unwrap_or_else(|| "127.0.0.1:50052".into())
@@ -202,12 +211,24 @@ fn main() -> anyhow::Result<()> {
             (diagnose, ", diagnosed"),
             (otel, ", OpenTelemetry"),
             (hand_over, ", handlers handed over"),
+            (arrival, ", served by arrival::serve"),
         ]
         .iter()
         .filter(|(on, _)| *on)
         .map(|(_, what)| *what)
         .collect::<String>();
         println!("bare_echo listening on {bound} ({threads} threads{with})");
+        if arrival {
+            // The crate's own accept loop: kernel receive timestamps, each request stamped in
+            // its connection task, hyper-util's auto builder (Nagle off there too).
+            let routes = tonic::service::Routes::new(LabServer::new(bare())).prepare();
+            let service = tower::ServiceBuilder::new()
+                .layer(DiagnoseLayer::new())
+                .service(routes);
+            return holdup::diagnose::arrival::serve(listener, service, holdup::shutdown::signal())
+                .await
+                .context("serving");
+        }
         // Nagle off, as holdup does: the comparison is of request paths, not of socket options.
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let served = if diagnose {

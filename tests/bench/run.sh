@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The benchmark of issue 13. Not a test: it prints measured ratios, medians over rounds.
 #
-# Five servers, the same closed-loop `Fast` load (`holdup load`), release build:
+# Eight servers, the same closed-loop `Fast` load (`holdup load`), release build:
 #   bare      examples/bare_echo.rs: tonic alone, no telemetry, no lab runtime
 #   handover  the same, each handler a task on a second runtime of 2 workers, awaited
 #             (examples/bare_echo.rs --hand-over): what holdup's design (handlers on a runtime
 #             of their own) costs before any measurement; the floor under holdup serve
 #   diagnosed the same with holdup's diagnosis engine added as the guide (docs/your-service.md) tells a user to
 #             (examples/bare_echo.rs --diagnose): the engine's own cost per call
+#   arrival   the same engine, served by holdup_diagnose::arrival::serve (--arrival): kernel
+#             receive timestamps, each request stamped in its connection task, one runtime;
+#             the serve loop `holdup serve` builds on, without the Lab's own layers
 #   otel      the bare echo with an OpenTelemetry layer (trace ids, no export; --otel) and a
 #             server span per request with the RPC conventions (tonic's trace_fn), as a
 #             service that traces has
@@ -75,6 +78,7 @@ start() { # start SERVER: runs it in the background on $PORT, waits for the port
     case $1 in
         bare) "$BIN/examples/bare_echo" "127.0.0.1:$PORT" 2 >"$WORK/$1.log" 2>&1 & ;;
         diagnosed) "$BIN/examples/bare_echo" "127.0.0.1:$PORT" 2 --diagnose >"$WORK/$1.log" 2>&1 & ;;
+        arrival) "$BIN/examples/bare_echo" "127.0.0.1:$PORT" 2 --arrival >"$WORK/$1.log" 2>&1 & ;;
         otel) "$BIN/examples/bare_echo" "127.0.0.1:$PORT" 2 --otel >"$WORK/$1.log" 2>&1 & ;;
         otel-diagnosed) "$BIN/examples/bare_echo" "127.0.0.1:$PORT" 2 --otel --diagnose >"$WORK/$1.log" 2>&1 & ;;
         handover) "$BIN/examples/bare_echo" "127.0.0.1:$PORT" 2 --hand-over >"$WORK/$1.log" 2>&1 & ;;
@@ -150,7 +154,7 @@ echo "load: Fast, closed loop, $CONCURRENCY concurrent over $CONNECTIONS connect
     "${WARMUP}s warm-up + ${DURATION}s, $ROUNDS rounds; $(nproc) cores"
 command -v h2load >/dev/null || echo "h2load: not installed (apt-get install nghttp2-client)"
 command -v ghz >/dev/null || echo "ghz: not installed; its column stays empty"
-read -r -a servers <<<"${SERVERS:-bare handover diagnosed otel otel-diagnosed quiet default}"
+read -r -a servers <<<"${SERVERS:-bare handover diagnosed arrival otel otel-diagnosed quiet default}"
 for round in $(seq 1 "$ROUNDS"); do
     for i in "${!servers[@]}"; do
         run "$round" "${servers[$(((i + round - 1) % ${#servers[@]}))]}"
@@ -180,6 +184,7 @@ def spread(values):
 
 names = {"bare": "bare tonic echo", "handover": "bare echo, handlers on a 2nd runtime",
          "diagnosed": "bare echo + diagnosis engine",
+         "arrival": "bare echo + engine, served by arrival::serve (kernel-stamped, one runtime)",
          "otel": "bare echo + OpenTelemetry layer and server span (ids, no export)",
          "otel-diagnosed": "bare echo + OpenTelemetry layer + diagnosis engine",
          "quiet": "holdup serve --no-console",
@@ -213,6 +218,9 @@ row("handlers on a 2nd runtime / bare, CPU per call", "handover", "cpu_us")
 row("bare + engine / bare, throughput (target >= 0.9)", "diagnosed", "rate")
 row("bare + engine / bare, CPU per call (target <= 1.15)", "diagnosed", "cpu_us")
 row("bare + engine / bare, p99", "diagnosed", "p99")
+row("arrival::serve + engine / bare, throughput", "arrival", "rate")
+row("arrival::serve + engine / bare, CPU per call", "arrival", "cpu_us")
+row("arrival::serve + engine / bare, p99", "arrival", "p99")
 row("OpenTelemetry + engine / OpenTelemetry, CPU per call (target <= 1.1)", "otel-diagnosed", "cpu_us", "otel")
 row("OpenTelemetry + engine / OpenTelemetry, throughput", "otel-diagnosed", "rate", "otel")
 row("--no-console / bare, throughput (target >= 0.85)", "quiet", "rate")
