@@ -6,12 +6,9 @@
 //! up) only its first half, so that made-up names can never take the room of methods that
 //! answer. Past the limit, or longer than [`MAX_METHOD_BYTES`], a method is labelled `other`.
 
-use std::{
-    collections::HashMap,
-    sync::{LazyLock, PoisonError, RwLock},
-};
+use std::sync::LazyLock;
 
-use super::identity::split_method;
+use super::{identity::split_method, names::Table};
 
 /// Distinct methods labelled by name: far more than any one server has.
 pub const MAX_METHODS: usize = 512;
@@ -26,37 +23,25 @@ pub const OTHER: (&str, &str) = ("other", "other");
 type Labels = (&'static str, &'static str);
 
 /// A table of interned methods (one per process; tests make their own).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Interner {
-    methods: RwLock<HashMap<Box<str>, Labels>>,
+    methods: Table,
+}
+
+impl Default for Interner {
+    fn default() -> Self {
+        Self {
+            methods: Table::new(MAX_METHOD_BYTES),
+        }
+    }
 }
 
 impl Interner {
     /// The labels of `full_method`, interning it if the table has fewer than `room` entries.
     fn labels(&self, full_method: &str, room: usize) -> Labels {
-        if full_method.len() > MAX_METHOD_BYTES {
-            return OTHER;
-        }
-        if let Some(found) = self
-            .methods
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(full_method)
-        {
-            return *found;
-        }
-        let mut methods = self.methods.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(found) = methods.get(full_method) {
-            return *found;
-        }
-        if methods.len() >= room {
-            return OTHER;
-        }
-        // Leaked once per distinct method, at most MAX_METHODS times per table.
-        let full: &'static str = Box::leak(full_method.to_owned().into_boxed_str());
-        let parts = split_method(full);
-        methods.insert(full.into(), parts);
-        parts
+        self.methods
+            .get(full_method, room)
+            .map_or(OTHER, split_method)
     }
 }
 

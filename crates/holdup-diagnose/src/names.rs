@@ -1,29 +1,65 @@
-//! Names of waits that are only known at run time (a peer's `host:port`, a thread's name) as
-//! `&'static str`, like the stage names they stand beside, interned once each and bounded:
-//! a service that connects to ever new peers must not grow memory without end.
+//! Names only known at run time (a peer's `host:port`, a thread's name, a method path) as
+//! `&'static str`, like the stage names and metric labels they stand beside: each leaked once,
+//! in a bounded table, so that a service that sees ever new names (peers, made-up methods)
+//! cannot grow memory without end.
 
 use std::{
     collections::HashSet,
-    sync::{LazyLock, Mutex, PoisonError},
+    sync::{LazyLock, PoisonError, RwLock},
 };
 
-/// Distinct names kept; past it, names are the fallback word.
+/// A bounded table of leaked names.
+#[derive(Debug)]
+pub(crate) struct Table {
+    names: RwLock<HashSet<&'static str>>,
+    /// Longer names are never leaked.
+    max_len: usize,
+}
+
+impl Table {
+    pub(crate) fn new(max_len: usize) -> Self {
+        Self {
+            names: RwLock::default(),
+            max_len,
+        }
+    }
+
+    /// `name` as a `&'static str`, leaked the first time; `None` when it is longer than the
+    /// table's limit, or new while the table already holds `room` names.
+    pub(crate) fn get(&self, name: &str, room: usize) -> Option<&'static str> {
+        if name.len() > self.max_len {
+            return None;
+        }
+        if let Some(known) = self
+            .names
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+        {
+            return Some(known);
+        }
+        let mut names = self.names.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(known) = names.get(name) {
+            return Some(known);
+        }
+        if names.len() >= room {
+            return None;
+        }
+        // Leaked once per distinct name, at most `room` times per table.
+        let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
+        names.insert(leaked);
+        Some(leaked)
+    }
+}
+
+/// Distinct wait names kept (peers, threads); past it, names are the fallback word.
 pub const MAX_NAMES: usize = 256;
 
-static NAMES: LazyLock<Mutex<HashSet<&'static str>>> = LazyLock::new(Mutex::default);
+static NAMES: LazyLock<Table> = LazyLock::new(|| Table::new(128));
 
 /// `name` as a `&'static str`, or `fallback` once [`MAX_NAMES`] are taken.
 pub(crate) fn intern(name: &str, fallback: &'static str) -> &'static str {
-    let mut names = NAMES.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(known) = names.get(name) {
-        return known;
-    }
-    if names.len() >= MAX_NAMES || name.len() > 128 {
-        return fallback;
-    }
-    let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
-    names.insert(leaked);
-    leaked
+    NAMES.get(name, MAX_NAMES).unwrap_or(fallback)
 }
 
 #[cfg(test)]
