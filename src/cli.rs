@@ -311,10 +311,7 @@ fn cores() -> usize {
 /// The port of a database URL (`postgres://u@host:6543/db`), which the diagnosis engine then
 /// counts as a database's: waits on connections to it are `backend`.
 fn database_port(url: Option<&str>) -> Option<u16> {
-    let rest = url?.split_once("://")?.1;
-    let authority = rest.split(['/', '?']).next()?;
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    host_port.rsplit_once(':')?.1.parse().ok()
+    reqwest::Url::parse(url?).ok()?.port()
 }
 
 impl ServeArgs {
