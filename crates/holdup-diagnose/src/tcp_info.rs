@@ -16,42 +16,42 @@
 use std::os::fd::AsFd;
 use std::{net::SocketAddr, time::Duration};
 
+/// A socket option's value type: a C struct of integers or an integer, for which all zeros is
+/// a valid value (what [`getsockopt`] relies on).
+#[cfg(target_os = "linux")]
+trait Plain: Copy {}
+#[cfg(target_os = "linux")]
+impl Plain for libc::tcp_info {}
+#[cfg(target_os = "linux")]
+impl Plain for libc::c_int {}
+
+/// The option `name` at `level` of the socket `fd`.
+#[cfg(target_os = "linux")]
+fn getsockopt<T: Plain>(
+    fd: std::os::fd::RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> Option<T> {
+    let mut value = std::mem::MaybeUninit::<T>::zeroed();
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<T>()).ok()?;
+    // SAFETY: `fd` is only read by the call (a descriptor closed meanwhile fails it); `value`
+    // is writable for `len` bytes and `len` says so; the kernel writes at most `len` bytes.
+    let rc = unsafe { libc::getsockopt(fd, level, name, value.as_mut_ptr().cast(), &mut len) };
+    // SAFETY: zeroed, then written (in part, for an older kernel's shorter `tcp_info`) by the
+    // kernel; all zeros is valid for a `Plain` type.
+    (rc == 0).then(|| unsafe { value.assume_init() })
+}
+
 /// `TCP_INFO` of the socket `fd`.
 #[cfg(target_os = "linux")]
 fn tcp_info(fd: std::os::fd::RawFd) -> Option<libc::tcp_info> {
-    // SAFETY: `tcp_info` is a plain C struct of integers, for which all zeros is valid.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::tcp_info>()).ok()?;
-    // SAFETY: `fd` is only read by the call (a descriptor closed meanwhile fails it); `info`
-    // is writable for `len` bytes and `len` says so; the kernel writes at most `len` bytes.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            std::ptr::from_mut(&mut info).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0).then_some(info)
+    getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO)
 }
 
 /// Whether the socket `fd` listens.
 #[cfg(target_os = "linux")]
 fn listens(fd: std::os::fd::RawFd) -> bool {
-    let mut on: libc::c_int = 0;
-    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
-    // SAFETY: as in `tcp_info`: `on` is writable for `len` bytes.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ACCEPTCONN,
-            std::ptr::from_mut(&mut on).cast(),
-            &mut len,
-        )
-    };
-    rc == 0 && on != 0
+    getsockopt::<libc::c_int>(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN).is_some_and(|on| on != 0)
 }
 
 /// The local (`peer == false`) or remote address of the IP socket `fd`.
