@@ -515,70 +515,63 @@ pub(crate) fn holders_during(
 mod tests {
     use super::*;
 
-    /// A wake stamped on another thread can land after the victim's poll began: a window that
-    /// ends before it starts holds no poll (clipped, it would have a negative length).
-    #[test]
-    fn an_inverted_window_holds_nothing() {
+    /// Marks `polls` (start, end) of a request on a worker thread of their own, then runs
+    /// `check` with a look-up that keeps only that request's polls found by [`holders_during`]
+    /// (for a bystander), while the thread still lives and keeps its slot.
+    fn with_polls_on_a_worker(
+        polls: Vec<(u64, u64)>,
+        check: impl FnOnce(&dyn Fn(u64, u64) -> Vec<(u64, u64)>),
+    ) {
         let culprit = Identity::untraced("/test.occupancy.Svc/Culprit");
         let on_worker = Arc::clone(&culprit);
         let (marked, marked_rx) = std::sync::mpsc::channel();
         let (done, done_rx) = std::sync::mpsc::channel::<()>();
-        // The worker thread lives (and keeps its slot) until the checks are done.
         let worker = std::thread::spawn(move || {
-            let own = request_poll_started(&on_worker, 1_000);
-            request_poll_ended(own, 1_000_000);
-            marked.send(()).unwrap();
-            let _ = done_rx.recv();
-        });
-        marked_rx.recv().unwrap();
-        let bystander = Identity::untraced("/test.occupancy.Svc/Bystander");
-        let ours = |held: &[Held]| {
-            held.iter()
-                .filter(|h| matches!(&h.holder, Holder::Request(r) if Arc::ptr_eq(r, &culprit)))
-                .map(|h| (h.start, h.end))
-                .collect::<Vec<_>>()
-        };
-        let forward = holders_during(None, 500_000, 600_000, &bystander);
-        assert_eq!(ours(&forward), [(500_000, 600_000)]);
-        let inverted = holders_during(None, 600_000, 500_000, &bystander);
-        assert_eq!(ours(&inverted), []);
-        done.send(()).unwrap();
-        worker.join().unwrap();
-    }
-
-    /// The look-up reads a worker's polls newest first and stops at the window's start: a
-    /// window over older polls still finds them, and one after them finds none.
-    #[test]
-    fn a_window_finds_the_polls_it_overlaps_among_many() {
-        let culprit = Identity::untraced("/test.occupancy.Svc/Many");
-        let on_worker = Arc::clone(&culprit);
-        let (marked, marked_rx) = std::sync::mpsc::channel();
-        let (done, done_rx) = std::sync::mpsc::channel::<()>();
-        let ms = 1_000_000;
-        let worker = std::thread::spawn(move || {
-            // Ten polls of 1 ms, one every 10 ms: 10..11 ms, 20..21 ms, ... 100..101 ms.
-            for i in 1..=10 {
-                let own = request_poll_started(&on_worker, i * 10 * ms);
-                request_poll_ended(own, i * 10 * ms + ms);
+            for (start, end) in polls {
+                let own = request_poll_started(&on_worker, start);
+                request_poll_ended(own, end);
             }
             marked.send(()).unwrap();
             let _ = done_rx.recv();
         });
         marked_rx.recv().unwrap();
         let bystander = Identity::untraced("/test.occupancy.Svc/Bystander");
-        let ours = |held: &[Held]| {
-            held.iter()
+        let ours = |from: u64, to: u64| {
+            holders_during(None, from, to, &bystander)
+                .iter()
                 .filter(|h| matches!(&h.holder, Holder::Request(r) if Arc::ptr_eq(r, &culprit)))
-                .map(|h| (h.start / ms, h.end / ms))
+                .map(|h| (h.start, h.end))
                 .collect::<Vec<_>>()
         };
-        let early = holders_during(None, 15 * ms, 35 * ms, &bystander);
-        assert_eq!(ours(&early), [(30, 31), (20, 21)]);
-        let all = holders_during(None, 0, 200 * ms, &bystander);
-        assert_eq!(ours(&all).len(), 10);
-        let after = holders_during(None, 102 * ms, 200 * ms, &bystander);
-        assert_eq!(ours(&after), []);
+        check(&ours);
         done.send(()).unwrap();
         worker.join().unwrap();
+    }
+
+    /// A wake stamped on another thread can land after the victim's poll began: a window that
+    /// ends before it starts holds no poll (clipped, it would have a negative length).
+    #[test]
+    fn an_inverted_window_holds_nothing() {
+        with_polls_on_a_worker(vec![(1_000, 1_000_000)], |ours| {
+            assert_eq!(ours(500_000, 600_000), [(500_000, 600_000)]);
+            assert_eq!(ours(600_000, 500_000), []);
+        });
+    }
+
+    /// The look-up reads a worker's polls newest first and stops at the window's start: a
+    /// window over older polls still finds them, and one after them finds none.
+    #[test]
+    fn a_window_finds_the_polls_it_overlaps_among_many() {
+        let ms = 1_000_000;
+        // Ten polls of 1 ms, one every 10 ms: 10..11 ms, 20..21 ms, ... 100..101 ms.
+        let polls = (1..=10).map(|i| (i * 10 * ms, i * 10 * ms + ms)).collect();
+        with_polls_on_a_worker(polls, |ours| {
+            assert_eq!(
+                ours(15 * ms, 35 * ms),
+                [(30 * ms, 31 * ms), (20 * ms, 21 * ms)]
+            );
+            assert_eq!(ours(0, 200 * ms).len(), 10);
+            assert_eq!(ours(102 * ms, 200 * ms), []);
+        });
     }
 }
