@@ -20,7 +20,7 @@ use axum::{Router, extract::State, routing::get};
 use holdup_diagnose::DiagnoseLayer;
 use sqlx::{SqlitePool, sqlite::SqlitePoolOptions};
 use tokio::sync::{Mutex, Semaphore, mpsc};
-use waits_support::{Diagnosis, Entered, Served, client_runtime, first_then_second, setup};
+use waits_support::{Diagnosis, Entered, Reply, Served, client_runtime, first_then_second, setup};
 
 /// How long the first request holds what the second one waits for.
 const HOLD: Duration = Duration::from_millis(200);
@@ -56,6 +56,21 @@ fn the_header_reads_as_fields() {
     assert_eq!(culprits[1].label, "task:7");
     assert!(d.blames("4bf92f3577b34da6a3ce929d0e0e4736"));
     assert!(!d.blames("00000000000000000000000000000000"));
+}
+
+/// B queued for the lock `lock` that A held: B was idle for the wait, its verdict is the queue,
+/// the wait is named after the lock, and A (by trace id) is among its culprits.
+#[track_caller]
+fn assert_queued_behind(a: &Reply, b: &Reply, lock: &str) {
+    let (ad, bd) = (&a.diagnosis, &b.diagnosis);
+    assert_idle_for("B", bd, WAITED_MS);
+    assert_eq!(bd.verdict(), "resource-queue", "B: {bd}");
+    assert_eq!(bd.field("waited_in"), Some(lock), "B: {bd}");
+    assert!(
+        bd.blames(&a.trace_id),
+        "B's culprits name A ({}): B: {bd}; A: {ad}",
+        a.trace_id
+    );
 }
 
 #[derive(Clone)]
@@ -97,15 +112,8 @@ fn a_semaphore_wait_names_the_semaphore_and_the_holder() {
         &entered,
         &server.url("/take"),
     ));
-    let (ad, bd) = (&a.diagnosis, &b.diagnosis);
-    assert_idle_for("B", bd, WAITED_MS);
-    assert_eq!(bd.verdict(), "resource-queue", "B: {bd}");
-    assert_eq!(bd.field("waited_in"), Some("Semaphore"), "B: {bd}");
-    assert!(
-        bd.blames(&a.trace_id),
-        "B's culprits name A ({}): B: {bd}; A: {ad}",
-        a.trace_id
-    );
+    assert_queued_behind(&a, &b, "Semaphore");
+    let bd = &b.diagnosis;
     assert!(
         bd.ms("queue") >= WAITED_MS,
         "B: queue < {WAITED_MS}ms: {bd}"
@@ -149,15 +157,7 @@ fn a_mutex_wait_names_the_mutex_and_the_holder() {
         &entered,
         &server.url("/read"),
     ));
-    let (ad, bd) = (&a.diagnosis, &b.diagnosis);
-    assert_idle_for("B", bd, WAITED_MS);
-    assert_eq!(bd.verdict(), "resource-queue", "B: {bd}");
-    assert_eq!(bd.field("waited_in"), Some("Mutex"), "B: {bd}");
-    assert!(
-        bd.blames(&a.trace_id),
-        "B's culprits name A ({}): B: {bd}; A: {ad}",
-        a.trace_id
-    );
+    assert_queued_behind(&a, &b, "Mutex");
 }
 
 #[derive(Clone)]
