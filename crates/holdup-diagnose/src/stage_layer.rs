@@ -226,11 +226,7 @@ impl<S> Filter<S> for StageFilter {
     }
 
     fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> tracing::subscriber::Interest {
-        if StageLayer::wants(meta) {
-            tracing::subscriber::Interest::always()
-        } else {
-            tracing::subscriber::Interest::never()
-        }
+        interest(StageLayer::wants(meta))
     }
 
     /// Stages are DEBUG or above. Without this hint a subscriber whose other layers set none
@@ -239,6 +235,16 @@ impl<S> Filter<S> for StageFilter {
     /// layer used 2.3x bare's CPU per call, against 1.3x with an INFO-filtered layer beside it.
     fn max_level_hint(&self) -> Option<tracing_subscriber::filter::LevelFilter> {
         Some(tracing_subscriber::filter::LevelFilter::DEBUG)
+    }
+}
+
+/// A filter's answer for a callsite, fixed for the callsite's life: the filters decide on the
+/// metadata alone, so tracing need never ask again.
+fn interest(wanted: bool) -> tracing::subscriber::Interest {
+    if wanted {
+        tracing::subscriber::Interest::always()
+    } else {
+        tracing::subscriber::Interest::never()
     }
 }
 
@@ -263,11 +269,7 @@ impl<S> Filter<S> for StageAndResourceFilter {
     }
 
     fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> tracing::subscriber::Interest {
-        if StageLayer::wants(meta) || StageLayer::wants_resource(meta) {
-            tracing::subscriber::Interest::always()
-        } else {
-            tracing::subscriber::Interest::never()
-        }
+        interest(StageLayer::wants(meta) || StageLayer::wants_resource(meta))
     }
 
     fn max_level_hint(&self) -> Option<tracing_subscriber::filter::LevelFilter> {

@@ -107,9 +107,9 @@ impl State {
         }
     }
 
-    /// Charges the parked stretch up to `until` to the innermost open stage that has a kind,
-    /// or else to what measurement names ([`wait_name`]); `by`: who woke it, when a wake ends
-    /// the stretch.
+    /// Charges the parked stretch up to `until` to the innermost open stage, if that stage has
+    /// a kind, or else to what measurement names ([`wait_name`]); `by`: who woke it, when a
+    /// wake ends the stretch.
     fn charge_idle(
         &mut self,
         want_events: bool,
