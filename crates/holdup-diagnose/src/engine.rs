@@ -60,15 +60,6 @@ impl EngineConfig {
         }
         self
     }
-
-    /// The ports given with [`EngineConfig::backend_port`].
-    pub fn backend_ports(&self) -> Vec<u16> {
-        self.backend_ports
-            .iter()
-            .copied()
-            .filter(|p| *p != 0)
-            .collect()
-    }
 }
 
 /// Decides, for each handler task [`Diagnosis::spawn`](super::Diagnosis::spawn) starts,

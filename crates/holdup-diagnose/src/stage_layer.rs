@@ -65,7 +65,7 @@ impl StageLayer {
     /// Whether a span or event is tokio's resource instrumentation (`--cfg tokio_unstable`
     /// and tokio's `tracing` feature, as tokio-console needs): the `runtime.resource` spans of
     /// timers, semaphores, mutexes and channels and the events of their operations, which say
-    /// what a request parked on and who holds a lock ([`crate::resource`]). Read only through
+    /// what a request parked on and who holds a lock. Read only through
     /// [`StageAndResourceFilter`].
     pub fn wants_resource(meta: &Metadata<'_>) -> bool {
         if meta.is_span() {

@@ -283,7 +283,6 @@ impl State {
         if self.unnamed.is_empty() {
             return;
         }
-        let backend_ports = config.backend_ports();
         let woken = self.unnamed.iter().map(|u| u.to).max().unwrap_or(now);
         let received: Vec<_> = super::tcp_info::opened_connections(woken, now)
             .into_iter()
@@ -293,7 +292,7 @@ impl State {
             })
             .collect();
         for stretch in std::mem::take(&mut self.unnamed) {
-            match wait_name::network(stretch.to, &received, &backend_ports) {
+            match wait_name::network(stretch.to, &received, &config.backend_ports) {
                 Some((kind, peer)) => self.add_idle(
                     want_events,
                     peer,

@@ -118,7 +118,9 @@ fn known(kind: StageKind, name: &'static str) -> Naming {
 }
 
 /// The peer of the opened connection whose newest data (`received`, engine ns) is nearest
-/// the wake at `woken`, within the tick's slack; with its kind by port.
+/// the wake at `woken`, within the tick's slack; with its kind by port (`backend_ports` as
+/// [`EngineConfig::backend_ports`](crate::EngineConfig::backend_ports) keeps them: a 0 is
+/// unset, and never a connected peer's port).
 pub(crate) fn network(
     woken: u64,
     received: &[(SocketAddr, u64)],
