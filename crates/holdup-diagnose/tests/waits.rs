@@ -20,7 +20,7 @@ use axum::{Router, extract::State, routing::get};
 use holdup_diagnose::DiagnoseLayer;
 use sqlx::{SqlitePool, sqlite::SqlitePoolOptions};
 use tokio::sync::{Mutex, Semaphore, mpsc};
-use waits_support::{Diagnosis, Entered, Reply, Served, client_runtime, first_then_second, setup};
+use waits_support::{Diagnosis, Entered, Reply, Served, setup};
 
 /// How long the first request holds what the second one waits for.
 const HOLD: Duration = Duration::from_millis(200);
@@ -107,11 +107,7 @@ fn a_semaphore_wait_names_the_semaphore_and_the_holder() {
         })
         .layer(DiagnoseLayer::new());
     let server = Served::diagnosed(app);
-    let (a, b) = client_runtime().block_on(first_then_second(
-        &server.url("/hold"),
-        &entered,
-        &server.url("/take"),
-    ));
+    let (a, b) = server.first_then_second("/hold", &entered, "/take");
     assert_queued_behind(&a, &b, "Semaphore");
     let bd = &b.diagnosis;
     assert!(
@@ -152,11 +148,7 @@ fn a_mutex_wait_names_the_mutex_and_the_holder() {
         })
         .layer(DiagnoseLayer::new());
     let server = Served::diagnosed(app);
-    let (a, b) = client_runtime().block_on(first_then_second(
-        &server.url("/hold"),
-        &entered,
-        &server.url("/read"),
-    ));
+    let (a, b) = server.first_then_second("/hold", &entered, "/read");
     assert_queued_behind(&a, &b, "Mutex");
 }
 
@@ -200,11 +192,7 @@ fn a_channel_wait_names_the_sender() {
         })
         .layer(DiagnoseLayer::new());
     let server = Served::diagnosed(app);
-    let (r, s) = client_runtime().block_on(first_then_second(
-        &server.url("/recv"),
-        &entered,
-        &server.url("/send"),
-    ));
+    let (r, s) = server.first_then_second("/recv", &entered, "/send");
     let (rd, sd) = (&r.diagnosis, &s.diagnosis);
     assert_idle_for("R", rd, HOLD.as_millis() as f64 / 2.0);
     assert!(
@@ -252,7 +240,7 @@ fn an_http_call_names_the_upstream_address() {
         .with_state((client, upstream))
         .layer(DiagnoseLayer::new());
     let server = Served::diagnosed(app);
-    let reply = client_runtime().block_on(waits_support::get(&server.url("/call")));
+    let reply = server.get("/call");
     let d = &reply.diagnosis;
     assert_idle_for("the call", d, 200.0);
     assert_eq!(d.verdict(), "upstream", "{d}");
@@ -364,11 +352,7 @@ fn a_sqlite_query_is_the_backend_and_the_pool_is_a_queue() {
         })
         .layer(DiagnoseLayer::new());
     let server = Served::on(runtime, app);
-    let (a, b) = client_runtime().block_on(first_then_second(
-        &server.url("/count"),
-        &entered,
-        &server.url("/one"),
-    ));
+    let (a, b) = server.first_then_second("/count", &entered, "/one");
     let (ad, bd) = (&a.diagnosis, &b.diagnosis);
     assert_idle_for("A", ad, WAITED_MS);
     assert_idle_for("B", bd, WAITED_MS / 2.0);
@@ -401,7 +385,7 @@ fn an_awaited_spawn_blocking_is_offloaded_cpu() {
         )
         .layer(DiagnoseLayer::new());
     let server = Served::diagnosed(app);
-    let reply = client_runtime().block_on(waits_support::get(&server.url("/offload")));
+    let reply = server.get("/offload");
     let d = &reply.diagnosis;
     assert_idle_for("the request", d, WAITED_MS);
     assert_eq!(d.verdict(), "offloaded-cpu", "{d}");
@@ -421,7 +405,7 @@ fn an_awaited_sleep_is_the_timer() {
         )
         .layer(DiagnoseLayer::new());
     let server = Served::diagnosed(app);
-    let reply = client_runtime().block_on(waits_support::get(&server.url("/sleep")));
+    let reply = server.get("/sleep");
     let d = &reply.diagnosis;
     assert_idle_for("the request", d, WAITED_MS);
     assert_eq!(d.verdict(), "timer", "{d}");
@@ -459,7 +443,7 @@ fn a_handlers_own_span_is_its_stage_without_a_request_span() {
         )
         .layer(DiagnoseLayer::new());
     let server = Served::diagnosed(app);
-    let reply = client_runtime().block_on(waits_support::get(&server.url("/lookup")));
+    let reply = server.get("/lookup");
     assert_eq!(reply.body, "no request span");
     let d = &reply.diagnosis;
     assert_idle_for("the request", d, WAITED_MS);

@@ -17,7 +17,7 @@ use sqlx::{
     PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
-use waits_support::{Served, client_runtime, hooked_runtime, setup};
+use waits_support::{Served, hooked_runtime, setup};
 
 const URL_VAR: &str = "HOLDUP_TEST_DATABASE_URL";
 
@@ -75,7 +75,7 @@ fn a_postgres_query_is_the_backend() {
         .with_state(pool)
         .layer(DiagnoseLayer::new().with_config(EngineConfig::default().backend_port(port)));
     let server = Served::on(runtime, app);
-    let reply = client_runtime().block_on(waits_support::get(&server.url("/sleep")));
+    let reply = server.get("/sleep");
     let d = &reply.diagnosis;
     assert!(d.ms("total") >= 200.0, "total < 200ms: {d}");
     assert!(d.ms("idle") >= 200.0, "idle < 200ms: {d}");

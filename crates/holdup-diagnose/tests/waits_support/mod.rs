@@ -82,6 +82,26 @@ impl Served {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
+
+    /// GETs `path` from the client runtime, on a fresh connection ([`get`]).
+    pub fn get(&self, path: &str) -> Reply {
+        client_runtime().block_on(get(&self.url(path)))
+    }
+
+    /// GETs `first`, then `second` once `first`'s handler marked `entered`
+    /// ([`first_then_second`]), from the client runtime.
+    pub fn first_then_second(
+        &self,
+        first: &str,
+        entered: &Entered,
+        second: &str,
+    ) -> (Reply, Reply) {
+        client_runtime().block_on(first_then_second(
+            &self.url(first),
+            entered,
+            &self.url(second),
+        ))
+    }
 }
 
 impl Drop for Served {
