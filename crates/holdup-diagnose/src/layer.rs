@@ -24,8 +24,10 @@ use super::{
     clock::now_ns,
     diagnosis::Diagnosis,
     engine::{Engine, EngineConfig},
+    grpc_status::{GrpcStatus, UNIMPLEMENTED},
     identity::{Identity, split_method, traceparent_trace_id},
     measured::{Measured, Meter},
+    report::Report,
     timeline::Timeline,
 };
 
@@ -47,8 +49,6 @@ mod names {
     pub(super) const TRACE_ID: HeaderName = HeaderName::from_static(super::TRACE_ID_HEADER);
     pub(super) const TIMELINE: HeaderName = HeaderName::from_static(super::TIMELINE_HEADER);
     pub(super) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-    pub(super) const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
-    pub(super) const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 }
 
 /// The target of the request spans the layer opens (name `rpc`).
@@ -253,11 +253,11 @@ where
             Ok(response) => response,
             Err(e) => {
                 let report = timeline.report(now_ns());
-                timeline.engine.finish(&report, &timeline.span, false);
+                timeline.engine.finish(&report, &timeline.span, false, None);
                 return Poll::Ready(Err(e));
             }
         };
-        let trailers_only = grpc_status(response.headers());
+        let trailers_only = GrpcStatus::of(response.headers()).map(|s| s.code);
         // A reply whose frames are all ready now is over: its header is its whole diagnosis.
         // Else the call goes on (a stream, or a reply still being written), and its body
         // meters the rest, for the trailer.
@@ -280,25 +280,29 @@ where
         let now = now_ns();
         let report = timeline.report(now);
         let headers = response.headers_mut();
-        let mut value = report.header_value();
-        if !over {
-            value.push_str(PARTIAL);
-        }
-        if let Some(value) = unique_value(value) {
+        if let Some(value) = diagnosis_value(&timeline, &report, !over) {
             headers.insert(names::DIAGNOSIS, value);
         }
         if let Some(value) = unique_value(report.identity.trace_id()) {
             headers.insert(names::TRACE_ID, value);
         }
         let answered = trailers_only != Some(UNIMPLEMENTED);
-        if trailers_only.is_some() {
-            record_status(&timeline.span, response.headers());
-        }
         let state = if over {
-            timeline.engine.finish(&report, &timeline.span, answered);
-            // The span still takes its status from the trailers (already peeked, or next).
+            // The status is known when the trailers were peeked (or the response is only
+            // trailers): it goes on the span with the diagnosis.
+            let trailers = match trailers_only {
+                Some(_) => Some(response.headers()),
+                None => peeked.trailers(),
+            };
+            let status = trailers.and_then(GrpcStatus::of);
+            timeline
+                .engine
+                .finish(&report, &timeline.span, answered, status);
+            // The span stays open until the trailers pass, and takes its status from them if
+            // it has none yet.
             BodyState::Reported {
-                span: trailers_only.is_none().then(|| timeline.span.clone()),
+                timeline: trailers_only.is_none().then_some(timeline),
+                status_pending: status.is_none(),
             }
         } else {
             BodyState::Streaming {
@@ -312,6 +316,35 @@ where
             peeked,
             state,
         })))
+    }
+}
+
+/// The `holdup-diagnosis` value (`partial`: of a call that goes on after its head): the whole
+/// split, or only the verdict and total for a request too quick to explain
+/// ([`EngineConfig::detail_from`]).
+///
+/// A brief value repeats (`verdict=none total=0.2ms`: a few dozen of them), so HPACK may index
+/// it and send it again as one byte; a whole split never repeats, and is kept out of the table.
+fn diagnosis_value(timeline: &Timeline, report: &Report, partial: bool) -> Option<HeaderValue> {
+    let detailed = timeline.engine.config.detailed(report);
+    if !detailed
+        && !partial
+        && let Some(quick) = report.quick_header_value()
+    {
+        return Some(HeaderValue::from_static(quick));
+    }
+    let mut value = if detailed {
+        report.header_value()
+    } else {
+        report.brief_header_value()
+    };
+    if partial {
+        value.push_str(PARTIAL);
+    }
+    if detailed {
+        unique_value(value)
+    } else {
+        HeaderValue::try_from(value).ok()
     }
 }
 
@@ -342,6 +375,16 @@ impl<D: bytes::Buf, E> Peeked<D, E> {
             .filter_map(|f| f.as_ref().ok()?.data_ref())
             .map(|d| d.remaining() as u64)
             .sum()
+    }
+}
+
+impl<D, E> Peeked<D, E> {
+    /// The trailers among the frames, if they were polled.
+    fn trailers(&self) -> Option<&http::HeaderMap> {
+        self.frames
+            .iter()
+            .flatten()
+            .find_map(|f| f.as_ref().ok()?.trailers_ref())
     }
 }
 
@@ -382,40 +425,15 @@ impl<D, E> Peeked<D, E> {
 /// comes in the `holdup-diagnosis` trailer.
 const PARTIAL: &str = " partial=head";
 
-const UNIMPLEMENTED: u16 = 12;
-
-fn grpc_status(headers: &http::HeaderMap) -> Option<u16> {
-    headers
-        .get(names::GRPC_STATUS)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-}
-
-/// The gRPC status (from trailers, or headers of a trailers-only response) on the span.
-fn record_status(span: &tracing::Span, headers: &http::HeaderMap) {
-    let Some(code) = grpc_status(headers) else {
-        return;
-    };
-    // An integer attribute, as OpenTelemetry's RPC conventions have it (a `u16` would be
-    // recorded as a string: see `engine::record_on_span`).
-    span.record("rpc.grpc.status_code", i64::from(code));
-    if code != 0 {
-        span.record("otel.status_code", "ERROR");
-        if let Some(message) = headers
-            .get(names::GRPC_MESSAGE)
-            .and_then(|v| v.to_str().ok())
-        {
-            span.record("otel.status_message", message);
-        }
-    }
-}
-
 /// What the body still owes the diagnosis.
 #[derive(Debug)]
 enum BodyState {
-    /// Reported at the head; the span (held open until the trailers) takes their status.
+    /// Reported at the head; the span is held open until the trailers pass, and takes their
+    /// status unless it has it already. Held through the timeline, not a clone of the span:
+    /// that would be a registry look-up and a call into every layer, twice.
     Reported {
-        span: Option<tracing::Span>,
+        timeline: Option<Arc<Timeline>>,
+        status_pending: bool,
     },
     /// A call that goes on: its polls are metered, and its end reports the whole call.
     Streaming {
@@ -466,20 +484,24 @@ fn finish_stream(state: &mut BodyState, trailers: Option<&mut http::HeaderMap>) 
             timeline, answered, ..
         } => {
             let report = timeline.report(now_ns());
-            if let Some(trailers) = trailers {
-                if let Some(value) = unique_value(report.header_value()) {
-                    trailers.insert(names::DIAGNOSIS, value);
-                }
-                record_status(&timeline.span, trailers);
-            }
-            timeline.engine.finish(&report, &timeline.span, answered);
-        }
-        BodyState::Reported { span: Some(span) } => {
-            if let Some(trailers) = trailers {
-                record_status(&span, trailers);
+            let value = diagnosis_value(&timeline, &report, false);
+            let status = trailers.as_deref().and_then(GrpcStatus::of);
+            timeline
+                .engine
+                .finish(&report, &timeline.span, answered, status);
+            if let (Some(trailers), Some(value)) = (trailers, value) {
+                trailers.insert(names::DIAGNOSIS, value);
             }
         }
-        BodyState::Reported { span: None } | BodyState::Done => {}
+        BodyState::Reported {
+            timeline: Some(timeline),
+            status_pending: true,
+        } => {
+            if let Some(status) = trailers.as_deref().and_then(GrpcStatus::of) {
+                status.record(&timeline.span);
+            }
+        }
+        BodyState::Reported { .. } | BodyState::Done => {}
     }
 }
 

@@ -85,6 +85,7 @@ mod blame;
 mod clock;
 mod diagnosis;
 mod engine;
+mod grpc_status;
 mod identity;
 #[cfg(feature = "prometheus")]
 mod intern;

@@ -251,6 +251,48 @@ impl Report {
         }
         out
     }
+
+    /// The header of a request too quick to explain (see [`EngineConfig::detail_from`]): its
+    /// verdict and total, `verdict=none total=0.3ms`.
+    ///
+    /// [`EngineConfig::detail_from`]: crate::EngineConfig::detail_from
+    pub fn brief_header_value(&self) -> String {
+        if let Some(value) = self.quick_header_value() {
+            return value.to_owned();
+        }
+        let mut out = String::with_capacity(32);
+        out.push_str("verdict=");
+        out.push_str(self.verdict().as_str());
+        out.push_str(" total=");
+        push_ms(&mut out, self.split.total);
+        out
+    }
+}
+
+impl Report {
+    /// The brief header of a request under a millisecond, from a table: most responses carry
+    /// one of these eleven values, and a `'static` one is neither formatted nor allocated.
+    pub(crate) fn quick_header_value(&self) -> Option<&'static str> {
+        const QUICK: [&str; 11] = [
+            "verdict=none total=0.0ms",
+            "verdict=none total=0.1ms",
+            "verdict=none total=0.2ms",
+            "verdict=none total=0.3ms",
+            "verdict=none total=0.4ms",
+            "verdict=none total=0.5ms",
+            "verdict=none total=0.6ms",
+            "verdict=none total=0.7ms",
+            "verdict=none total=0.8ms",
+            "verdict=none total=0.9ms",
+            "verdict=none total=1.0ms",
+        ];
+        if self.verdict() != Verdict::None {
+            return None;
+        }
+        // Tenths of a millisecond, rounded half up as `push_ms` rounds.
+        let tenths = self.split.total.saturating_add(50_000) / 100_000;
+        QUICK.get(usize::try_from(tenths).ok()?).copied()
+    }
 }
 
 /// How a culprit is named in the header and the log.
@@ -309,6 +351,13 @@ fn visible(s: &str) -> String {
 mod tests {
     use super::*;
 
+    fn split_ns(total: u64) -> Split {
+        Split {
+            total,
+            ..Split::default()
+        }
+    }
+
     fn split(total_ms: u64) -> Split {
         Split {
             total: total_ms * 1_000_000,
@@ -365,6 +414,55 @@ mod tests {
         };
         s.scheduled = 250_000;
         assert_eq!(s.verdict(), Verdict::None);
+    }
+
+    fn report(split: Split) -> Report {
+        Report {
+            identity: Identity::untraced("/test.Svc/Call"),
+            started: 0,
+            split,
+            waits: Vec::new(),
+            culprits: Vec::new(),
+            events: Vec::new(),
+            events_dropped: 0,
+            arrival: None,
+        }
+    }
+
+    #[test]
+    fn the_brief_header_has_verdict_and_total_the_full_one_the_split() {
+        let mut quick = Split {
+            total: 340_000,
+            busy: 120_000,
+            on_cpu: 120_000,
+            ..Split::default()
+        };
+        quick.idle[0] = 220_000;
+        assert_eq!(
+            report(quick).brief_header_value(),
+            "verdict=none total=0.3ms"
+        );
+        // Each quick value is the one formatting would give.
+        for ns in (0..1_000_000).step_by(25_000) {
+            let quick = report(split_ns(ns));
+            let mut formatted = String::from("verdict=none total=");
+            push_ms(&mut formatted, ns);
+            assert_eq!(
+                quick.quick_header_value(),
+                Some(formatted.as_str()),
+                "{ns} ns"
+            );
+        }
+        assert_eq!(report(split(2)).quick_header_value(), None);
+
+        let mut late = split(5);
+        late.busy = 5_000_000;
+        late.on_cpu = 5_000_000;
+        assert_eq!(
+            report(late).header_value(),
+            "verdict=own-cpu total=5.0ms busy=5.0ms on_cpu=5.0ms cpu_wait=0.0ms blocked=0.0ms \
+             scheduled=0.0ms idle=0.0ms queue=0.0ms"
+        );
     }
 
     #[test]

@@ -15,6 +15,10 @@ use tonic_health::{
 
 /// Serves gRPC health with the layer on a random loopback port.
 async fn serve() -> (SocketAddr, tonic_health::server::HealthReporter) {
+    serve_with(DiagnoseLayer::new()).await
+}
+
+async fn serve_with(layer: DiagnoseLayer) -> (SocketAddr, tonic_health::server::HealthReporter) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -23,7 +27,7 @@ async fn serve() -> (SocketAddr, tonic_health::server::HealthReporter) {
         .await;
     tokio::spawn(
         Server::builder()
-            .layer(DiagnoseLayer::new())
+            .layer(layer)
             .add_service(health)
             .serve_with_incoming(TcpIncoming::from(listener)),
     );
@@ -80,6 +84,62 @@ async fn a_unary_call_gets_a_whole_diagnosis_and_an_id_in_its_header() {
         ids.push(id);
     }
     assert_ne!(ids[0], ids[1], "two requests, two ids");
+}
+
+/// The header's keys, in order.
+fn keys(value: &str) -> Vec<&str> {
+    value
+        .split(' ')
+        .filter_map(|kv| Some(kv.split_once('=')?.0))
+        .collect()
+}
+
+async fn check_header(addr: SocketAddr) -> String {
+    let response = client(addr)
+        .await
+        .check(HealthCheckRequest::default())
+        .await
+        .expect("Check answers");
+    response
+        .metadata()
+        .get("holdup-diagnosis")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A request that was not late says only that; `detail_from` zero gives every request the
+/// whole split.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quick_call_gets_its_verdict_and_total_unless_detail_is_asked_for() {
+    let whole_split = [
+        "verdict",
+        "total",
+        "busy",
+        "on_cpu",
+        "cpu_wait",
+        "blocked",
+        "scheduled",
+        "idle",
+        "queue",
+    ];
+    let (addr, _reporter) = serve().await;
+    let brief = check_header(addr).await;
+    if field(&brief, "verdict") == Some("none") {
+        assert_eq!(keys(&brief), ["verdict", "total"], "{brief}");
+    } else {
+        // Late on a loaded machine (a millisecond or more): then it has the split.
+        assert_eq!(keys(&brief)[..9], whole_split, "{brief}");
+    }
+
+    let config = holdup_diagnose::EngineConfig {
+        detail_from: std::time::Duration::ZERO,
+        ..Default::default()
+    };
+    let (addr, _reporter) = serve_with(DiagnoseLayer::new().with_config(config)).await;
+    let detailed = check_header(addr).await;
+    assert_eq!(keys(&detailed)[..9], whole_split, "{detailed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

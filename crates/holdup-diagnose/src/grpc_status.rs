@@ -1,0 +1,74 @@
+//! A call's gRPC status, read from its trailers (or a trailers-only response's headers), as
+//! the request span records it under OpenTelemetry's RPC conventions.
+
+use http::{HeaderMap, HeaderName};
+
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+
+/// `UNIMPLEMENTED`: the server has no such method.
+pub(crate) const UNIMPLEMENTED: u16 = 12;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct GrpcStatus<'a> {
+    pub code: u16,
+    /// `grpc-message`, for a status other than OK.
+    pub message: Option<&'a str>,
+}
+
+impl<'a> GrpcStatus<'a> {
+    /// The status in `headers`, if they carry one.
+    pub(crate) fn of(headers: &'a HeaderMap) -> Option<Self> {
+        let code = headers
+            .get(GRPC_STATUS)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())?;
+        let message = (code != 0)
+            .then(|| headers.get(GRPC_MESSAGE).and_then(|v| v.to_str().ok()))
+            .flatten();
+        Some(Self { code, message })
+    }
+
+    /// The span's `otel.status_code`: `ERROR` for any status but OK, else left unset.
+    pub(crate) fn otel_status(&self) -> Option<&'static str> {
+        (self.code != 0).then_some("ERROR")
+    }
+
+    /// On `span` alone, for a status that comes after the diagnosis was recorded (a stream's
+    /// trailers, or a reply whose trailers were not ready with its head).
+    pub(crate) fn record(&self, span: &tracing::Span) {
+        // An integer attribute, as OpenTelemetry's RPC conventions have it (a `u16` would be
+        // recorded as a string: see `engine::record_on_span`).
+        span.record("rpc.grpc.status_code", i64::from(self.code));
+        if let Some(status) = self.otel_status() {
+            span.record("otel.status_code", status);
+            if let Some(message) = self.message {
+                span.record("otel.status_message", message);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_and_its_message_come_from_the_trailers() {
+        let mut trailers = HeaderMap::new();
+        assert_eq!(GrpcStatus::of(&trailers), None);
+        trailers.insert(GRPC_STATUS, "0".parse().unwrap());
+        trailers.insert(GRPC_MESSAGE, "ignored on OK".parse().unwrap());
+        let ok = GrpcStatus::of(&trailers).unwrap();
+        assert_eq!((ok.code, ok.message, ok.otel_status()), (0, None, None));
+        trailers.insert(GRPC_STATUS, "14".parse().unwrap());
+        trailers.insert(GRPC_MESSAGE, "backend down".parse().unwrap());
+        let failed = GrpcStatus::of(&trailers).unwrap();
+        assert_eq!(
+            (failed.code, failed.message, failed.otel_status()),
+            (14, Some("backend down"), Some("ERROR"))
+        );
+        trailers.insert(GRPC_STATUS, "not a number".parse().unwrap());
+        assert_eq!(GrpcStatus::of(&trailers), None);
+    }
+}
