@@ -138,12 +138,13 @@ impl fmt::Display for Identity {
 /// `core::fmt`'s `{:032x}` cost about 700 instructions each.
 fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let digits: Vec<u8> = bytes
-        .iter()
-        .flat_map(|&b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0x0f)]])
-        .collect();
-    // Hex digits are ASCII: the check cannot fail.
-    String::from_utf8(digits).unwrap_or_default()
+    // Sized once, and no UTF-8 check of the result (a `collect` of bytes had both).
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
 }
 
 /// The trace id of a W3C `traceparent` value (`00-<32 hex>-<16 hex>-<2 hex>`), if valid and
