@@ -192,7 +192,7 @@ impl Lab {
         };
         metrics.handled(call.rpc, code);
         let trace_id = call.diagnosis.identity().trace_id();
-        metrics.observe_handling(call.rpc, started.elapsed().as_secs_f64(), &trace_id);
+        metrics.observe_handling(call.rpc, started.elapsed().as_secs_f64(), trace_id);
         if let Err(status) = &outcome
             && matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled)
         {
@@ -218,7 +218,6 @@ impl Lab {
             let _slots = admitted;
             handler.await
         };
-        let label = call.label();
         // With tokio-console on, each handler is a task of its own named by its RPC and mode,
         // so that the console shows which one never yields. Else it runs inline in its
         // request's task: no spawn, no hand-over, no wake across tasks.
@@ -229,7 +228,8 @@ impl Lab {
                     .map_err(|_| {
                         Status::from(LabError::DeadlineExceeded {
                             during: format!(
-                                "in {label} after {} ms",
+                                "in {} after {} ms",
+                                call.label(),
                                 started.elapsed().as_millis()
                             ),
                         })
@@ -241,6 +241,8 @@ impl Lab {
                 Status::from(e)
             });
         }
+        // Named only here, where a task needs its name: the inline path never formats one.
+        let label = call.label();
         let join = call
             .diagnosis
             .spawn(&label, &self.state.runtime, handler)

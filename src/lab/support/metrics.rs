@@ -131,10 +131,8 @@ impl RpcMetrics {
 
     /// Records how long a call of `rpc` took, with its trace id as exemplar (when the request
     /// was traced).
-    pub fn observe_handling(&self, rpc: Rpc, seconds: f64, trace_id: &str) {
-        let exemplar = (!trace_id.is_empty()).then(|| TraceExemplar {
-            trace_id: trace_id.to_owned(),
-        });
+    pub fn observe_handling(&self, rpc: Rpc, seconds: f64, trace_id: String) {
+        let exemplar = (!trace_id.is_empty()).then_some(TraceExemplar { trace_id });
         self.resolved.handling[slot(rpc)]
             .get_or_init(|| self.handling.get_or_create(&RpcLabels::lab(rpc)).clone())
             .observe(seconds, exemplar, Some(SystemTime::now()));
