@@ -127,8 +127,9 @@ fn subscriber(otel: bool, diagnose: bool) {
             .init(),
         // No subscriber, as a bare tonic server has; but set, so that tracing's `log` feature
         // (on in this build for holdup's sqlx, not in a plain tonic server's) does not turn
-        // every disabled span of h2 and hyper into a `log` record check: measured, about 7 %
-        // of a bare call's instructions, a cost the plain server does not pay.
+        // every disabled span of h2 and hyper into a `log` record check: measured with
+        // callgrind, 11 000 instructions per call (72 500 against 61 500), a cost the plain
+        // server does not pay.
         (false, false) => {
             let _ = tracing::subscriber::set_global_default(
                 tracing::subscriber::NoSubscriber::default(),

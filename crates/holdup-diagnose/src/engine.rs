@@ -25,9 +25,9 @@ pub const DEFAULT_BLAME_FROM: Duration = Duration::from_millis(1);
 pub const DEFAULT_WARN_BLAMED_FROM: Duration = Duration::from_millis(50);
 /// Requests at least this long get the whole split in their header and on their span; quicker
 /// ones only their verdict and total. The same bound as `verdict=none`: a request under a
-/// millisecond was not late, and the full header and attributes were most of what the engine
-/// cost it (measured with callgrind on the benchmark's echo: about 4 000 of the 10 500
-/// instructions the engine added per call, and 5 000 more with an OpenTelemetry layer).
+/// millisecond was not late, and its full header was the largest single part of what the
+/// engine cost it (callgrind on the benchmark's echo: about 5 000 of the 14 300 instructions
+/// the engine added per call; its attributes cost more again with an OpenTelemetry layer).
 pub const DEFAULT_DETAIL_FROM: Duration = crate::verdict::NOT_LATE_BELOW;
 
 /// Thresholds; see the constants for why each default.
@@ -281,8 +281,20 @@ fn record_on_span(
         (&fields[8], number(8)),
         (&fields[9], number(9)),
         (&fields[10], Some(&verdict as &dyn Value)),
-        (&fields[11], waited_in.as_ref().map(|w| w as &dyn Value)),
-        (&fields[12], culprits.as_ref().map(|c| c as &dyn Value)),
+        (
+            &fields[11],
+            waited_in
+                .as_ref()
+                .filter(|_| detailed)
+                .map(|w| w as &dyn Value),
+        ),
+        (
+            &fields[12],
+            culprits
+                .as_ref()
+                .filter(|_| detailed)
+                .map(|c| c as &dyn Value),
+        ),
         (&fields[13], code.as_ref().map(|c| c as &dyn Value)),
         (&fields[14], otel_status.as_ref().map(|s| s as &dyn Value)),
         (&fields[15], message.as_ref().map(|m| m as &dyn Value)),

@@ -153,7 +153,8 @@ fn start<B>(
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let full = path.path().trim_start_matches('/');
-    // Field values are evaluated only for a span someone wants: the split is not.
+    // Field values are evaluated only for a span someone wants, so `split_method` runs only
+    // then.
     let span = tracing::info_span!(
         target: REQUEST_SPAN_TARGET,
         "rpc",
@@ -200,11 +201,13 @@ struct Asked<'a> {
 impl<'a> Asked<'a> {
     fn of(headers: &'a http::HeaderMap) -> Self {
         let mut asked = Self::default();
+        let mut timeline_seen = false;
         for (name, value) in headers {
             // The first value of each, as `get` gives.
             if *name == names::TRACEPARENT && asked.traceparent.is_none() {
                 asked.traceparent = Some(value.as_bytes());
-            } else if *name == names::TIMELINE && !asked.timeline {
+            } else if *name == names::TIMELINE && !timeline_seen {
+                timeline_seen = true;
                 let v = value.as_bytes();
                 asked.timeline = v == b"1" || v.eq_ignore_ascii_case(b"true");
             }
@@ -347,8 +350,9 @@ where
 /// split, or only the verdict and total for a request too quick to explain
 /// ([`EngineConfig::detail_from`]).
 ///
-/// A brief value repeats (`verdict=none total=0.2ms`: a few dozen of them), so HPACK may index
-/// it and send it again as one byte; a whole split never repeats, and is kept out of the table.
+/// A sub-millisecond `verdict=none` value repeats (eleven of them), so HPACK may index it and
+/// send it again as one byte. Any other value rarely repeats (a whole split never; a brief one
+/// under a larger `detail_from` seldom), and is kept out of the table.
 fn diagnosis_value(timeline: &Timeline, report: &Report, partial: bool) -> Option<HeaderValue> {
     let detailed = timeline.engine.config.detailed(report);
     if !detailed
@@ -365,11 +369,7 @@ fn diagnosis_value(timeline: &Timeline, report: &Report, partial: bool) -> Optio
     if partial {
         value.push_str(PARTIAL);
     }
-    if detailed {
-        unique_value(value)
-    } else {
-        HeaderValue::try_from(value).ok()
-    }
+    unique_value(value)
 }
 
 /// A header value that is different on every response. Marked sensitive: HPACK then sends it
@@ -454,7 +454,9 @@ const PARTIAL: &str = " partial=head";
 enum BodyState {
     /// Reported at the head; the span is held open until the trailers pass, and takes their
     /// status unless it has it already. Held through the timeline, not a clone of the span:
-    /// that would be a registry look-up and a call into every layer, twice.
+    /// that would be a registry look-up and a call into every layer, twice. The timeline's
+    /// record then lives until the body ends, as the span did; a wake after the report is
+    /// recorded in it and read by no one.
     Reported {
         timeline: Option<Arc<Timeline>>,
         status_pending: bool,
@@ -578,5 +580,25 @@ impl<B: Body> Body for DiagnosedBody<B> {
             hint.set_upper(upper.saturating_add(ahead));
         }
         hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_headers_asked_for_are_their_first_values_as_get_gives() {
+        let mut headers = http::HeaderMap::new();
+        assert!(!Asked::of(&headers).timeline);
+        headers.append(names::TIMELINE, HeaderValue::from_static("0"));
+        headers.append(names::TIMELINE, HeaderValue::from_static("1"));
+        headers.append(names::TRACEPARENT, HeaderValue::from_static("first"));
+        headers.append(names::TRACEPARENT, HeaderValue::from_static("second"));
+        let asked = Asked::of(&headers);
+        assert!(!asked.timeline, "get gives the first value, 0");
+        assert_eq!(asked.traceparent, Some(&b"first"[..]));
+        headers.insert(names::TIMELINE, HeaderValue::from_static("TRUE"));
+        assert!(Asked::of(&headers).timeline);
     }
 }

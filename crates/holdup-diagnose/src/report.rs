@@ -267,9 +267,7 @@ impl Report {
         push_ms(&mut out, self.split.total);
         out
     }
-}
 
-impl Report {
     /// The brief header of a request under a millisecond, from a table: most responses carry
     /// one of these eleven values, and a `'static` one is neither formatted nor allocated.
     pub(crate) fn quick_header_value(&self) -> Option<&'static str> {
