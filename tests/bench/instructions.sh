@@ -70,11 +70,13 @@ count() {
     local load=(h2load -c 4 -m 8 -d "$WORK/fast.bin" -H 'content-type: application/grpc'
         -H 'te: trailers' "http://127.0.0.1:$port/holdup.v1.Lab/Fast")
     "${load[@]}" -n "$WARMUP" >/dev/null
-    callgrind_control -z "$PID" >/dev/null || fail "callgrind_control could not zero the counters"
+    callgrind_control -z "$PID" >"$WORK/control.log" 2>&1 ||
+        fail "callgrind_control could not zero the counters: $(cat "$WORK/control.log")"
     local out
     out=$("${load[@]}" -n "$CALLS")
     grep -q "$CALLS succeeded" <<<"$out" || fail "not every call succeeded: $out"
-    callgrind_control -d "$PID" >/dev/null || fail "callgrind_control could not dump the counters"
+    callgrind_control -d "$PID" >"$WORK/control.log" 2>&1 ||
+        fail "callgrind_control could not dump the counters: $(cat "$WORK/control.log")"
     sleep 0.5
     kill "$PID"
     wait "$PID" 2>/dev/null || true
