@@ -241,7 +241,8 @@ fn record_on_span(
         return;
     };
     let s = &report.split;
-    let culprits = (!report.culprits.is_empty()).then(|| {
+    // A brief record has no culprits nor stage: neither is made for it.
+    let culprits = (detailed && !report.culprits.is_empty()).then(|| {
         let names: Vec<String> = report.culprits.iter().map(culprit_label).collect();
         names.join(",")
     });
@@ -261,7 +262,7 @@ fn record_on_span(
     ]
     .map(|v| i64::try_from(v).unwrap_or(i64::MAX));
     let verdict = report.verdict().as_str();
-    let waited_in = report.longest_wait().map(|w| w.stage);
+    let waited_in = report.longest_wait().filter(|_| detailed).map(|w| w.stage);
     // Each attribute costs an OpenTelemetry layer a key, a value and a push: a brief record
     // leaves the split out.
     let number = |i: usize| (detailed || i == 0).then_some(&values[i] as &dyn Value);
@@ -281,20 +282,8 @@ fn record_on_span(
         (&fields[8], number(8)),
         (&fields[9], number(9)),
         (&fields[10], Some(&verdict as &dyn Value)),
-        (
-            &fields[11],
-            waited_in
-                .as_ref()
-                .filter(|_| detailed)
-                .map(|w| w as &dyn Value),
-        ),
-        (
-            &fields[12],
-            culprits
-                .as_ref()
-                .filter(|_| detailed)
-                .map(|c| c as &dyn Value),
-        ),
+        (&fields[11], waited_in.as_ref().map(|w| w as &dyn Value)),
+        (&fields[12], culprits.as_ref().map(|c| c as &dyn Value)),
         (&fields[13], code.as_ref().map(|c| c as &dyn Value)),
         (&fields[14], otel_status.as_ref().map(|s| s as &dyn Value)),
         (&fields[15], message.as_ref().map(|m| m as &dyn Value)),

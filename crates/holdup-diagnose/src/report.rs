@@ -257,9 +257,6 @@ impl Report {
     ///
     /// [`EngineConfig::detail_from`]: crate::EngineConfig::detail_from
     pub fn brief_header_value(&self) -> String {
-        if let Some(value) = self.quick_header_value() {
-            return value.to_owned();
-        }
         let mut out = String::with_capacity(32);
         out.push_str("verdict=");
         out.push_str(self.verdict().as_str());
@@ -357,10 +354,7 @@ mod tests {
     }
 
     fn split(total_ms: u64) -> Split {
-        Split {
-            total: total_ms * 1_000_000,
-            ..Split::default()
-        }
+        split_ns(total_ms * 1_000_000)
     }
 
     #[test]
