@@ -359,7 +359,7 @@ fn diagnosis_value(timeline: &Timeline, report: &Report, partial: bool) -> Optio
         && !partial
         && let Some(quick) = report.quick_header_value()
     {
-        return Some(HeaderValue::from_static(quick));
+        return Some(quick);
     }
     let mut value = if detailed {
         report.header_value()
