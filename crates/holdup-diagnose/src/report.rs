@@ -299,7 +299,13 @@ pub fn culprit_label(culprit: &Culprit) -> String {
     match &culprit.holder {
         Holder::Request(identity) => {
             let trace = identity.trace_id();
-            let method = visible(identity.method());
+            // A path of another shape than `/package.Service/Method` (an axum route) is named
+            // whole, as `Identity`'s `Display` names it.
+            let method = match identity.method() {
+                "" => identity.full_method(),
+                method => method,
+            };
+            let method = visible(method);
             if trace.is_empty() {
                 method
             } else {

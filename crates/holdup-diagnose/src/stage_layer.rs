@@ -85,9 +85,16 @@ fn is_resource_span(meta: &Metadata<'_>) -> bool {
 fn is_resource_event(meta: &Metadata<'_>) -> bool {
     matches!(
         meta.target(),
-        "runtime::resource::poll_op" | "runtime::resource::state_update"
+        "runtime::resource::poll_op" | "runtime::resource::state_update" | HANDED_OVER_TARGET
     )
 }
+
+/// The event of permits assigned to one waiter. A holder that gives its permits back while a
+/// waiter queues hands them straight to the waiter: tokio then says so only with this event
+/// (in the waiter's operation span, while the releaser runs), not with the semaphore's own
+/// `permits.op = "add"`. Missed, the hold never ended, and every later waiter blamed every
+/// earlier holder.
+const HANDED_OVER_TARGET: &str = "runtime::resource::async_op::state_update";
 
 /// Whether a span with this target, name and level may be a request's stage.
 fn may_be_stage(target: &str, name: &str, level: tracing::Level) -> bool {
@@ -189,7 +196,8 @@ where
                 span.extensions_mut().replace(resource::Deadline(deadline));
             }
             _ if fields.added => {
-                // Permits given back: on the inner semaphore, counted against the outer lock.
+                // Permits given back (to the semaphore, or handed to a waiter): on the inner
+                // semaphore, counted against the outer lock.
                 let target = match outer {
                     Some(outer) if internal => ctx.span(&span::Id::from_u64(outer.span)),
                     _ => Some(span),
@@ -198,7 +206,14 @@ where
                     && let Some(holds) = target.extensions_mut().get_mut::<Holds>()
                 {
                     let by = occupancy::current_holder();
-                    holds.released(by.as_ref(), super::clock::now_ns());
+                    let now = super::clock::now_ns();
+                    if event.metadata().target() == HANDED_OVER_TARGET {
+                        // Also sent when a waiter takes free permits itself (it holds none
+                        // yet then): only a releaser that holds the lock ends a hold here.
+                        holds.handed_over(by.as_ref(), now);
+                    } else {
+                        holds.released(by.as_ref(), now);
+                    }
                 }
             }
             _ => {}

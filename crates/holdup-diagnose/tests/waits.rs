@@ -73,13 +73,45 @@ fn assert_queued_behind(a: &Reply, b: &Reply, lock: &str) {
     );
 }
 
+/// Rounds of A-then-B on the same lock: each B names its own round's A and no earlier one.
+/// A holder that hands its permit straight to a queued waiter is done holding it; if the
+/// engine missed that hand-off, every later waiter would blame every earlier holder.
+const ROUNDS: usize = 3;
+
+/// Runs [`ROUNDS`] of `first` then `second` and checks each B against its own A only.
+#[track_caller]
+fn queued_behind_each_holder_in_turn(
+    server: &Served,
+    entered: &Entered,
+    first: &str,
+    second: &str,
+    lock: &str,
+) -> Vec<(Reply, Reply)> {
+    let mut rounds: Vec<(Reply, Reply)> = Vec::new();
+    for round in 0..ROUNDS {
+        entered.reset();
+        let (a, b) = server.first_then_second(first, entered, second);
+        assert_queued_behind(&a, &b, lock);
+        for (earlier, _) in &rounds {
+            assert!(
+                !b.diagnosis.blames(&earlier.trace_id),
+                "round {round}: B blames an earlier round's holder ({}), done long before: {}",
+                earlier.trace_id,
+                b.diagnosis
+            );
+        }
+        rounds.push((a, b));
+    }
+    rounds
+}
+
 #[derive(Clone)]
 struct Permits {
     semaphore: Arc<Semaphore>,
     entered: Entered,
 }
 
-/// A holds the only permit for `HOLD`; B, sent while A holds it, queues for it.
+/// A holds the only permit for `HOLD`; B, sent while A holds it, queues for it; in turn.
 #[test]
 fn a_semaphore_wait_names_the_semaphore_and_the_holder() {
     let _serial = setup();
@@ -107,13 +139,15 @@ fn a_semaphore_wait_names_the_semaphore_and_the_holder() {
         })
         .layer(DiagnoseLayer::new());
     let server = Served::diagnosed(app);
-    let (a, b) = server.first_then_second("/hold", &entered, "/take");
-    assert_queued_behind(&a, &b, "Semaphore");
-    let bd = &b.diagnosis;
-    assert!(
-        bd.ms("queue") >= WAITED_MS,
-        "B: queue < {WAITED_MS}ms: {bd}"
-    );
+    let rounds =
+        queued_behind_each_holder_in_turn(&server, &entered, "/hold", "/take", "Semaphore");
+    for (_, b) in &rounds {
+        let bd = &b.diagnosis;
+        assert!(
+            bd.ms("queue") >= WAITED_MS,
+            "B: queue < {WAITED_MS}ms: {bd}"
+        );
+    }
 }
 
 #[derive(Clone)]
@@ -122,7 +156,7 @@ struct Locked {
     entered: Entered,
 }
 
-/// A holds the mutex for `HOLD`; B, sent while A holds it, waits for the lock.
+/// A holds the mutex for `HOLD`; B, sent while A holds it, waits for the lock; in turn.
 #[test]
 fn a_mutex_wait_names_the_mutex_and_the_holder() {
     let _serial = setup();
@@ -148,8 +182,7 @@ fn a_mutex_wait_names_the_mutex_and_the_holder() {
         })
         .layer(DiagnoseLayer::new());
     let server = Served::diagnosed(app);
-    let (a, b) = server.first_then_second("/hold", &entered, "/read");
-    assert_queued_behind(&a, &b, "Mutex");
+    queued_behind_each_holder_in_turn(&server, &entered, "/hold", "/read", "Mutex");
 }
 
 #[derive(Clone)]

@@ -139,6 +139,11 @@ impl Entered {
         self.0.store(true, Ordering::Release);
     }
 
+    /// Unmarked again, for another round.
+    pub fn reset(&self) {
+        self.0.store(false, Ordering::Release);
+    }
+
     /// Returns once a handler marked it; fails the test after 3 s.
     pub async fn wait(&self) {
         let start = Instant::now();
