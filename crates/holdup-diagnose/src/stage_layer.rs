@@ -91,7 +91,8 @@ fn is_resource_event(meta: &Metadata<'_>) -> bool {
 
 /// The event of permits assigned to one waiter. A holder that gives its permits back while a
 /// waiter queues hands them straight to the waiter: tokio then says so only with this event
-/// (in the waiter's operation span, while the releaser runs), not with the semaphore's own
+/// (in the waiter's operation span, while the releaser runs: the request, or a task of its
+/// own, as sqlx's pool returns a connection), not with the semaphore's own
 /// `permits.op = "add"`. Missed, the hold never ended, and every later waiter blamed every
 /// earlier holder.
 const HANDED_OVER_TARGET: &str = "runtime::resource::async_op::state_update";
@@ -166,9 +167,10 @@ where
         let Some(scope) = ctx.event_scope(event) else {
             return;
         };
-        let Some((resource, span)) = scope.into_iter().find_map(|span| {
+        // `depth`: how many spans of the scope came before the resource's (0: the event's own).
+        let Some((depth, resource, span)) = scope.into_iter().enumerate().find_map(|(i, span)| {
             let found = span.extensions().get::<Resource>().copied();
-            found.map(|r| (r, span))
+            found.map(|r| (i, r, span))
         }) else {
             return;
         };
@@ -205,14 +207,15 @@ where
                 if let Some(target) = target
                     && let Some(holds) = target.extensions_mut().get_mut::<Holds>()
                 {
-                    let by = occupancy::current_holder();
-                    let now = super::clock::now_ns();
-                    if event.metadata().target() == HANDED_OVER_TARGET {
-                        // Also sent when a waiter takes free permits itself (it holds none
-                        // yet then): only a releaser that holds the lock ends a hold here.
-                        holds.handed_over(by.as_ref(), now);
-                    } else {
-                        holds.released(by.as_ref(), now);
+                    // The same event says a waiter took free permits itself (tokio sends it
+                    // then in the semaphore's own span, not in the waiter's operation span),
+                    // or, with none obtained, that a waiter joined the queue: neither ends a
+                    // hold.
+                    let not_a_release = event.metadata().target() == HANDED_OVER_TARGET
+                        && (depth == 0 || fields.permits_obtained == Some(0));
+                    if !not_a_release {
+                        let by = occupancy::current_holder();
+                        holds.released(by.as_ref(), super::clock::now_ns());
                     }
                 }
             }

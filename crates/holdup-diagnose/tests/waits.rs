@@ -338,7 +338,7 @@ struct Db {
 }
 
 /// A runs a ~200 ms query on a one-connection SQLite pool; B, sent while it runs, runs a
-/// trivial one and queues for the connection.
+/// trivial one and queues for the connection; in turn.
 #[test]
 fn a_sqlite_query_is_the_backend_and_the_pool_is_a_queue() {
     let _serial = setup();
@@ -385,21 +385,35 @@ fn a_sqlite_query_is_the_backend_and_the_pool_is_a_queue() {
         })
         .layer(DiagnoseLayer::new());
     let server = Served::on(runtime, app);
-    let (a, b) = server.first_then_second("/count", &entered, "/one");
-    let (ad, bd) = (&a.diagnosis, &b.diagnosis);
-    assert_idle_for("A", ad, WAITED_MS);
-    assert_idle_for("B", bd, WAITED_MS / 2.0);
-    assert_eq!(ad.verdict(), "backend", "A ran the query: A: {ad}; B: {bd}");
-    assert_eq!(
-        bd.verdict(),
-        "resource-queue",
-        "B queued for the connection: B: {bd}; A: {ad}"
-    );
-    assert!(
-        bd.blames(&a.trace_id),
-        "B's culprits name A ({}), which held the connection: B: {bd}; A: {ad}",
-        a.trace_id
-    );
+    // In turn: sqlx gives the connection back from a task of its own, which hands the pool's
+    // permit to the queued B; each B must name its own round's A only.
+    let mut holders: Vec<String> = Vec::new();
+    for round in 0..ROUNDS {
+        entered.reset();
+        let (a, b) = server.first_then_second("/count", &entered, "/one");
+        let (ad, bd) = (&a.diagnosis, &b.diagnosis);
+        assert_idle_for("A", ad, WAITED_MS);
+        assert_idle_for("B", bd, WAITED_MS / 2.0);
+        assert_eq!(ad.verdict(), "backend", "A ran the query: A: {ad}; B: {bd}");
+        assert_eq!(
+            bd.verdict(),
+            "resource-queue",
+            "B queued for the connection: B: {bd}; A: {ad}"
+        );
+        assert!(
+            bd.blames(&a.trace_id),
+            "B's culprits name A ({}), which held the connection: B: {bd}; A: {ad}",
+            a.trace_id
+        );
+        for earlier in &holders {
+            assert!(
+                !bd.blames(earlier),
+                "round {round}: B blames an earlier round's holder ({earlier}): {bd}"
+            );
+        }
+        holders.push(a.trace_id.clone());
+        holders.push(b.trace_id.clone());
+    }
 }
 
 /// The handler awaits a `spawn_blocking` that sleeps `HOLD` on the blocking pool.
