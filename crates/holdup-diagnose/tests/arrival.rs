@@ -441,4 +441,86 @@ mod serve {
             .unwrap()
             .unwrap();
     }
+
+    /// A request sent with its connection's first bytes (as hyper and tonic clients send it,
+    /// behind the preface), while the only worker is held: its wait is counted once, from
+    /// its own kernel stamp. Counting the connection's setup wait too doubled it.
+    #[test]
+    fn a_request_in_its_connections_first_read_counts_its_wait_once() {
+        use std::io::{BufRead, BufReader, Read};
+
+        let server_runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let _stamping = server_runtime.block_on(connected());
+        let app = axum::Router::new()
+            .route("/fast", axum::routing::get(|| async { "fast" }))
+            .route(
+                "/block",
+                axum::routing::get(|| async {
+                    std::thread::sleep(Duration::from_millis(300));
+                    "blocked"
+                }),
+            )
+            .layer(holdup_diagnose::DiagnoseLayer::new());
+        let (addr, stop, server) = server_runtime.block_on(spawn_serve(app));
+
+        let mut block = std::net::TcpStream::connect(addr).unwrap();
+        block
+            .write_all(b"GET /block HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50)); // the only worker sleeps from about here
+        let sent = Instant::now();
+        let mut fast = std::net::TcpStream::connect(addr).unwrap();
+        fast.write_all(b"GET /fast HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        let mut reader = BufReader::new(&fast);
+        let mut diagnosis = String::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some(v) = line.strip_prefix("holdup-diagnosis: ") {
+                diagnosis = v.to_owned();
+            }
+        }
+        let waited = sent.elapsed().as_secs_f64() * 1e3;
+        let mut rest = Vec::new();
+        let _ = block.read_to_end(&mut rest);
+
+        let ms = |key: &str| -> f64 {
+            diagnosis
+                .split(' ')
+                .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+                .unwrap_or_else(|| panic!("no {key} in {diagnosis:?}"))
+                .trim_end_matches("ms")
+                .parse()
+                .unwrap()
+        };
+        assert!(
+            waited >= 150.0,
+            "premise: /fast waited behind /block ({waited:.1} ms); {diagnosis}"
+        );
+        let total = ms("total");
+        assert!(
+            total <= waited + 30.0,
+            "counted once: total {total} ms against {waited:.1} ms at the client: {diagnosis}"
+        );
+        assert!(
+            total >= 0.6 * waited,
+            "the wait behind /block is counted: {total} ms against {waited:.1} ms: {diagnosis}"
+        );
+        stop.send(()).unwrap();
+        drop(fast);
+        server_runtime
+            .block_on(async { tokio::time::timeout(Duration::from_secs(5), server).await })
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
 }

@@ -31,6 +31,9 @@ pub struct ReadMarks {
     /// How long the connection had waited in the accept queue when it was wrapped (`TCP_INFO`:
     /// the time since its last ACK), for a client that sent nothing meanwhile.
     accept_wait: AtomicU64,
+    /// When the connection's first read that returned bytes ran: a first request completed
+    /// by a later read is one its client sent only after that read.
+    first_read_at: AtomicU64,
     /// Whether a request has been handed on already: only the first carries the setup wait.
     handed_any: std::sync::atomic::AtomicBool,
 }
@@ -82,11 +85,12 @@ impl ReadMarks {
     /// Records a read that returned bytes at `read_at`, with the kernel's stamp of the newest
     /// of them (already in engine time) if there was one.
     pub(crate) fn record_read(&self, kernel: Option<u64>, read_at: u64) {
-        if let Some(kernel) = kernel
-            && self.read_at.load(Ordering::Relaxed) == 0
-        {
-            self.setup_wait
-                .store(read_at.saturating_sub(kernel), Ordering::Relaxed);
+        if self.read_at.load(Ordering::Relaxed) == 0 {
+            self.first_read_at.store(read_at, Ordering::Relaxed);
+            if let Some(kernel) = kernel {
+                self.setup_wait
+                    .store(read_at.saturating_sub(kernel), Ordering::Relaxed);
+            }
         }
         self.write(|m| {
             let drained = m.drained_at.load(Ordering::Relaxed);
@@ -131,7 +135,15 @@ impl ReadMarks {
         let stamped_at = clock::now_ns();
         let marks = self.snapshot();
         let first = !self.handed_any.swap(true, Ordering::Relaxed);
-        let setup_wait = first
+        // Only a request whose bytes reached the machine after the connection's first read
+        // was sent in answer to it (grpc-go waits for the server's settings), and so waited
+        // for that read. One whose bytes were there already (hyper and tonic send it behind
+        // the preface; a first read may take only part of them, as hyper-util's version
+        // sniff does) has the wait in its own stamp: counting the setup wait too counted it
+        // twice (found by a held-out service: totals up to twice the client's).
+        let first_read_at = self.first_read_at.load(Ordering::Relaxed);
+        let sent_after_first_read = marks.kernel.is_some_and(|kernel| kernel > first_read_at);
+        let setup_wait = (first && sent_after_first_read)
             .then(|| {
                 self.setup_wait
                     .load(Ordering::Relaxed)
@@ -152,11 +164,14 @@ impl ReadMarks {
 mod tests {
     use super::*;
 
+    const MS: u64 = 1_000_000;
+
+    /// The preface waited 30 ms for the first read; the client sent its request only then.
     #[test]
     fn only_the_first_request_of_a_connection_carries_its_setup_wait() {
-        const MS: u64 = 1_000_000;
         let marks = ReadMarks::new();
         marks.record_read(Some(10 * MS), 40 * MS);
+        marks.record_read(Some(41 * MS), 42 * MS);
         assert_eq!(marks.arrival_now().setup_wait, Some(30 * MS));
         marks.record_read(Some(45 * MS), 46 * MS);
         assert_eq!(
@@ -164,6 +179,22 @@ mod tests {
             None,
             "only the first request"
         );
+    }
+
+    /// The request came with the preface: its own stamp has the wait, whether the first read
+    /// took all of its bytes or (a version sniff) only some.
+    #[test]
+    fn a_first_request_already_there_at_the_first_read_has_no_setup_wait() {
+        let marks = ReadMarks::new();
+        marks.record_read(Some(10 * MS), 40 * MS);
+        let arrival = marks.arrival_now();
+        assert_eq!(arrival.setup_wait, None);
+        assert_eq!(arrival.arrival().0, 10 * MS, "counted once, from the stamp");
+
+        let sniffed = ReadMarks::new();
+        sniffed.record_read(Some(10 * MS), 40 * MS);
+        sniffed.record_read(Some(10 * MS), 40 * MS + 40_000);
+        assert_eq!(sniffed.arrival_now().setup_wait, None);
     }
 
     #[test]

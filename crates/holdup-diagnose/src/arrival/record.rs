@@ -25,8 +25,10 @@ pub struct Arrival {
     pub drained_at: Option<u64>,
     /// When the connection task handed the request on (the stamp itself).
     pub stamped_at: u64,
-    /// For the first request of a connection: how long the connection's first bytes lay in
-    /// the socket before its first read (kernel stamp to read). A client that waits for the
+    /// For the first request of a connection, completed by a later read than the
+    /// connection's first: how long the connection's first bytes lay in the socket before
+    /// that first read (kernel stamp to read). A request that came in the first read has its
+    /// wait in its own stamp already, and none here. A client that waits for the
     /// server's HTTP/2 settings before it sends a request (grpc-go, so grpcurl) sends nothing
     /// more until that read: on a server whose workers are all held, its first call waits in
     /// the connection's setup, and this is that wait.
