@@ -68,14 +68,12 @@
 //! - `prometheus`: `DiagnoseMetrics`, registered into a prometheus-client registry.
 //! - `task-names`: names the handler tasks [`Diagnosis::spawn`] starts (turns on tokio's
 //!   `tracing` feature).
-//! - `arrival`: kernel receive timestamps on a listener and reads that keep them
-//!   ([`arrival`]); `serve`: `arrival::serve`, which stamps each request in its connection
-//!   task so a wait before its first poll is measured.
 //! - `arrival`: kernel receive timestamps ([`arrival::enable`], [`arrival::TimestampedStream`]),
 //!   so a request's wait counts from when its bytes reached the machine (turns on tokio's
 //!   `net`; uses nix on Linux).
 //! - `serve`: [`arrival::serve`] and [`arrival::Stamp`], a hyper server that stamps each
-//!   request in its connection task (adds hyper and hyper-util).
+//!   request in its connection task, so a wait before its first poll is measured (adds hyper
+//!   and hyper-util).
 //!
 //! None is on by default, and without `arrival` or `serve` the crate turns on no feature of
 //! tokio or tonic.

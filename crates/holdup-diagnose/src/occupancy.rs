@@ -15,10 +15,7 @@ use std::{
     time::Duration,
 };
 
-use super::{
-    clock::{nanos, now_ns},
-    identity::Identity,
-};
+use super::{clock::nanos, identity::Identity};
 
 /// Polls at least this long are remembered: shorter ones cannot make a wait worth blaming.
 pub(crate) const RECORD_POLLS_FROM: Duration = Duration::from_micros(200);
@@ -419,7 +416,7 @@ pub fn install_hooks_with(
                     id: meta.id(),
                     spawned_at: meta.spawned_at(),
                 };
-                let now = now_ns();
+                let now = super::clock::now_ns();
                 SLOT.with(|slot| {
                     if !slot.worker.load(std::sync::atomic::Ordering::Relaxed) {
                         return;
@@ -435,7 +432,7 @@ pub fn install_hooks_with(
                 }
             })
             .on_after_task_poll(move |meta| {
-                let end = now_ns();
+                let end = super::clock::now_ns();
                 SLOT.with(|slot| slot.lock().end(end));
                 if let Some(after) = &after {
                     after(meta);

@@ -17,15 +17,23 @@
 //! - feature `serve`: [`Stamp`], the hyper service that stamps; [`serve`](fn@serve), a whole
 //!   accept loop for a tonic `Routes` or an axum `Router`.
 //!
+//! A tonic service served this way, with the engine's layer (without [`DiagnoseLayer`]
+//! requests are stamped and served, and nothing reads the stamps):
+//!
 //! ```no_run
 //! # #[cfg(feature = "serve")]
 //! # async fn run() -> std::io::Result<()> {
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:50051").await?;
 //! let (_, health) = tonic_health::server::health_reporter();
-//! let routes = tonic::service::Routes::new(health);
-//! holdup_diagnose::arrival::serve(listener, routes, std::future::pending::<()>()).await
+//! let routes = tonic::service::Routes::new(health).prepare();
+//! let service = tower::ServiceBuilder::new()
+//!     .layer(holdup_diagnose::DiagnoseLayer::new())
+//!     .service(routes);
+//! holdup_diagnose::arrival::serve(listener, service, std::future::pending::<()>()).await
 //! # }
 //! ```
+//!
+//! [`DiagnoseLayer`]: crate::DiagnoseLayer
 
 #![forbid(unsafe_code)]
 
