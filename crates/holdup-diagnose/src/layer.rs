@@ -118,7 +118,12 @@ where
         // its connection task read them, if the server stamped it there; else now. Every
         // instant from then to its first poll is a wait for a worker, measured and blamed.
         let now = now_ns();
+        #[cfg(feature = "tonic")]
+        stamp_from_connect_info(&mut request);
         let stamped = request.extensions().get::<Arrival>().map(Arrival::arrival);
+        if stamped.is_none() {
+            say_once_unstamped();
+        }
         let started = stamped.map_or(now, |(at, _)| at.min(now));
         let timeline = start(
             &self.engine,
@@ -138,6 +143,40 @@ where
             timeline: Some(timeline),
         }
     }
+}
+
+/// On tonic's own server over [`arrival::incoming`](crate::arrival::incoming): the request's
+/// [`Arrival`] from its connection's read marks, read now (the newest bytes the connection had
+/// read by now: this request's, or later ones, a lower bound then), unless a connection-level
+/// service stamped it already; and tonic's `TcpConnectInfo` back in its extensions, which
+/// `Request::remote_addr` reads.
+#[cfg(feature = "tonic")]
+fn stamp_from_connect_info<B>(request: &mut http::Request<B>) {
+    let Some(info) = request
+        .extensions()
+        .get::<crate::arrival::StampedConnectInfo>()
+        .cloned()
+    else {
+        return;
+    };
+    let extensions = request.extensions_mut();
+    if extensions.get::<Arrival>().is_none() {
+        extensions.insert(info.marks().arrival_now());
+    }
+    extensions.insert(info.tcp().clone());
+}
+
+/// Says once, at the first request without an [`Arrival`], what the engine cannot see then:
+/// a held-out service on tonic's own `serve` read `verdict=none` for calls a blocked worker
+/// had delayed by hundreds of milliseconds, and nothing said why.
+fn say_once_unstamped() {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        tracing::info!(
+            target: "holdup_diagnose",
+            "requests reach the layer without an arrival stamp: each is measured from its own              task's first poll, so a wait before that (a worker held by a blocking call while              the request's bytes or its connection's task waited) is not seen; serve tonic with              Server::serve_with_incoming(holdup_diagnose::arrival::incoming(listener)?)              (feature `tonic`), or any tower service with holdup_diagnose::arrival::serve              (feature `serve`)"
+        );
+    });
 }
 
 /// Opens the request's span and timeline.

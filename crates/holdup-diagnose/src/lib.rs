@@ -74,6 +74,8 @@
 //! - `serve`: [`arrival::serve`] and [`arrival::Stamp`], a hyper server that stamps each
 //!   request in its connection task, so a wait before its first poll is measured (adds hyper
 //!   and hyper-util).
+//! - `tonic`: [`arrival::incoming`], the same arrivals on tonic's own `Server` through
+//!   `serve_with_incoming` (tonic's `server` feature, which a tonic service has already).
 //!
 //! None is on by default, and without `arrival` or `serve` the crate turns on no feature of
 //! tokio or tonic.

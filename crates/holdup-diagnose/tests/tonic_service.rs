@@ -182,3 +182,140 @@ async fn a_streams_head_says_it_is_partial() {
     let first = stream.next().await.unwrap().unwrap();
     assert_eq!(first.status, ServingStatus::Serving as i32);
 }
+
+/// tonic's own server over `arrival::incoming`, as the README's tonic setup with arrivals: a
+/// call sent on a fresh connection while the only worker is held by a blocking task waited
+/// in the socket and for a worker, and the layer sees it, blames the task, and still gives
+/// tonic's `remote_addr` its address.
+#[cfg(feature = "tonic")]
+#[test]
+fn on_tonics_own_server_a_wait_behind_a_held_worker_is_seen_through_incoming() {
+    use std::{
+        sync::{Arc, Mutex},
+        time::{Duration, Instant},
+    };
+
+    use tonic::transport::server::TcpConnectInfo;
+
+    /// Records each request's `TcpConnectInfo` address as the service behind the layer sees it.
+    #[derive(Clone)]
+    struct RemoteAddrs<S> {
+        inner: S,
+        seen: Arc<Mutex<Vec<Option<SocketAddr>>>>,
+    }
+    impl<S, B> tower_service::Service<http::Request<B>> for RemoteAddrs<S>
+    where
+        S: tower_service::Service<http::Request<B>>,
+    {
+        type Response = S::Response;
+        type Error = S::Error;
+        type Future = S::Future;
+        fn poll_ready(
+            &mut self,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), S::Error>> {
+            self.inner.poll_ready(cx)
+        }
+        fn call(&mut self, request: http::Request<B>) -> S::Future {
+            let addr = request
+                .extensions()
+                .get::<TcpConnectInfo>()
+                .and_then(TcpConnectInfo::remote_addr);
+            self.seen.lock().unwrap().push(addr);
+            self.inner.call(request)
+        }
+    }
+
+    let server = holdup_diagnose::install_hooks(&mut tokio::runtime::Builder::new_multi_thread())
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let addr = server.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let incoming = holdup_diagnose::arrival::incoming(listener).expect("a fresh listener");
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("", ServingStatus::Serving)
+            .await;
+        let seen = Arc::clone(&seen);
+        tokio::spawn(
+            Server::builder()
+                .layer(DiagnoseLayer::new())
+                .layer(tower::layer::layer_fn(move |inner| RemoteAddrs {
+                    inner,
+                    seen: Arc::clone(&seen),
+                }))
+                .add_service(health)
+                .serve_with_incoming(incoming),
+        );
+        addr
+    });
+    let client_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // The kernel turns stamping on for the whole system a few milliseconds after the first
+    // listener asks: calls until then are stamped by the connection task.
+    client_runtime.block_on(async {
+        for _ in 0..3 {
+            check_header(addr).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+
+    let _held = server.spawn(async {
+        std::thread::sleep(Duration::from_millis(300));
+    });
+    std::thread::sleep(Duration::from_millis(30)); // the only worker sleeps from about here
+    let (diagnosis, waited) = client_runtime.block_on(async {
+        let mut client = client(addr).await;
+        let sent = Instant::now();
+        let response = client
+            .check(HealthCheckRequest::default())
+            .await
+            .expect("Check answers");
+        let waited = sent.elapsed().as_secs_f64() * 1e3;
+        let diagnosis = response
+            .metadata()
+            .get("holdup-diagnosis")
+            .expect("a holdup-diagnosis header")
+            .to_str()
+            .unwrap()
+            .to_owned();
+        (diagnosis, waited)
+    });
+    let ms = |key: &str| -> f64 {
+        field(&diagnosis, key)
+            .unwrap_or_else(|| panic!("no {key} in {diagnosis:?}"))
+            .trim_end_matches("ms")
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        waited >= 150.0,
+        "premise: the call waited behind the held worker ({waited:.1} ms): {diagnosis}"
+    );
+    assert_eq!(
+        field(&diagnosis, "verdict"),
+        Some("runtime-contention"),
+        "{diagnosis}"
+    );
+    assert!(
+        ms("scheduled") >= 0.6 * waited && ms("total") <= waited + 30.0,
+        "the wait is seen, once: {waited:.1} ms at the client: {diagnosis}"
+    );
+    assert_eq!(field(&diagnosis, "arrival"), Some("kernel"), "{diagnosis}");
+    assert!(
+        field(&diagnosis, "culprits").is_some_and(|c| c.starts_with("task:")),
+        "the task that held the worker is blamed: {diagnosis}"
+    );
+    let seen = seen.lock().unwrap();
+    assert!(
+        !seen.is_empty() && seen.iter().all(Option::is_some),
+        "every request still has tonic's remote address: {seen:?}"
+    );
+    server.shutdown_background();
+}

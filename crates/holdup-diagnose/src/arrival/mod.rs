@@ -16,6 +16,9 @@
 //!   with them and keeps the latest in its [`ReadMarks`].
 //! - feature `serve`: [`Stamp`], the hyper service that stamps; [`serve`](fn@serve), a whole
 //!   accept loop for a tonic `Routes` or an axum `Router`.
+//! - feature `tonic`: [`incoming`](fn@incoming), for tonic's own
+//!   `Server::serve_with_incoming`: the connection's marks reach the layer through tonic's
+//!   connect info, and the layer reads them when the request reaches it.
 //!
 //! A tonic service served this way, with the engine's layer (without [`DiagnoseLayer`]
 //! requests are stamped and served, and nothing reads the stamps):
@@ -38,7 +41,11 @@
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "arrival")]
+mod accept;
+#[cfg(feature = "arrival")]
 mod enable;
+#[cfg(feature = "tonic")]
+mod incoming;
 #[cfg(feature = "arrival")]
 mod marks;
 #[cfg(all(feature = "arrival", target_os = "linux"))]
@@ -55,6 +62,8 @@ mod timestamps;
 
 #[cfg(feature = "arrival")]
 pub use enable::{Support, enable, enable_stream};
+#[cfg(feature = "tonic")]
+pub use incoming::{Incoming, StampedConnectInfo, incoming};
 #[cfg(feature = "arrival")]
 pub use marks::{ReadMarks, ReadSnapshot};
 pub use record::{Arrival, SocketWait, Source};

@@ -16,7 +16,7 @@ use hyper_util::{
 };
 use tokio::{net::TcpListener, task::JoinSet};
 
-use super::{Stamp, TimestampedStream, enable, enable_stream};
+use super::{Stamp, accept, enable};
 
 /// How long the loop pauses after an accept error that is not one connection's (descriptors
 /// exhausted): retrying at once would spin a worker on the same error.
@@ -64,7 +64,7 @@ where
         while connections.try_join_next().is_some() {}
         let stream = match accepted {
             Ok((stream, _peer)) => stream,
-            Err(e) if is_per_connection(&e) => continue,
+            Err(e) if accept::is_per_connection(&e) => continue,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed; pausing before the next accept");
                 let mut pause = pin!(tokio::time::sleep(ACCEPT_BACKOFF));
@@ -77,17 +77,7 @@ where
                 continue;
             }
         };
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY refused");
-        }
-        // A client whose handshake completed before `enable` above has a socket without
-        // the option: set it on every accepted socket, one system call per connection.
-        if support.is_on()
-            && let Err(e) = enable_stream(&stream)
-        {
-            tracing::debug!(error = %e, "receive timestamps refused on an accepted socket");
-        }
-        let stream = TimestampedStream::new(stream);
+        let stream = accept::wrap(stream, support);
         let stamped = Stamp::new(service.clone(), std::sync::Arc::clone(stream.marks()));
         let connection = builder
             .serve_connection(TokioIo::new(stream), stamped)
@@ -104,18 +94,6 @@ where
     graceful.shutdown().await;
     while connections.join_next().await.is_some() {}
     Ok(())
-}
-
-/// Accept errors that belong to one connection (it was reset before we took it): the next
-/// accept may well succeed.
-fn is_per_connection(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
-            | io::ErrorKind::WouldBlock
-    )
 }
 
 /// Polls `work` until it is ready, unless `shutdown` resolves first (then `None`).
