@@ -206,8 +206,9 @@ impl Report {
     /// something else, and holding the worker off the CPU.
     ///
     /// `waited_in=<stage>` names the stage of the longest wait when there is one; each culprit is
-    /// `<method>[@<trace id>]/<share>`, or `task:<name or id>/<share>` for a task that is not a
-    /// request, largest share first, at most `HEADER_CULPRITS` of them (then `+N`).
+    /// `<method>[@<trace id>]/<share>`, or `task:<name>/<share>` (`task:<file>:<line>#<id>`,
+    /// where it was spawned, when it has no name) for a task that is not a request, largest
+    /// share first, at most `HEADER_CULPRITS` of them (then `+N`).
     pub fn header_value(&self) -> String {
         let s = &self.split;
         let mut out = String::with_capacity(160);
@@ -312,9 +313,15 @@ pub fn culprit_label(culprit: &Culprit) -> String {
                 format!("{method}@{trace}")
             }
         }
-        Holder::Task { id, .. } => match culprit.holder.task_name() {
+        Holder::Task { id, spawned_at } => match culprit.holder.task_name() {
             Some(name) => format!("task:{}", visible(&name.replace(' ', "_"))),
-            None => format!("task:{id}"),
+            // Where it was spawned, which a reader can act on (an id alone said nothing):
+            // the file's name without its directories, which would read as separators.
+            None => {
+                let file = spawned_at.file();
+                let file = file.rsplit(['/', '\\']).next().unwrap_or(file);
+                visible(&format!("task:{file}:{}#{id}", spawned_at.line()))
+            }
         },
     }
 }
@@ -416,6 +423,40 @@ mod tests {
         };
         s.scheduled = 250_000;
         assert_eq!(s.verdict(), Verdict::None);
+    }
+
+    /// A task with no name is named by where it was spawned (file, line) and its id; a
+    /// request by its method and trace id, or its whole path when it has no method (axum).
+    #[test]
+    fn culprits_are_named_by_what_a_reader_can_find() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let spawned_here = std::panic::Location::caller();
+        let id =
+            runtime.block_on(async { tokio::spawn(async { tokio::task::id() }).await.unwrap() });
+        let culprit = |holder| Culprit {
+            holder,
+            overlap: 0,
+            share: 0,
+            polls: Vec::new(),
+        };
+        let task = culprit(Holder::Task {
+            id,
+            spawned_at: spawned_here,
+        });
+        assert_eq!(
+            culprit_label(&task),
+            format!("task:report.rs:{}#{id}", spawned_here.line())
+        );
+        let route = culprit(Holder::Request(Identity::untraced("/hold")));
+        let label = culprit_label(&route);
+        assert!(
+            label.starts_with("hold@") && label.len() == 5 + 32,
+            "{label}"
+        );
+        let rpc = culprit(Holder::Request(Identity::untraced("/test.Svc/Call")));
+        assert!(culprit_label(&rpc).starts_with("Call@"));
     }
 
     fn report(split: Split) -> Report {
