@@ -189,12 +189,14 @@ impl Report {
         i64::try_from(d / 1_000).unwrap_or(if d < 0 { i64::MIN } else { i64::MAX })
     }
 
-    /// The stage with the longest wait, if any stage was waited in.
+    /// The stage of the longest wait, if that wait had one. Not the longest *named* wait: a
+    /// 200 ms sleep nothing could name, after a 1 ms query on sqlx's SQLite thread, read
+    /// `waited_in=sqlx-sqlite-worker-0` (a held-out service, built without tokio_unstable).
     pub fn longest_wait(&self) -> Option<&Wait> {
         self.waits
             .iter()
-            .filter(|w| !w.stage.is_empty())
             .max_by_key(|w| w.ns)
+            .filter(|w| !w.stage.is_empty())
     }
 
     /// The `holdup-diagnosis` header: space-separated `key=value`, durations in ms.
@@ -457,6 +459,23 @@ mod tests {
         );
         let rpc = culprit(Holder::Request(Identity::untraced("/test.Svc/Call")));
         assert!(culprit_label(&rpc).starts_with("Call@"));
+    }
+
+    #[test]
+    fn the_longest_wait_is_named_only_if_it_had_a_name() {
+        let wait = |stage, ns| Wait {
+            stage,
+            kind: None,
+            ns,
+        };
+        let mut r = report(split(200));
+        r.waits = vec![
+            wait("sqlx-sqlite-worker-0", 1_000_000),
+            wait("", 200_000_000),
+        ];
+        assert!(r.longest_wait().is_none(), "{:?}", r.longest_wait());
+        r.waits.push(wait("cache.refresh", 300_000_000));
+        assert_eq!(r.longest_wait().map(|w| w.stage), Some("cache.refresh"));
     }
 
     fn report(split: Split) -> Report {

@@ -266,27 +266,40 @@ fn on_tonics_own_server_a_wait_behind_a_held_worker_is_seen_through_incoming() {
         }
     });
 
-    let _held = server.spawn(async {
-        std::thread::sleep(Duration::from_millis(300));
-    });
-    std::thread::sleep(Duration::from_millis(30)); // the only worker sleeps from about here
-    let (diagnosis, waited) = client_runtime.block_on(async {
-        let mut client = client(addr).await;
-        let sent = Instant::now();
-        let response = client
-            .check(HealthCheckRequest::default())
-            .await
-            .expect("Check answers");
-        let waited = sent.elapsed().as_secs_f64() * 1e3;
-        let diagnosis = response
-            .metadata()
-            .get("holdup-diagnosis")
-            .expect("a holdup-diagnosis header")
-            .to_str()
-            .unwrap()
-            .to_owned();
-        (diagnosis, waited)
-    });
+    // One attempt: a blocking task holds the only worker for 300 ms; a call is sent on a
+    // fresh connection 30 ms in. Returns its header and how long its client waited.
+    let attempt = || {
+        let _held = server.spawn(async {
+            std::thread::sleep(Duration::from_millis(300));
+        });
+        std::thread::sleep(Duration::from_millis(30)); // the only worker sleeps from about here
+        let found = client_runtime.block_on(async {
+            let mut client = client(addr).await;
+            let sent = Instant::now();
+            let response = client
+                .check(HealthCheckRequest::default())
+                .await
+                .expect("Check answers");
+            let waited = sent.elapsed().as_secs_f64() * 1e3;
+            let diagnosis = response
+                .metadata()
+                .get("holdup-diagnosis")
+                .expect("a holdup-diagnosis header")
+                .to_str()
+                .unwrap()
+                .to_owned();
+            (diagnosis, waited)
+        });
+        std::thread::sleep(Duration::from_millis(300)); // the worker is free again
+        found
+    };
+    // Rarely (2 runs of 50 here) the client's request bytes reach the server only as the
+    // worker comes free (its kernel stamp then says so), and there is no wait to see: up to
+    // three attempts. With tonic's `TcpIncoming` every attempt reads `verdict=none`.
+    let (diagnosis, waited) = (0..3)
+        .map(|_| attempt())
+        .find(|(diagnosis, _)| field(diagnosis, "verdict") != Some("none"))
+        .unwrap_or_else(|| panic!("three calls behind a held worker all read verdict=none"));
     let ms = |key: &str| -> f64 {
         field(&diagnosis, key)
             .unwrap_or_else(|| panic!("no {key} in {diagnosis:?}"))
