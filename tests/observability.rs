@@ -10,7 +10,7 @@ mod common;
 
 use std::{net::SocketAddr, sync::OnceLock, time::Duration};
 
-use common::{collector::Collector, collector::Received, free_port, ms, spawn_app};
+use common::{collector::Collector, collector::Received, free_port, ms, spawn_app, spawn_with};
 use holdup::{
     proto::{
         CpuBoundRequest, CpuMode, FastRequest, Query, SleepMode, SleepRequest, SlowBackendRequest,
@@ -88,7 +88,9 @@ const REPLY_TO_SPAN_SLACK: u64 = 50_000;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_span_continues_the_callers_trace_with_rpc_conventions() {
     world();
-    let mut app = spawn_app().await;
+    // Every request detailed: a `Fast` call under 1 ms gets only its verdict and total on the
+    // span otherwise (`EngineConfig::detail_from`), and this test compares the whole split.
+    let mut app = spawn_with(|c| c.diagnose.detail_from = Duration::ZERO).await;
     let (trace_id, parent) = (random_hex(16), random_hex(8));
     let mut request = Request::new(FastRequest {
         message: "traced".into(),

@@ -31,6 +31,8 @@ pub struct ReadMarks {
     /// How long the connection had waited in the accept queue when it was wrapped (`TCP_INFO`:
     /// the time since its last ACK), for a client that sent nothing meanwhile.
     accept_wait: AtomicU64,
+    /// When the stream was wrapped, just after the accept (0: not recorded).
+    wrapped_at: AtomicU64,
     /// When the connection's first read that returned bytes ran: a first request completed
     /// by a later read is one its client sent only after that read.
     first_read_at: AtomicU64,
@@ -58,6 +60,11 @@ pub struct ReadSnapshot {
 const MAX_RETRIES: usize = 1024;
 /// Retries that spin before the reader starts yielding.
 const SPIN_RETRIES: usize = 16;
+/// A first request whose bytes came this soon (ns) after the accept answered the server's
+/// first words (its settings), so its client was waiting for the accept.
+const ANSWER_WITHIN: u64 = 20_000_000;
+/// The least accept-queue wait (ns) counted: `TCP_INFO` says it in jiffies (4 ms at 250 Hz).
+const ACCEPT_WAIT_FROM: u64 = 10_000_000;
 
 fn some(ns: u64) -> Option<u64> {
     (ns != 0).then_some(ns)
@@ -77,9 +84,46 @@ impl ReadMarks {
         self.seq.store(seq.wrapping_add(2), Ordering::Release);
     }
 
-    /// Records how long the connection waited to be accepted (see the field).
-    pub(crate) fn record_accept_wait(&self, ns: u64) {
+    /// Records how long the connection waited to be accepted, as found when it was wrapped at
+    /// `at` (see the fields).
+    pub(crate) fn record_accept_wait(&self, ns: u64, at: u64) {
         self.accept_wait.store(ns, Ordering::Relaxed);
+        self.wrapped_at.store(at, Ordering::Relaxed);
+    }
+
+    /// The wait before the connection's first request could be sent, for a request handed on
+    /// with `kernel`'s stamp: what the client's own bytes cannot date.
+    ///
+    /// - A request whose bytes came after the connection's first read was sent in answer to it
+    ///   (the preface read, then the request): it waited that read's wait too.
+    /// - A request whose bytes came just after the accept, from a client that sent nothing
+    ///   before the server spoke (grpc-go, so grpcurl: it waits for our settings), waited in
+    ///   the accept queue: `TCP_INFO`'s time since the handshake's ACK. Counted only above the
+    ///   kernel's tick (it is in whole jiffies: a few ms on an idle server would be made up),
+    ///   and only for bytes that came soon after the accept (a client that connected early
+    ///   and sent its first call later did not wait for us).
+    /// - A request whose bytes were in the socket already at the first read (hyper and tonic
+    ///   send it behind the preface; a first read may take only part of them, as hyper-util's
+    ///   version sniff does) has the whole wait in its own stamp: adding a setup wait counted
+    ///   it twice (a held-out service: totals up to twice the client's).
+    fn setup_wait_for(&self, kernel: Option<u64>) -> Option<u64> {
+        let kernel = kernel?;
+        let first_read_at = self.first_read_at.load(Ordering::Relaxed);
+        let after_first_read = if kernel > first_read_at {
+            self.setup_wait.load(Ordering::Relaxed)
+        } else {
+            0
+        };
+        let wrapped_at = self.wrapped_at.load(Ordering::Relaxed);
+        let accept_wait = self.accept_wait.load(Ordering::Relaxed);
+        let answered_the_accept =
+            wrapped_at != 0 && kernel >= wrapped_at && kernel - wrapped_at <= ANSWER_WITHIN;
+        let in_accept_queue = if answered_the_accept && accept_wait >= ACCEPT_WAIT_FROM {
+            accept_wait
+        } else {
+            0
+        };
+        Some(after_first_read.max(in_accept_queue)).filter(|&wait| wait > 0)
     }
 
     /// Records a read that returned bytes at `read_at`, with the kernel's stamp of the newest
@@ -135,21 +179,11 @@ impl ReadMarks {
         let stamped_at = clock::now_ns();
         let marks = self.snapshot();
         let first = !self.handed_any.swap(true, Ordering::Relaxed);
-        // Only a request whose bytes reached the machine after the connection's first read
-        // was sent in answer to it (grpc-go waits for the server's settings), and so waited
-        // for that read. One whose bytes were there already (hyper and tonic send it behind
-        // the preface; a first read may take only part of them, as hyper-util's version
-        // sniff does) has the wait in its own stamp: counting the setup wait too counted it
-        // twice (found by a held-out service: totals up to twice the client's).
-        let first_read_at = self.first_read_at.load(Ordering::Relaxed);
-        let sent_after_first_read = marks.kernel.is_some_and(|kernel| kernel > first_read_at);
-        let setup_wait = (first && sent_after_first_read)
-            .then(|| {
-                self.setup_wait
-                    .load(Ordering::Relaxed)
-                    .max(self.accept_wait.load(Ordering::Relaxed))
-            })
-            .filter(|&wait| wait > 0);
+        let setup_wait = if first {
+            self.setup_wait_for(marks.kernel)
+        } else {
+            None
+        };
         Arrival {
             kernel: marks.kernel,
             read_at: marks.read_at.unwrap_or(stamped_at),
@@ -179,6 +213,37 @@ mod tests {
             None,
             "only the first request"
         );
+    }
+
+    /// grpc-go: nothing sent until the server spoke, so the request's bytes came just after
+    /// the accept; the 300 ms in the accept queue was its wait. A client that connected early
+    /// and sent later, or an accept wait within the kernel's tick, adds nothing.
+    #[test]
+    fn a_client_that_waited_for_the_accept_counts_its_time_in_the_queue() {
+        let marks = ReadMarks::new();
+        marks.record_accept_wait(300 * MS, 1_000 * MS);
+        marks.record_read(Some(1_001 * MS), 1_001 * MS + 100_000);
+        let arrival = marks.arrival_now();
+        assert_eq!(arrival.setup_wait, Some(300 * MS));
+        assert_eq!(arrival.arrival().0, 701 * MS);
+
+        let later = ReadMarks::new();
+        later.record_accept_wait(300 * MS, 1_000 * MS);
+        later.record_read(Some(2_000 * MS), 2_000 * MS + 100_000);
+        assert_eq!(later.arrival_now().setup_wait, None, "sent a second after");
+
+        let tick = ReadMarks::new();
+        tick.record_accept_wait(4 * MS, 1_000 * MS);
+        tick.record_read(Some(1_001 * MS), 1_001 * MS + 100_000);
+        assert_eq!(tick.arrival_now().setup_wait, None, "within a jiffy");
+
+        // hyper/tonic: the request was in the socket before the accept; its stamp has it all.
+        let queued = ReadMarks::new();
+        queued.record_accept_wait(300 * MS, 1_000 * MS);
+        queued.record_read(Some(700 * MS), 1_000 * MS + 100_000);
+        let arrival = queued.arrival_now();
+        assert_eq!(arrival.setup_wait, None);
+        assert_eq!(arrival.arrival().0, 700 * MS);
     }
 
     /// The request came with the preface: its own stamp has the wait, whether the first read

@@ -58,7 +58,7 @@ impl TimestampedStream {
         // Just accepted: how long its handshake had been done (its client silent since, or
         // the first read will say more).
         if let Some(waited) = crate::tcp_info::since_last_ack(&inner) {
-            marks.record_accept_wait(crate::clock::nanos(waited));
+            marks.record_accept_wait(crate::clock::nanos(waited), clock::now_ns());
         }
         Self {
             inner,
