@@ -349,6 +349,14 @@ where
         if let Some(value) = diagnosis_value(&timeline, &report, !over) {
             headers.insert(names::DIAGNOSIS, value);
         }
+        if !over {
+            // The whole call's diagnosis comes as a trailer: HTTP/1.1 (hyper) sends only the
+            // trailers its head declares (and only to a client that sent `TE: trailers`).
+            headers.append(
+                http::header::TRAILER,
+                HeaderValue::from_static(DIAGNOSIS_HEADER),
+            );
+        }
         if let Some(value) = unique_value(report.identity.trace_id()) {
             headers.insert(names::TRACE_ID, value);
         }
@@ -598,13 +606,26 @@ impl<B: Body> Body for DiagnosedBody<B> {
                     finish_stream(this.state, Some(trailers));
                 }
             }
+            // A stream that ends without trailers of its own (an axum `Body::from_stream`,
+            // anything not gRPC): the diagnosis its head promised comes in trailers of ours.
+            None if matches!(this.state, BodyState::Streaming { .. }) => {
+                let mut trailers = http::HeaderMap::new();
+                finish_stream(this.state, Some(&mut trailers));
+                if !trailers.is_empty() {
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                }
+            }
             Some(Err(_)) | None => finish_stream(this.state, None),
         }
         Poll::Ready(frame)
     }
 
+    /// Not while a streaming call's trailer is still owed: told the body is over, hyper
+    /// would end the stream without polling for it.
     fn is_end_stream(&self) -> bool {
-        self.peeked.is_empty() && self.inner.is_end_stream()
+        self.peeked.is_empty()
+            && !matches!(self.state, BodyState::Streaming { .. })
+            && self.inner.is_end_stream()
     }
 
     /// The inner body's hint counts only what it has left: the frames read ahead of the head

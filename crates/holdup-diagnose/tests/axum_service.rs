@@ -82,3 +82,58 @@ async fn each_route_gets_its_measured_verdict() {
         "an awaited sleep is idle time, not CPU: {waited}"
     );
 }
+
+/// An ordinary streaming body (no trailers of its own): its head says it is partial and
+/// declares the trailer, and the whole call's diagnosis comes in trailers the layer adds, which
+/// hyper sends over HTTP/1.1 to a client that asked for them (`TE: trailers`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_streaming_body_gets_its_diagnosis_in_a_trailer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_stream::StreamExt;
+
+    let app = Router::new()
+        .route(
+            "/stream",
+            get(|| async {
+                let chunks = tokio_stream::iter(0..4).then(|i| async move {
+                    tokio::time::sleep(Duration::from_millis(40)).await;
+                    Ok::<_, std::io::Error>(format!("chunk {i}\n"))
+                });
+                axum::body::Body::from_stream(chunks)
+            }),
+        )
+        .layer(DiagnoseLayer::new());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /stream HTTP/1.1\r\nhost: x\r\nte: trailers\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut raw))
+        .await
+        .expect("the response ends")
+        .unwrap();
+    let raw = String::from_utf8_lossy(&raw).to_lowercase();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a head");
+    assert!(head.contains("holdup-diagnosis: verdict="), "{head}");
+    assert!(head.contains("partial=head"), "{head}");
+    assert!(head.contains("trailer: holdup-diagnosis"), "{head}");
+    let (_, trailers) = body
+        .split_once("\r\n0\r\n")
+        .unwrap_or_else(|| panic!("a chunked body's last chunk: {body:?}"));
+    let trailer = trailers
+        .lines()
+        .find_map(|line| line.strip_prefix("holdup-diagnosis: "))
+        .unwrap_or_else(|| panic!("no holdup-diagnosis trailer: {trailers:?}"));
+    assert!(!trailer.contains("partial"), "the whole call: {trailer}");
+    let total: f64 = trailer
+        .split(' ')
+        .find_map(|kv| kv.strip_prefix("total="))
+        .and_then(|ms| ms.trim_end_matches("ms").parse().ok())
+        .unwrap_or_else(|| panic!("no total in {trailer}"));
+    assert!(total >= 150.0, "four chunks 40 ms apart: {trailer}");
+}
