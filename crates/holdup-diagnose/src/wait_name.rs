@@ -13,7 +13,7 @@
 //!    received data at the moment of the wake. It is `backend` if the peer's port is a
 //!    database's ([`DATABASE_PORTS`], or one given to
 //!    [`EngineConfig::backend_port`](crate::EngineConfig::backend_port)), else `upstream`;
-//!    named `host:port`. Found when the report is taken, for waits of a millisecond or more;
+//!    named `host:port`. Found at the request's next poll, for waits of a millisecond or more;
 //! 6. woken by another request: `waiting`, that request named as the culprit (it sent what
 //!    this one received);
 //! 7. anything else: `waiting`.

@@ -281,6 +281,42 @@ fn an_http_call_names_the_upstream_address() {
     assert_eq!(d.field("waited_in"), Some(address.as_str()), "{d}");
 }
 
+/// The same call through a client made for it and dropped with it (`reqwest::get`, as
+/// ordinary code calls once): its connection is closed before the report is taken, and the
+/// wait is still the upstream's.
+#[test]
+fn a_one_off_http_call_names_the_upstream_address_too() {
+    let _serial = setup();
+    let slow = Served::plain(Router::new().route(
+        "/slow",
+        get(|| async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            "slow"
+        }),
+    ));
+    let upstream = slow.url("/slow");
+    let app = Router::new()
+        .route(
+            "/call",
+            get(|State(upstream): State<String>| async move {
+                let body = reqwest::get(&upstream).await.unwrap().text().await.unwrap();
+                assert_eq!(body, "slow", "the upstream's answer");
+                "called"
+            }),
+        )
+        .with_state(upstream)
+        .layer(DiagnoseLayer::new());
+    let server = Served::diagnosed(app);
+    let address = format!("127.0.0.1:{}", slow.port);
+    for _ in 0..3 {
+        let reply = server.get("/call");
+        let d = &reply.diagnosis;
+        assert_idle_for("the call", d, 200.0);
+        assert_eq!(d.verdict(), "upstream", "{d}");
+        assert_eq!(d.field("waited_in"), Some(address.as_str()), "{d}");
+    }
+}
+
 /// A query that counts to `n` in a recursive CTE: SQLite's CPU, on its worker thread.
 const COUNT_TO: &str = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c \
                         WHERE x < ?) SELECT count(*) FROM c";
