@@ -46,14 +46,16 @@ impl Wake for WakeFlag {
     fn wake_by_ref(self: &Arc<Self>) {
         // Dated from when its cause reached the machine, if the waker is a connection task
         // that just read it (`read_stamp`): the wait behind that task is then scheduled.
-        let now = super::read_stamp::cause_of_wake(now_ns());
+        let now = now_ns();
+        let by_client = super::read_stamp::follows_client_read(now);
+        let now = super::read_stamp::cause_of_wake(now);
         if self
             .woken_at
             .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
             && let Some(timeline) = self.timeline.upgrade()
         {
-            let at = timeline.woken(self.depth, now);
+            let at = timeline.woken(self.depth, now, by_client);
             if at != now {
                 self.woken_at.store(at, Ordering::Release);
             }

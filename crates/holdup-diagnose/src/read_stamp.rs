@@ -49,15 +49,22 @@ pub(crate) fn record(kernel: u64, read_at: u64) {
 /// When what caused a wake at `now` reached the machine: the stamp of this task's read just
 /// before, if there was one; else `now`.
 pub(crate) fn cause_of_wake(now: u64) -> u64 {
-    let Some(read) = LAST.with(Cell::get) else {
-        return now;
-    };
-    if now.saturating_sub(read.read_at) > WAKE_FOLLOWS_READ
-        || tokio::task::try_id() != Some(read.task)
-    {
-        return now;
-    }
-    read.kernel.min(now)
+    read_before(now).map_or(now, |read| read.kernel.min(now))
+}
+
+/// Whether a wake at `now` is the doing of what this task just read from a client's
+/// connection: the client's next bytes (a request body, a client stream's next message, a
+/// window update that lets a reply go on), so the wait was for the client.
+pub(crate) fn follows_client_read(now: u64) -> bool {
+    read_before(now).is_some()
+}
+
+/// This task's stamped read, if the wake at `now` follows it closely enough to be its doing.
+fn read_before(now: u64) -> Option<Read> {
+    let read = LAST.with(Cell::get)?;
+    (now.saturating_sub(read.read_at) <= WAKE_FOLLOWS_READ
+        && tokio::task::try_id() == Some(read.task))
+    .then_some(read)
 }
 
 #[cfg(test)]

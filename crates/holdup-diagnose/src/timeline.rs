@@ -519,13 +519,17 @@ impl Timeline {
     /// The wrapper at `depth` was woken at `at`, on this thread (or its cause reached the
     /// machine then: see [`crate::read_stamp`]): its parked stretch ends, and who woke it says
     /// what it waited for. Returns when it became ready: `at`, but never before it parked.
-    pub(crate) fn woken(&self, depth: usize, at: u64) -> u64 {
+    pub(crate) fn woken(&self, depth: usize, at: u64, by_client: bool) -> u64 {
         let mut state = self.lock();
         let Some(park) = state.parked.filter(|p| p.depth == depth) else {
             return at;
         };
         let at = at.max(park.since);
-        let by = WokenBy::here();
+        let by = if by_client {
+            WokenBy::Client
+        } else {
+            WokenBy::here()
+        };
         state.charge_idle(self.want_events, at, Some(&by), &self.identity);
         state.parked = None;
         at

@@ -15,7 +15,9 @@
 //!    [`EngineConfig::backend_port`](crate::EngineConfig::backend_port)), else `upstream`;
 //!    named `host:port`. Found at the request's next poll, for waits of a millisecond or more;
 //! 6. woken by another request: `waiting`, that request named as the culprit (it sent what
-//!    this one received);
+//!    this one received); woken by its own connection's task right after a stamped read of
+//!    the client's bytes (a request body, a client stream): `waiting`, named `client`, nobody
+//!    blamed;
 //! 7. anything else: `waiting`.
 //!
 //! A stage span with a kind (`holdup.stage`, or OpenTelemetry conventions) wins over all of
@@ -29,6 +31,9 @@ use super::{
     stage::StageKind,
     wake_source::{WokenBy, is_database_thread},
 };
+
+/// The name of a wait for the request's own client (see [`WokenBy::Client`]).
+pub(crate) const CLIENT: &str = "client";
 
 /// Well-known database ports: PostgreSQL, MySQL/MariaDB, Redis, MongoDB, SQL Server, Oracle,
 /// Cassandra, CockroachDB, Memcached, Elasticsearch, CouchDB, ClickHouse (HTTP).
@@ -92,6 +97,11 @@ pub(crate) fn name(pending: Pending, by: Option<&WokenBy>) -> Naming {
             known(StageKind::Backend, thread)
         }
         Some(WokenBy::Thread(thread)) => known(StageKind::Offloaded, thread),
+        // Its client was slow to send (or to read): nobody in the process is to blame.
+        Some(WokenBy::Client) => Naming::Known {
+            kind: None,
+            name: CLIENT,
+        },
         Some(WokenBy::Driver | WokenBy::Poll(super::Holder::Task { .. })) => Naming::Network {
             name: on_name,
             otherwise: None,

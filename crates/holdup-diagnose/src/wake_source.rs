@@ -22,6 +22,9 @@ pub(crate) enum WokenBy {
     BlockingPool,
     /// A thread outside the runtime, by name (`thread` when it has none).
     Thread(&'static str),
+    /// The request's client: its connection's task woke it right after reading the client's
+    /// next bytes from an accepted, stamped connection ([`crate::read_stamp`]).
+    Client,
 }
 
 impl WokenBy {

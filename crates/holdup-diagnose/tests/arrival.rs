@@ -523,4 +523,71 @@ mod serve {
             .unwrap()
             .unwrap();
     }
+
+    /// A client slow to send its body (a chunk, then another 200 ms later) on an idle server:
+    /// the request waited for its client, which the wake by its connection task's read says;
+    /// the connection task is not blamed for the client's pace.
+    #[test]
+    fn a_body_the_client_was_slow_to_send_is_a_wait_for_the_client() {
+        use std::io::{BufRead, BufReader};
+
+        let server_runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let _stamping = server_runtime.block_on(connected());
+        let app = axum::Router::new()
+            .route(
+                "/upload",
+                axum::routing::post(|body: axum::body::Body| async move {
+                    let bytes = axum::body::to_bytes(body, 1 << 16).await.unwrap();
+                    bytes.len().to_string()
+                }),
+            )
+            .layer(holdup_diagnose::DiagnoseLayer::new());
+        let (addr, stop, server) = server_runtime.block_on(spawn_serve(app));
+
+        let mut upload = std::net::TcpStream::connect(addr).unwrap();
+        upload
+            .write_all(
+                b"POST /upload HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n\
+                  5\r\nhello\r\n",
+            )
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        upload.write_all(b"5\r\nworld\r\n0\r\n\r\n").unwrap();
+        let mut reader = BufReader::new(&upload);
+        let mut diagnosis = String::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some(v) = line.strip_prefix("holdup-diagnosis: ") {
+                diagnosis = v.to_owned();
+            }
+        }
+        let field = |key: &str| {
+            diagnosis
+                .split(' ')
+                .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+                .map(str::to_owned)
+        };
+        assert_eq!(field("verdict").as_deref(), Some("waiting"), "{diagnosis}");
+        assert_eq!(field("waited_in").as_deref(), Some("client"), "{diagnosis}");
+        assert!(
+            field("culprits").is_none_or(|c| !c.contains("serve.rs")),
+            "the connection task relayed the client's bytes; it held nobody up: {diagnosis}"
+        );
+        stop.send(()).unwrap();
+        drop(upload);
+        server_runtime
+            .block_on(async { tokio::time::timeout(Duration::from_secs(5), server).await })
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
 }
