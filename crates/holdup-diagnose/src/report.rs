@@ -208,7 +208,7 @@ impl Report {
     /// something else, and holding the worker off the CPU.
     ///
     /// `waited_in=<stage>` names the stage of the longest wait when there is one; each culprit is
-    /// `<method>[@<trace id>]/<share>`, or `task:<name>/<share>` (`task:<file>:<line>#<id>`,
+    /// `<method>[@<trace id>]/<share>`, or `task:<name>/<share>` (`task:[<crate>:]<file>:<line>#<id>`,
     /// where it was spawned, when it has no name) for a task that is not a request, largest
     /// share first, at most `HEADER_CULPRITS` of them (then `+N`).
     pub fn header_value(&self) -> String {
@@ -239,9 +239,16 @@ impl Report {
             out.push_str(" waited_in=");
             out.push_str(&visible(wait.stage));
         }
-        if !self.culprits.is_empty() {
+        // A culprit whose share shows as 0.0ms held nobody up that the header can show (a
+        // connection task that relayed the reply): it stays in the report, not in the header.
+        let shown: Vec<&Culprit> = self
+            .culprits
+            .iter()
+            .filter(|c| c.share >= SHOWN_SHARE_FROM)
+            .collect();
+        if !shown.is_empty() {
             out.push_str(" culprits=");
-            for (i, culprit) in self.culprits.iter().take(HEADER_CULPRITS).enumerate() {
+            for (i, culprit) in shown.iter().take(HEADER_CULPRITS).enumerate() {
                 if i > 0 {
                     out.push(',');
                 }
@@ -249,9 +256,9 @@ impl Report {
                 out.push('/');
                 push_ms(&mut out, culprit.share);
             }
-            if self.culprits.len() > HEADER_CULPRITS {
+            if shown.len() > HEADER_CULPRITS {
                 out.push_str(",+");
-                push_u64(&mut out, (self.culprits.len() - HEADER_CULPRITS) as u64);
+                push_u64(&mut out, (shown.len() - HEADER_CULPRITS) as u64);
             }
         }
         out
@@ -297,6 +304,28 @@ impl Report {
     }
 }
 
+/// The least share (ns) a culprit needs to be shown in the header: what rounds to 0.1 ms.
+const SHOWN_SHARE_FROM: u64 = 50_000;
+
+/// Where a task was spawned, as a reader can find it: `main.rs:68`, or with the crate for a
+/// dependency's file (`hyper-util:tokio.rs:127`, not a bare `tokio.rs` that reads as tokio's).
+/// No directories: a `/` would read as the header's separator.
+fn spawn_site(path: &str, line: u32) -> String {
+    let mut parts = path.rsplit(['/', '\\']);
+    let file = parts.next().unwrap_or(path);
+    // A dependency's source is under `<crate>-<version>/src/…` in cargo's registry.
+    let krate = parts.skip_while(|p| *p != "src").nth(1).and_then(|dir| {
+        let (name, version) = dir.rsplit_once('-')?;
+        version
+            .starts_with(|c: char| c.is_ascii_digit())
+            .then_some(name)
+    });
+    match krate {
+        Some(krate) => format!("{krate}:{file}:{line}"),
+        None => format!("{file}:{line}"),
+    }
+}
+
 /// How a culprit is named in the header and the log.
 pub fn culprit_label(culprit: &Culprit) -> String {
     match &culprit.holder {
@@ -319,11 +348,10 @@ pub fn culprit_label(culprit: &Culprit) -> String {
             Some(name) => format!("task:{}", visible(&name.replace(' ', "_"))),
             // Where it was spawned, which a reader can act on (an id alone said nothing):
             // the file's name without its directories, which would read as separators.
-            None => {
-                let file = spawned_at.file();
-                let file = file.rsplit(['/', '\\']).next().unwrap_or(file);
-                visible(&format!("task:{file}:{}#{id}", spawned_at.line()))
-            }
+            None => visible(&format!(
+                "task:{}#{id}",
+                spawn_site(spawned_at.file(), spawned_at.line())
+            )),
         },
     }
 }
@@ -451,6 +479,15 @@ mod tests {
             culprit_label(&task),
             format!("task:report.rs:{}#{id}", spawned_here.line())
         );
+        assert_eq!(
+            spawn_site(
+                "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/hyper-util-0.1.17/src/rt/tokio.rs",
+                127
+            ),
+            "hyper-util:tokio.rs:127",
+            "a dependency's file says its crate"
+        );
+        assert_eq!(spawn_site("src/main.rs", 68), "main.rs:68");
         let route = culprit(Holder::Request(Identity::untraced("/hold")));
         let label = culprit_label(&route);
         assert!(
@@ -459,6 +496,24 @@ mod tests {
         );
         let rpc = culprit(Holder::Request(Identity::untraced("/test.Svc/Call")));
         assert!(culprit_label(&rpc).starts_with("Call@"));
+
+        // A share that shows as 0.0ms stays out of the header.
+        let mut r = report(split(5));
+        r.culprits = vec![Culprit {
+            share: 40_000,
+            ..task.clone()
+        }];
+        assert!(
+            !r.header_value().contains("culprits="),
+            "{}",
+            r.header_value()
+        );
+        r.culprits[0].share = 2_000_000;
+        assert!(
+            r.header_value().contains("culprits=task:"),
+            "{}",
+            r.header_value()
+        );
     }
 
     #[test]
