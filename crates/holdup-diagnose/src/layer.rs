@@ -152,18 +152,19 @@ where
 /// `Request::remote_addr` reads.
 #[cfg(feature = "tonic")]
 fn stamp_from_connect_info<B>(request: &mut http::Request<B>) {
-    let Some(info) = request
-        .extensions()
-        .get::<crate::arrival::StampedConnectInfo>()
-        .cloned()
-    else {
+    let extensions = request.extensions_mut();
+    let Some(info) = extensions.get::<crate::arrival::StampedConnectInfo>() else {
         return;
     };
-    let extensions = request.extensions_mut();
-    if extensions.get::<Arrival>().is_none() {
-        extensions.insert(info.marks().arrival_now());
+    let arrival = extensions
+        .get::<Arrival>()
+        .is_none()
+        .then(|| info.marks().arrival_now());
+    let tcp = info.tcp().clone();
+    if let Some(arrival) = arrival {
+        extensions.insert(arrival);
     }
-    extensions.insert(info.tcp().clone());
+    extensions.insert(tcp);
 }
 
 /// Says once, at the first request without an [`Arrival`], what the engine cannot see then:
@@ -352,10 +353,7 @@ where
         if !over {
             // The whole call's diagnosis comes as a trailer: HTTP/1.1 (hyper) sends only the
             // trailers its head declares (and only to a client that sent `TE: trailers`).
-            headers.append(
-                http::header::TRAILER,
-                HeaderValue::from_static(DIAGNOSIS_HEADER),
-            );
+            headers.append(http::header::TRAILER, TRAILER_DECLARED);
         }
         if let Some(value) = unique_value(report.identity.trace_id()) {
             headers.insert(names::TRACE_ID, value);
@@ -491,6 +489,10 @@ impl<D, E> Peeked<D, E> {
         self.next >= self.len
     }
 }
+
+/// The `trailer` header of a partial head. A constant: `from_static` at run time would check
+/// its bytes on every streaming response.
+const TRAILER_DECLARED: HeaderValue = HeaderValue::from_static(DIAGNOSIS_HEADER);
 
 /// Appended to the header of a call that goes on after its head: the whole call's diagnosis
 /// comes in the `holdup-diagnosis` trailer.

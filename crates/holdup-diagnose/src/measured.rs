@@ -47,15 +47,15 @@ impl Wake for WakeFlag {
         // Dated from when its cause reached the machine, if the waker is a connection task
         // that just read it (`read_stamp`): the wait behind that task is then scheduled.
         let now = now_ns();
-        let by_client = super::read_stamp::follows_client_read(now);
-        let now = super::read_stamp::cause_of_wake(now);
+        let client_read = super::read_stamp::client_read_before(now);
+        let now = client_read.unwrap_or(now);
         if self
             .woken_at
             .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
             && let Some(timeline) = self.timeline.upgrade()
         {
-            let at = timeline.woken(self.depth, now, by_client);
+            let at = timeline.woken(self.depth, now, client_read.is_some());
             if at != now {
                 self.woken_at.store(at, Ordering::Release);
             }

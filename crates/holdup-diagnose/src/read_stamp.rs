@@ -46,25 +46,15 @@ pub(crate) fn record(kernel: u64, read_at: u64) {
     }
 }
 
-/// When what caused a wake at `now` reached the machine: the stamp of this task's read just
-/// before, if there was one; else `now`.
-pub(crate) fn cause_of_wake(now: u64) -> u64 {
-    read_before(now).map_or(now, |read| read.kernel.min(now))
-}
-
 /// Whether a wake at `now` is the doing of what this task just read from a client's
-/// connection: the client's next bytes (a request body, a client stream's next message, a
-/// window update that lets a reply go on), so the wait was for the client.
-pub(crate) fn follows_client_read(now: u64) -> bool {
-    read_before(now).is_some()
-}
-
-/// This task's stamped read, if the wake at `now` follows it closely enough to be its doing.
-fn read_before(now: u64) -> Option<Read> {
+/// connection (the client's next bytes: a request body, a client stream's next message, a
+/// window update that lets a reply go on), and if so when those bytes reached the machine:
+/// the stamp of the read, never after `now`. One look-up serves both questions a wake asks.
+pub(crate) fn client_read_before(now: u64) -> Option<u64> {
     let read = LAST.with(Cell::get)?;
     (now.saturating_sub(read.read_at) <= WAKE_FOLLOWS_READ
         && tokio::task::try_id() == Some(read.task))
-    .then_some(read)
+    .then(|| read.kernel.min(now))
 }
 
 #[cfg(test)]
@@ -76,19 +66,17 @@ mod tests {
         let wake = tokio::spawn(async {
             record(1_000, 5_000);
             (
-                cause_of_wake(5_200),
-                cause_of_wake(5_000 + WAKE_FOLLOWS_READ + 1),
+                client_read_before(5_200),
+                client_read_before(5_000 + WAKE_FOLLOWS_READ + 1),
             )
         })
         .await
         .unwrap();
-        assert_eq!(
-            wake,
-            (1_000, 5_000 + WAKE_FOLLOWS_READ + 1),
-            "late: the read is not the cause"
-        );
+        assert_eq!(wake, (Some(1_000), None), "late: the read is not the cause");
         // Another task on the same thread (a current-thread runtime) did not read it.
-        let other = tokio::spawn(async { cause_of_wake(5_100) }).await.unwrap();
-        assert_eq!(other, 5_100);
+        let other = tokio::spawn(async { client_read_before(5_100) })
+            .await
+            .unwrap();
+        assert_eq!(other, None);
     }
 }
