@@ -338,6 +338,112 @@ mod serve {
             .unwrap();
     }
 
+    /// A diagnosed axum app served by `arrival::serve` on a runtime of its own, with the
+    /// kernel's stamping kept on while it lives.
+    struct Served {
+        runtime: tokio::runtime::Runtime,
+        addr: SocketAddr,
+        stop: tokio::sync::oneshot::Sender<()>,
+        server: tokio::task::JoinHandle<std::io::Result<()>>,
+        _stamping: (std::net::TcpStream, TimestampedStream),
+    }
+
+    impl Served {
+        /// `/upload` (reads its whole body), `/fast`, and `/block` (holds its worker 300 ms in
+        /// a thread sleep), on a runtime of `workers`.
+        fn upload_fast_and_block(workers: usize) -> Self {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .enable_all()
+                .build()
+                .unwrap();
+            let stamping = runtime.block_on(connected());
+            let app = axum::Router::new()
+                .route(
+                    "/upload",
+                    axum::routing::post(|body: axum::body::Body| async move {
+                        let bytes = axum::body::to_bytes(body, 1 << 16).await.unwrap();
+                        bytes.len().to_string()
+                    }),
+                )
+                .route("/fast", axum::routing::get(|| async { "fast" }))
+                .route(
+                    "/block",
+                    axum::routing::get(|| async {
+                        std::thread::sleep(Duration::from_millis(300));
+                        "blocked"
+                    }),
+                )
+                .layer(holdup_diagnose::DiagnoseLayer::new());
+            let (addr, stop, server) = runtime.block_on(spawn_serve(app));
+            Self {
+                runtime,
+                addr,
+                stop,
+                server,
+                _stamping: stamping,
+            }
+        }
+
+        fn connect(&self) -> std::net::TcpStream {
+            std::net::TcpStream::connect(self.addr).unwrap()
+        }
+
+        /// Stops serving and waits (up to 5 s) for the server to return cleanly.
+        fn stop(self) {
+            self.stop.send(()).unwrap();
+            let server = self.server;
+            self.runtime
+                .block_on(async { tokio::time::timeout(Duration::from_secs(5), server).await })
+                .unwrap()
+                .unwrap()
+                .unwrap();
+        }
+    }
+
+    /// Reads one HTTP/1.1 response's head: its `x-trace-id` and `holdup-diagnosis`.
+    fn head(stream: &std::net::TcpStream) -> (String, String) {
+        use std::io::{BufRead, BufReader};
+        let mut reader = BufReader::new(stream);
+        let (mut trace_id, mut diagnosis) = (String::new(), String::new());
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let line = line.trim_end();
+            if line.is_empty() {
+                return (trace_id, diagnosis);
+            }
+            if let Some(v) = line.strip_prefix("x-trace-id: ") {
+                trace_id = v.to_owned();
+            }
+            if let Some(v) = line.strip_prefix("holdup-diagnosis: ") {
+                diagnosis = v.to_owned();
+            }
+        }
+    }
+
+    /// `key=value` of a diagnosis header.
+    fn field<'a>(diagnosis: &'a str, key: &str) -> Option<&'a str> {
+        diagnosis
+            .split(' ')
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+    }
+
+    /// A duration field of a diagnosis header, in ms; fails the test if it is missing.
+    fn ms(diagnosis: &str, key: &str) -> f64 {
+        field(diagnosis, key)
+            .unwrap_or_else(|| panic!("no {key} in {diagnosis:?}"))
+            .trim_end_matches("ms")
+            .parse()
+            .unwrap()
+    }
+
+    /// The head and first chunk of a chunked `/upload`; [`UPLOAD_REST`] ends it.
+    const UPLOAD_START: &[u8] =
+        b"POST /upload HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n";
+    const UPLOAD_REST: &[u8] = b"5\r\nworld\r\n0\r\n\r\n";
+    const BLOCK: &[u8] = b"GET /block HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+
     /// A request parked on its next body chunk, whose chunk then lies in the socket while the
     /// only worker is held by another request, waited for that worker, not for its client:
     /// the wake its connection task makes after reading the chunk is dated from the chunk's
@@ -345,66 +451,17 @@ mod serve {
     /// later message, as grpcurl's reflection sends its second request).
     #[test]
     fn a_later_chunk_that_waited_for_the_connection_task_is_a_wait_for_a_worker() {
-        use std::io::{BufRead, BufReader, Read};
+        use std::io::Read;
 
-        let server_runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let _stamping = server_runtime.block_on(connected());
-        let app = axum::Router::new()
-            .route(
-                "/upload",
-                axum::routing::post(|body: axum::body::Body| async move {
-                    let bytes = axum::body::to_bytes(body, 1 << 16).await.unwrap();
-                    bytes.len().to_string()
-                }),
-            )
-            .route(
-                "/block",
-                axum::routing::get(|| async {
-                    std::thread::sleep(Duration::from_millis(300));
-                    "blocked"
-                }),
-            )
-            .layer(holdup_diagnose::DiagnoseLayer::new());
-        let (addr, stop, server) = server_runtime.block_on(spawn_serve(app));
-
-        /// Reads one HTTP/1.1 response's head: its `x-trace-id` and `holdup-diagnosis`.
-        fn head(stream: &std::net::TcpStream) -> (String, String) {
-            let mut reader = BufReader::new(stream);
-            let (mut trace_id, mut diagnosis) = (String::new(), String::new());
-            loop {
-                let mut line = String::new();
-                reader.read_line(&mut line).unwrap();
-                let line = line.trim_end();
-                if line.is_empty() {
-                    return (trace_id, diagnosis);
-                }
-                if let Some(v) = line.strip_prefix("x-trace-id: ") {
-                    trace_id = v.to_owned();
-                }
-                if let Some(v) = line.strip_prefix("holdup-diagnosis: ") {
-                    diagnosis = v.to_owned();
-                }
-            }
-        }
-        let ms = |d| std::thread::sleep(Duration::from_millis(d));
-        let mut upload = std::net::TcpStream::connect(addr).unwrap();
-        upload
-            .write_all(
-                b"POST /upload HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n\
-                  5\r\nhello\r\n",
-            )
-            .unwrap();
-        ms(50); // the handler reads the first chunk and parks on the next
-        let mut block = std::net::TcpStream::connect(addr).unwrap();
-        block
-            .write_all(b"GET /block HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-            .unwrap();
-        ms(50); // the only worker sleeps in /block for 300 ms from about here
-        upload.write_all(b"5\r\nworld\r\n0\r\n\r\n").unwrap();
+        let served = Served::upload_fast_and_block(1);
+        let sleep = |d| std::thread::sleep(Duration::from_millis(d));
+        let mut upload = served.connect();
+        upload.write_all(UPLOAD_START).unwrap();
+        sleep(50); // the handler reads the first chunk and parks on the next
+        let mut block = served.connect();
+        block.write_all(BLOCK).unwrap();
+        sleep(50); // the only worker sleeps in /block for 300 ms from about here
+        upload.write_all(UPLOAD_REST).unwrap();
         let sent = Instant::now();
         let (_, diagnosis) = head(&upload);
         let waited = sent.elapsed();
@@ -412,34 +469,26 @@ mod serve {
         let mut rest = Vec::new();
         let _ = block.read_to_end(&mut rest);
 
-        let field = |key: &str| {
-            diagnosis
-                .split(' ')
-                .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
-                .unwrap_or_else(|| panic!("no {key} in {diagnosis:?}"))
-                .to_owned()
-        };
-        let scheduled: f64 = field("scheduled").trim_end_matches("ms").parse().unwrap();
         assert!(
             waited >= Duration::from_millis(150),
             "premise: the chunk waited behind /block ({waited:?}); {diagnosis}"
         );
         assert!(
-            scheduled >= 0.6 * waited.as_secs_f64() * 1e3,
+            ms(&diagnosis, "scheduled") >= 0.6 * waited.as_secs_f64() * 1e3,
             "the chunk's wait for the connection task ({waited:?}) is scheduled: {diagnosis}"
         );
-        assert_eq!(field("verdict"), "runtime-contention", "{diagnosis}");
+        assert_eq!(
+            field(&diagnosis, "verdict"),
+            Some("runtime-contention"),
+            "{diagnosis}"
+        );
         assert!(
-            blocker.len() == 32 && field("culprits").contains(&blocker),
+            blocker.len() == 32
+                && field(&diagnosis, "culprits").is_some_and(|c| c.contains(&blocker)),
             "the holder, /block ({blocker}), is blamed: {diagnosis}"
         );
-        stop.send(()).unwrap();
         drop(upload);
-        server_runtime
-            .block_on(async { tokio::time::timeout(Duration::from_secs(5), server).await })
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        served.stop();
     }
 
     /// A request sent with its connection's first bytes (as hyper and tonic clients send it,
@@ -447,66 +496,26 @@ mod serve {
     /// its own kernel stamp. Counting the connection's setup wait too doubled it.
     #[test]
     fn a_request_in_its_connections_first_read_counts_its_wait_once() {
-        use std::io::{BufRead, BufReader, Read};
+        use std::io::Read;
 
-        let server_runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let _stamping = server_runtime.block_on(connected());
-        let app = axum::Router::new()
-            .route("/fast", axum::routing::get(|| async { "fast" }))
-            .route(
-                "/block",
-                axum::routing::get(|| async {
-                    std::thread::sleep(Duration::from_millis(300));
-                    "blocked"
-                }),
-            )
-            .layer(holdup_diagnose::DiagnoseLayer::new());
-        let (addr, stop, server) = server_runtime.block_on(spawn_serve(app));
-
-        let mut block = std::net::TcpStream::connect(addr).unwrap();
-        block
-            .write_all(b"GET /block HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-            .unwrap();
+        let served = Served::upload_fast_and_block(1);
+        let mut block = served.connect();
+        block.write_all(BLOCK).unwrap();
         std::thread::sleep(Duration::from_millis(50)); // the only worker sleeps from about here
         let sent = Instant::now();
-        let mut fast = std::net::TcpStream::connect(addr).unwrap();
+        let mut fast = served.connect();
         fast.write_all(b"GET /fast HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
             .unwrap();
-        let mut reader = BufReader::new(&fast);
-        let mut diagnosis = String::new();
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if let Some(v) = line.strip_prefix("holdup-diagnosis: ") {
-                diagnosis = v.to_owned();
-            }
-        }
+        let (_, diagnosis) = head(&fast);
         let waited = sent.elapsed().as_secs_f64() * 1e3;
         let mut rest = Vec::new();
         let _ = block.read_to_end(&mut rest);
 
-        let ms = |key: &str| -> f64 {
-            diagnosis
-                .split(' ')
-                .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
-                .unwrap_or_else(|| panic!("no {key} in {diagnosis:?}"))
-                .trim_end_matches("ms")
-                .parse()
-                .unwrap()
-        };
         assert!(
             waited >= 150.0,
             "premise: /fast waited behind /block ({waited:.1} ms); {diagnosis}"
         );
-        let total = ms("total");
+        let total = ms(&diagnosis, "total");
         assert!(
             total <= waited + 30.0,
             "counted once: total {total} ms against {waited:.1} ms at the client: {diagnosis}"
@@ -515,13 +524,8 @@ mod serve {
             total >= 0.6 * waited,
             "the wait behind /block is counted: {total} ms against {waited:.1} ms: {diagnosis}"
         );
-        stop.send(()).unwrap();
         drop(fast);
-        server_runtime
-            .block_on(async { tokio::time::timeout(Duration::from_secs(5), server).await })
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        served.stop();
     }
 
     /// A client slow to send its body (a chunk, then another 200 ms later) on an idle server:
@@ -529,65 +533,24 @@ mod serve {
     /// the connection task is not blamed for the client's pace.
     #[test]
     fn a_body_the_client_was_slow_to_send_is_a_wait_for_the_client() {
-        use std::io::{BufRead, BufReader};
-
-        let server_runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let _stamping = server_runtime.block_on(connected());
-        let app = axum::Router::new()
-            .route(
-                "/upload",
-                axum::routing::post(|body: axum::body::Body| async move {
-                    let bytes = axum::body::to_bytes(body, 1 << 16).await.unwrap();
-                    bytes.len().to_string()
-                }),
-            )
-            .layer(holdup_diagnose::DiagnoseLayer::new());
-        let (addr, stop, server) = server_runtime.block_on(spawn_serve(app));
-
-        let mut upload = std::net::TcpStream::connect(addr).unwrap();
-        upload
-            .write_all(
-                b"POST /upload HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n\
-                  5\r\nhello\r\n",
-            )
-            .unwrap();
+        let served = Served::upload_fast_and_block(2);
+        let mut upload = served.connect();
+        upload.write_all(UPLOAD_START).unwrap();
         std::thread::sleep(Duration::from_millis(200));
-        upload.write_all(b"5\r\nworld\r\n0\r\n\r\n").unwrap();
-        let mut reader = BufReader::new(&upload);
-        let mut diagnosis = String::new();
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if let Some(v) = line.strip_prefix("holdup-diagnosis: ") {
-                diagnosis = v.to_owned();
-            }
-        }
-        let field = |key: &str| {
-            diagnosis
-                .split(' ')
-                .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
-                .map(str::to_owned)
-        };
-        assert_eq!(field("verdict").as_deref(), Some("waiting"), "{diagnosis}");
-        assert_eq!(field("waited_in").as_deref(), Some("client"), "{diagnosis}");
+        upload.write_all(UPLOAD_REST).unwrap();
+        let (_, diagnosis) = head(&upload);
+
+        assert_eq!(field(&diagnosis, "verdict"), Some("waiting"), "{diagnosis}");
+        assert_eq!(
+            field(&diagnosis, "waited_in"),
+            Some("client"),
+            "{diagnosis}"
+        );
         assert!(
-            field("culprits").is_none_or(|c| !c.contains("serve.rs")),
+            field(&diagnosis, "culprits").is_none_or(|c| !c.contains("serve.rs")),
             "the connection task relayed the client's bytes; it held nobody up: {diagnosis}"
         );
-        stop.send(()).unwrap();
         drop(upload);
-        server_runtime
-            .block_on(async { tokio::time::timeout(Duration::from_secs(5), server).await })
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        served.stop();
     }
 }
