@@ -239,17 +239,33 @@ fn a_channel_wait_names_the_sender() {
     );
 }
 
-/// The handler calls another HTTP server (no layer on it) that answers after 300 ms.
-#[test]
-fn an_http_call_names_the_upstream_address() {
-    let _serial = setup();
-    let slow = Served::plain(Router::new().route(
+/// Another HTTP server (no layer on it) whose `/slow` answers after 300 ms.
+fn slow_upstream() -> Served {
+    Served::plain(Router::new().route(
         "/slow",
         get(|| async {
             tokio::time::sleep(Duration::from_millis(300)).await;
             "slow"
         }),
-    ));
+    ))
+}
+
+/// The call `/call` made through `server` waited for `slow`: `upstream`, named by its address.
+#[track_caller]
+fn assert_waited_for(server: &Served, slow: &Served) {
+    let reply = server.get("/call");
+    let d = &reply.diagnosis;
+    assert_idle_for("the call", d, 200.0);
+    assert_eq!(d.verdict(), "upstream", "{d}");
+    let address = format!("127.0.0.1:{}", slow.port);
+    assert_eq!(d.field("waited_in"), Some(address.as_str()), "{d}");
+}
+
+/// The handler calls another HTTP server (no layer on it) that answers after 300 ms.
+#[test]
+fn an_http_call_names_the_upstream_address() {
+    let _serial = setup();
+    let slow = slow_upstream();
     let upstream = slow.url("/slow");
     let client = reqwest::Client::new();
     let app = Router::new()
@@ -273,12 +289,7 @@ fn an_http_call_names_the_upstream_address() {
         .with_state((client, upstream))
         .layer(DiagnoseLayer::new());
     let server = Served::diagnosed(app);
-    let reply = server.get("/call");
-    let d = &reply.diagnosis;
-    assert_idle_for("the call", d, 200.0);
-    assert_eq!(d.verdict(), "upstream", "{d}");
-    let address = format!("127.0.0.1:{}", slow.port);
-    assert_eq!(d.field("waited_in"), Some(address.as_str()), "{d}");
+    assert_waited_for(&server, &slow);
 }
 
 /// The same call through a client made for it and dropped with it (`reqwest::get`, as
@@ -287,13 +298,7 @@ fn an_http_call_names_the_upstream_address() {
 #[test]
 fn a_one_off_http_call_names_the_upstream_address_too() {
     let _serial = setup();
-    let slow = Served::plain(Router::new().route(
-        "/slow",
-        get(|| async {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            "slow"
-        }),
-    ));
+    let slow = slow_upstream();
     let upstream = slow.url("/slow");
     let app = Router::new()
         .route(
@@ -307,13 +312,8 @@ fn a_one_off_http_call_names_the_upstream_address_too() {
         .with_state(upstream)
         .layer(DiagnoseLayer::new());
     let server = Served::diagnosed(app);
-    let address = format!("127.0.0.1:{}", slow.port);
     for _ in 0..3 {
-        let reply = server.get("/call");
-        let d = &reply.diagnosis;
-        assert_idle_for("the call", d, 200.0);
-        assert_eq!(d.verdict(), "upstream", "{d}");
-        assert_eq!(d.field("waited_in"), Some(address.as_str()), "{d}");
+        assert_waited_for(&server, &slow);
     }
 }
 
