@@ -326,6 +326,17 @@ fn spawn_site(path: &str, line: u32) -> String {
     }
 }
 
+/// The name of a wait that ended when a task (not a request) woke the request, and that
+/// nothing else names (a `JoinHandle`, a `Notify`): `task:<spawn site>`, the code waited for.
+/// Without the task's id, so that one name stands for every task spawned there.
+pub(crate) fn task_site_name(spawned_at: &'static std::panic::Location<'static>) -> &'static str {
+    let name = visible(&format!(
+        "task:{}",
+        spawn_site(spawned_at.file(), spawned_at.line())
+    ));
+    super::names::intern(&name, "task")
+}
+
 /// How a culprit is named in the header and the log.
 pub fn culprit_label(culprit: &Culprit) -> String {
     match &culprit.holder {

@@ -302,9 +302,17 @@ impl State {
                     stretch.to,
                 ),
                 None => {
+                    let name = match &stretch.by {
+                        WokenBy::Poll(Holder::Task { spawned_at, .. })
+                            if stretch.name.is_empty() =>
+                        {
+                            super::report::task_site_name(spawned_at)
+                        }
+                        _ => stretch.name,
+                    };
                     self.add_idle(
                         want_events,
-                        stretch.name,
+                        name,
                         stretch.otherwise,
                         stretch.ns,
                         stretch.from,

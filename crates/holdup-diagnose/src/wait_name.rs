@@ -13,7 +13,9 @@
 //!    received data at the moment of the wake. It is `backend` if the peer's port is a
 //!    database's ([`DATABASE_PORTS`], or one given to
 //!    [`EngineConfig::backend_port`](crate::EngineConfig::backend_port)), else `upstream`;
-//!    named `host:port`. Found at the request's next poll, for waits of a millisecond or more;
+//!    named `host:port`. Found at the request's next poll, for waits of a millisecond or more.
+//!    A task's wake that no connection explains and nothing else names (a `JoinHandle`, a
+//!    `Notify`) is `waiting`, named `task:<spawn site>`, that task the culprit;
 //! 6. woken by another request: `waiting`, that request named as the culprit (it sent what
 //!    this one received); woken by its own connection's task right after a stamped read of
 //!    the client's bytes (a request body, a client stream): `waiting`, named `client`, nobody

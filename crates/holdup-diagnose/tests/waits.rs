@@ -3,7 +3,8 @@
 //! The handlers here are ordinary user code. They name no verdict, open no span of their own,
 //! and set no `holdup.stage` label. They wait the way services do: for a semaphore permit, a
 //! mutex, a message on a channel, an HTTP upstream, a database pool and query, a
-//! `spawn_blocking` and a sleep. The engine must say what each request waited in from what it
+//! `spawn_blocking`, a sleep, a spawned task's `JoinHandle`, a `Notify` and a worker task's
+//! `oneshot` reply. The engine must say what each request waited in from what it
 //! can see for itself: tokio's own resource instrumentation (the `tracing` feature with
 //! `--cfg tokio_unstable`), the sockets, the blocking pool. When the wait is behind another
 //! request, it must also name that request (by its trace id) among the culprits.
@@ -532,4 +533,118 @@ fn a_handlers_own_span_is_its_stage_without_a_request_span() {
     assert_idle_for("the request", d, WAITED_MS);
     assert_eq!(d.verdict(), "backend", "{d}");
     assert_eq!(d.field("waited_in"), Some("db.query"), "{d}");
+}
+
+/// The actor pattern: the handler sends its job to a worker task spawned once, and awaits the
+/// answer on a oneshot. The worker takes `HOLD` (a sleep here; a query or a file in a
+/// service). The request waited on the oneshot, for that task: the culprit is named by where
+/// it was spawned.
+#[test]
+fn a_wait_for_a_worker_task_names_the_oneshot_and_the_task() {
+    use tokio::sync::oneshot;
+    let _serial = setup();
+    let app = Router::new()
+        .route(
+            "/ask",
+            get(
+                |State(jobs): State<mpsc::Sender<oneshot::Sender<u32>>>| async move {
+                    let (tx, rx) = oneshot::channel();
+                    jobs.send(tx).await.expect("the worker runs");
+                    rx.await.expect("the worker answers").to_string()
+                },
+            ),
+        )
+        .layer(DiagnoseLayer::new());
+    let runtime = waits_support::hooked_runtime();
+    let (jobs, mut inbox) = mpsc::channel::<oneshot::Sender<u32>>(8);
+    runtime.spawn(async move {
+        while let Some(reply) = inbox.recv().await {
+            tokio::time::sleep(HOLD).await;
+            let _ = reply.send(7);
+        }
+    });
+    let server = Served::on(runtime, app.with_state(jobs));
+    let reply = server.get("/ask");
+    let d = &reply.diagnosis;
+    assert_idle_for("the request", d, WAITED_MS);
+    assert_eq!(d.verdict(), "waiting", "{d}");
+    assert_eq!(d.field("waited_in"), Some("oneshot"), "{d}");
+    assert_blames_a_task_spawned_here(d);
+}
+
+/// The request waited for a task spawned in this file, and nothing else named the wait: its
+/// verdict is `waiting`, the wait is named by the task's spawn site (`task:waits.rs:<line>`),
+/// and that task (`…#<id>`) is its culprit.
+#[track_caller]
+fn assert_waited_for_a_task_spawned_here(d: &Diagnosis) {
+    assert_eq!(d.verdict(), "waiting", "{d}");
+    assert!(
+        d.field("waited_in")
+            .is_some_and(|w| w.starts_with("task:waits.rs:") && !w.contains('#')),
+        "the wait is named by the task's spawn site: {d}"
+    );
+    assert_blames_a_task_spawned_here(d);
+}
+
+/// The request's culprits include a task spawned in this file (`task:waits.rs:<line>#<id>`).
+#[track_caller]
+fn assert_blames_a_task_spawned_here(d: &Diagnosis) {
+    assert!(
+        d.culprits()
+            .iter()
+            .any(|c| c.label.starts_with("task:waits.rs:") && c.ms >= WAITED_MS),
+        "a culprit named by its spawn site here: {d}"
+    );
+}
+
+/// The handler spawns its work and awaits the `JoinHandle`; the task sleeps `HOLD`. tokio
+/// does not instrument a `JoinHandle`: the wait is named by the task that woke it.
+#[test]
+fn an_awaited_spawned_task_is_named_by_where_it_was_spawned() {
+    let _serial = setup();
+    let app = Router::new()
+        .route(
+            "/spawn",
+            get(|| async {
+                tokio::spawn(tokio::time::sleep(HOLD)).await.unwrap();
+                "done"
+            }),
+        )
+        .layer(DiagnoseLayer::new());
+    let server = Served::diagnosed(app);
+    let reply = server.get("/spawn");
+    let d = &reply.diagnosis;
+    assert_idle_for("the request", d, WAITED_MS);
+    assert_waited_for_a_task_spawned_here(d);
+}
+
+/// The handler waits on a `Notify` that a task notifies after `HOLD`: not instrumented by
+/// tokio either, so named by the task that notified.
+#[test]
+fn a_notify_wait_names_the_task_that_notified() {
+    let _serial = setup();
+    let notify = Arc::new(tokio::sync::Notify::new());
+    let app = Router::new()
+        .route(
+            "/notified",
+            get(
+                |State(notify): State<Arc<tokio::sync::Notify>>| async move {
+                    let notified = notify.notified();
+                    let ticker = Arc::clone(&notify);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(HOLD).await;
+                        ticker.notify_waiters();
+                    });
+                    notified.await;
+                    "notified"
+                },
+            ),
+        )
+        .with_state(notify)
+        .layer(DiagnoseLayer::new());
+    let server = Served::diagnosed(app);
+    let reply = server.get("/notified");
+    let d = &reply.diagnosis;
+    assert_idle_for("the request", d, WAITED_MS);
+    assert_waited_for_a_task_spawned_here(d);
 }
