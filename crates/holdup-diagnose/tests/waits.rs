@@ -37,6 +37,12 @@ fn assert_idle_for(who: &str, d: &Diagnosis, ms: f64) {
     assert!(d.ms("idle") >= ms, "{who}: idle < {ms}ms: {d}");
 }
 
+/// Serves one route, diagnosed, and GETs it once on a fresh connection.
+fn served_get(path: &str, route: axum::routing::MethodRouter) -> Reply {
+    let app = Router::new().route(path, route).layer(DiagnoseLayer::new());
+    Served::diagnosed(app).get(path)
+}
+
 #[test]
 fn the_header_reads_as_fields() {
     let d = Diagnosis::parse(
@@ -457,19 +463,15 @@ fn a_sqlite_query_is_the_backend_and_the_pool_is_a_queue() {
 #[test]
 fn an_awaited_spawn_blocking_is_offloaded_cpu() {
     let _serial = setup();
-    let app = Router::new()
-        .route(
-            "/offload",
-            get(|| async {
-                tokio::task::spawn_blocking(|| std::thread::sleep(HOLD))
-                    .await
-                    .unwrap();
-                "done"
-            }),
-        )
-        .layer(DiagnoseLayer::new());
-    let server = Served::diagnosed(app);
-    let reply = server.get("/offload");
+    let reply = served_get(
+        "/offload",
+        get(|| async {
+            tokio::task::spawn_blocking(|| std::thread::sleep(HOLD))
+                .await
+                .unwrap();
+            "done"
+        }),
+    );
     let d = &reply.diagnosis;
     assert_idle_for("the request", d, WAITED_MS);
     assert_eq!(d.verdict(), "offloaded-cpu", "{d}");
@@ -479,17 +481,13 @@ fn an_awaited_spawn_blocking_is_offloaded_cpu() {
 #[test]
 fn an_awaited_sleep_is_the_timer() {
     let _serial = setup();
-    let app = Router::new()
-        .route(
-            "/sleep",
-            get(|| async {
-                tokio::time::sleep(HOLD).await;
-                "slept"
-            }),
-        )
-        .layer(DiagnoseLayer::new());
-    let server = Served::diagnosed(app);
-    let reply = server.get("/sleep");
+    let reply = served_get(
+        "/sleep",
+        get(|| async {
+            tokio::time::sleep(HOLD).await;
+            "slept"
+        }),
+    );
     let d = &reply.diagnosis;
     assert_idle_for("the request", d, WAITED_MS);
     assert_eq!(d.verdict(), "timer", "{d}");
@@ -504,30 +502,26 @@ fn an_awaited_sleep_is_the_timer() {
 fn a_handlers_own_span_is_its_stage_without_a_request_span() {
     use tracing::Instrument;
     let _serial = setup();
-    let app = Router::new()
-        .route(
-            "/lookup",
-            get(|request: axum::extract::Request| async move {
-                let diagnosis = holdup_diagnose::Diagnosis::of(request.extensions())
-                    .expect("the layer is installed");
-                let spanless = diagnosis.span().is_disabled();
-                async {
-                    tokio::time::sleep(HOLD)
-                        .instrument(tracing::debug_span!("db.query", holdup.stage = "backend"))
-                        .await;
-                }
-                .instrument(tracing::info_span!("inventory.lookup"))
-                .await;
-                if spanless {
-                    "no request span"
-                } else {
-                    "a request span"
-                }
-            }),
-        )
-        .layer(DiagnoseLayer::new());
-    let server = Served::diagnosed(app);
-    let reply = server.get("/lookup");
+    let reply = served_get(
+        "/lookup",
+        get(|request: axum::extract::Request| async move {
+            let diagnosis = holdup_diagnose::Diagnosis::of(request.extensions())
+                .expect("the layer is installed");
+            let spanless = diagnosis.span().is_disabled();
+            async {
+                tokio::time::sleep(HOLD)
+                    .instrument(tracing::debug_span!("db.query", holdup.stage = "backend"))
+                    .await;
+            }
+            .instrument(tracing::info_span!("inventory.lookup"))
+            .await;
+            if spanless {
+                "no request span"
+            } else {
+                "a request span"
+            }
+        }),
+    );
     assert_eq!(reply.body, "no request span");
     let d = &reply.diagnosis;
     assert_idle_for("the request", d, WAITED_MS);
@@ -602,17 +596,13 @@ fn assert_blames_a_task_spawned_here(d: &Diagnosis) {
 #[test]
 fn an_awaited_spawned_task_is_named_by_where_it_was_spawned() {
     let _serial = setup();
-    let app = Router::new()
-        .route(
-            "/spawn",
-            get(|| async {
-                tokio::spawn(tokio::time::sleep(HOLD)).await.unwrap();
-                "done"
-            }),
-        )
-        .layer(DiagnoseLayer::new());
-    let server = Served::diagnosed(app);
-    let reply = server.get("/spawn");
+    let reply = served_get(
+        "/spawn",
+        get(|| async {
+            tokio::spawn(tokio::time::sleep(HOLD)).await.unwrap();
+            "done"
+        }),
+    );
     let d = &reply.diagnosis;
     assert_idle_for("the request", d, WAITED_MS);
     assert_waited_for_a_task_spawned_here(d);
@@ -624,26 +614,22 @@ fn an_awaited_spawned_task_is_named_by_where_it_was_spawned() {
 fn a_notify_wait_names_the_task_that_notified() {
     let _serial = setup();
     let notify = Arc::new(tokio::sync::Notify::new());
-    let app = Router::new()
-        .route(
-            "/notified",
-            get(
-                |State(notify): State<Arc<tokio::sync::Notify>>| async move {
-                    let notified = notify.notified();
-                    let ticker = Arc::clone(&notify);
-                    tokio::spawn(async move {
-                        tokio::time::sleep(HOLD).await;
-                        ticker.notify_waiters();
-                    });
-                    notified.await;
-                    "notified"
-                },
-            ),
+    let reply = served_get(
+        "/notified",
+        get(
+            |State(notify): State<Arc<tokio::sync::Notify>>| async move {
+                let notified = notify.notified();
+                let ticker = Arc::clone(&notify);
+                tokio::spawn(async move {
+                    tokio::time::sleep(HOLD).await;
+                    ticker.notify_waiters();
+                });
+                notified.await;
+                "notified"
+            },
         )
-        .with_state(notify)
-        .layer(DiagnoseLayer::new());
-    let server = Served::diagnosed(app);
-    let reply = server.get("/notified");
+        .with_state(notify),
+    );
     let d = &reply.diagnosis;
     assert_idle_for("the request", d, WAITED_MS);
     assert_waited_for_a_task_spawned_here(d);
