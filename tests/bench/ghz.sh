@@ -34,13 +34,8 @@ tests/tools.sh ghz grpcurl >&2
 export PATH="${HOLDUP_TOOLS_DIR:-$PWD/target/tools}/go/bin:$PATH"
 cargo build --release --quiet --bin holdup
 
-WORK=$(mktemp -d)
-SERVER_PID=""
-cleanup() {
-    if [[ -n "$SERVER_PID" ]]; then kill "$SERVER_PID" 2>/dev/null || true; fi
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+# WORK, SERVER_PID and its cleanup.
+source tests/bench/lib.sh
 
 "$BIN" serve --listen 127.0.0.1:0 --workers 2 --no-console --metrics-addr 127.0.0.1:0 \
     --seed-rows 1000 >"$WORK/serve.out" 2>"$WORK/serve.err" &

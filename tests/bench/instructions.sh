@@ -33,15 +33,9 @@ done
 cargo build --release --locked --quiet --example bare_echo
 BIN=${CARGO_TARGET_DIR:-target}/release/examples/bare_echo
 
-WORK=$(mktemp -d)
-PID=""
-cleanup() {
-    if [[ -n "$PID" ]]; then kill "$PID" 2>/dev/null || true; fi
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-# One gRPC frame: uncompressed, length 3, FastRequest{message: "x"}.
-printf '\x00\x00\x00\x00\x03\x0a\x01x' >"$WORK/fast.bin"
+# WORK, SERVER_PID and its cleanup, free_port, wait_for_port, fast_frame.
+source tests/bench/lib.sh
+fast_frame "$WORK/fast.bin"
 
 fail() { # fail MESSAGE: says why, with the server's log, and stops
     echo "$1" >&2
@@ -53,34 +47,25 @@ fail() { # fail MESSAGE: says why, with the server's log, and stops
 # substitution: the server's pid must stay in this shell for the EXIT trap to stop it.
 count() {
     local port
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    port=$(free_port)
     valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" \
         "$BIN" "127.0.0.1:$port" 2 "$@" >"$WORK/server.log" 2>&1 &
-    PID=$!
-    local up=""
-    for _ in $(seq 1 300); do
-        kill -0 "$PID" 2>/dev/null || fail "bare_echo $* exited under valgrind"
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            up=1
-            break
-        fi
-        sleep 0.2
-    done
-    [[ -n "$up" ]] || fail "bare_echo $* did not listen on port $port within 60 s"
+    SERVER_PID=$!
+    wait_for_port "$port" 300 || fail "bare_echo $* did not listen under valgrind"
     local load=(h2load -c 4 -m 8 -d "$WORK/fast.bin" -H 'content-type: application/grpc'
         -H 'te: trailers' "http://127.0.0.1:$port/holdup.v1.Lab/Fast")
     "${load[@]}" -n "$WARMUP" >/dev/null
-    callgrind_control -z "$PID" >"$WORK/control.log" 2>&1 ||
+    callgrind_control -z "$SERVER_PID" >"$WORK/control.log" 2>&1 ||
         fail "callgrind_control could not zero the counters: $(cat "$WORK/control.log")"
     local out
     out=$("${load[@]}" -n "$CALLS")
     grep -q "$CALLS succeeded" <<<"$out" || fail "not every call succeeded: $out"
-    callgrind_control -d "$PID" >"$WORK/control.log" 2>&1 ||
+    callgrind_control -d "$SERVER_PID" >"$WORK/control.log" 2>&1 ||
         fail "callgrind_control could not dump the counters: $(cat "$WORK/control.log")"
     sleep 0.5
-    kill "$PID"
-    wait "$PID" 2>/dev/null || true
-    PID=""
+    kill "$SERVER_PID"
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=""
     local total
     total=$(callgrind_annotate "$WORK/cg.out.1" 2>/dev/null |
         awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }')

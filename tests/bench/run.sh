@@ -46,26 +46,8 @@ CLK_TCK=$(getconf CLK_TCK)
 cargo build --release --locked --quiet --bin holdup
 cargo build --release --locked --quiet --example bare_echo
 
-WORK=$(mktemp -d)
-SERVER_PID=""
-cleanup() {
-    if [[ -n "$SERVER_PID" ]]; then kill "$SERVER_PID" 2>/dev/null || true; fi
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-wait_for_port() {
-    for _ in $(seq 1 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    echo "nothing listens on port $1" >&2
-    return 1
-}
+# WORK, SERVER_PID and its cleanup, free_port, wait_for_port, fast_frame.
+source tests/bench/lib.sh
 
 holdup_serve() { # holdup_serve [EXTRA FLAGS]
     # exec: the background job *is* the server, so that stop's signal reaches it.
@@ -107,8 +89,7 @@ holdup_load() { # holdup_load SECONDS
 
 # The same load with h2load; prints its requests per second.
 h2load_rate() {
-    # One gRPC frame: uncompressed, length 3, FastRequest{message: "x"}.
-    printf '\x00\x00\x00\x00\x03\x0a\x01x' >"$WORK/fast.bin"
+    fast_frame "$WORK/fast.bin"
     h2load -c "$CONNECTIONS" -m $((CONCURRENCY / CONNECTIONS)) -D "$DURATION" --warm-up-time="$WARMUP" \
         -d "$WORK/fast.bin" -H 'content-type: application/grpc' -H 'te: trailers' \
         "http://127.0.0.1:$PORT/holdup.v1.Lab/Fast" >"$WORK/h2load.txt"
