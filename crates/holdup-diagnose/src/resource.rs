@@ -201,9 +201,19 @@ const RESOURCES: [(&str, &str, ResourceKind); 7] = [
 /// The name of a resource tokio reports that is none of [`RESOURCES`].
 const OTHER_RESOURCE: &str = "resource";
 
+/// The name of a wait for room in a bounded `mpsc` channel. tokio counts the room with a
+/// semaphore it marks internal and builds outside any resource of its own: the only internal
+/// semaphore with no outer resource (a `Mutex`'s, a `RwLock`'s and a `Semaphore`'s are built
+/// inside theirs). Named as a lock, the wait read `resource-queue` in a `Semaphore` the
+/// service does not have, with no holder; what it waits for is the receiver, whose taking a
+/// message wakes it, so it is a channel wait ([`ResourceKind::Other`]), the waker the culprit.
+const BOUNDED_CHANNEL: &str = "mpsc";
+
 /// Whether `name` is one a wait on a tokio resource is given ([`classify`]).
 pub(crate) fn is_resource_name(name: &str) -> bool {
-    name == OTHER_RESOURCE || RESOURCES.iter().any(|(_, known, _)| *known == name)
+    name == OTHER_RESOURCE
+        || name == BOUNDED_CHANNEL
+        || RESOURCES.iter().any(|(_, known, _)| *known == name)
 }
 
 /// The kind of a `concrete_type`, with its name as a `&'static str`.
@@ -225,9 +235,13 @@ pub(crate) struct ResourceVisitor {
 
 impl ResourceVisitor {
     pub(crate) fn resource(&self, span: u64, outer: Option<ResourceRef>) -> Resource {
-        let (name, kind) = self
-            .concrete_type
-            .unwrap_or((OTHER_RESOURCE, ResourceKind::Other));
+        let (name, kind) = match self.concrete_type {
+            Some(("Semaphore", _)) if self.internal && outer.is_none() => {
+                (BOUNDED_CHANNEL, ResourceKind::Other)
+            }
+            Some(known) => known,
+            None => (OTHER_RESOURCE, ResourceKind::Other),
+        };
         Resource {
             this: ResourceRef { span, name, kind },
             outer: if self.internal { outer } else { None },
@@ -357,5 +371,34 @@ mod tests {
         }
         assert!(is_resource_name("resource"));
         assert!(!is_resource_name("127.0.0.1:5432"));
+    }
+
+    fn resource_of(concrete_type: &str, internal: bool, outer: Option<ResourceRef>) -> Resource {
+        ResourceVisitor {
+            concrete_type: Some(classify(concrete_type)),
+            internal,
+        }
+        .resource(9, outer)
+    }
+
+    #[test]
+    fn an_internal_semaphore_alone_is_a_bounded_channels_room() {
+        let channel = resource_of("Semaphore", true, None);
+        assert_eq!(channel.visible().name, "mpsc");
+        assert_eq!(channel.visible().kind, ResourceKind::Other);
+        assert!(is_resource_name("mpsc"));
+        // The one inside a `Mutex` is the `Mutex`, a lock.
+        let mutex = ResourceRef {
+            span: 1,
+            name: "Mutex",
+            kind: ResourceKind::Lock,
+        };
+        let inner = resource_of("Semaphore", true, Some(mutex));
+        assert_eq!(inner.visible(), mutex);
+        assert_eq!(inner.this.kind, ResourceKind::Lock);
+        // A service's own `Semaphore` is one.
+        let own = resource_of("Semaphore", false, None);
+        assert_eq!(own.visible().name, "Semaphore");
+        assert_eq!(own.visible().kind, ResourceKind::Lock);
     }
 }

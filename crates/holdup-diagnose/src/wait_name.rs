@@ -4,7 +4,8 @@
 //!
 //! 1. parked on a tokio timer (`Sleep`, `Interval`): `timer`;
 //! 2. parked on a tokio lock (`Semaphore`, `Mutex`, `RwLock`): `resource-queue`, named by its
-//!    type, its holders during the wait named as culprits;
+//!    type, its holders during the wait named as culprits (a full bounded `mpsc` channel's
+//!    room is not a lock: it is named `mpsc` and goes on to the waker's rules);
 //! 3. woken by the runtime's blocking pool: `offloaded-cpu` (`spawn_blocking`);
 //! 4. woken by a thread no runtime owns: `backend` if it is a database's (sqlx's SQLite
 //!    worker), else `offloaded-cpu`, named by the thread;

@@ -2,7 +2,7 @@
 //!
 //! The handlers here are ordinary user code. They name no verdict, open no span of their own,
 //! and set no `holdup.stage` label. They wait the way services do: for a semaphore permit, a
-//! mutex, a message on a channel, an HTTP upstream, a database pool and query, a
+//! mutex, a message on a channel, room in a full channel, an HTTP upstream, a database pool and query, a
 //! `spawn_blocking`, a sleep, a spawned task's `JoinHandle`, a `Notify` and a worker task's
 //! `oneshot` reply. The engine must say what each request waited in from what it
 //! can see for itself: tokio's own resource instrumentation (the `tracing` feature with
@@ -633,4 +633,40 @@ fn a_notify_wait_names_the_task_that_notified() {
     let d = &reply.diagnosis;
     assert_idle_for("the request", d, WAITED_MS);
     assert_waited_for_a_task_spawned_here(d);
+}
+
+/// The handler sends to a background task through a bounded channel that is full: its send
+/// waits until that task takes a message, which it does every `HOLD`. tokio counts a bounded
+/// channel's room with a semaphore of its own, but the service has no semaphore: the wait is
+/// the channel's, and the task that made room is its culprit.
+#[test]
+fn a_send_to_a_full_channel_names_the_channel_and_its_receiver() {
+    let _serial = setup();
+    let runtime = waits_support::hooked_runtime();
+    let (tx, mut rx) = mpsc::channel::<u32>(1);
+    runtime.spawn(async move {
+        while rx.recv().await.is_some() {
+            tokio::time::sleep(HOLD).await;
+        }
+    });
+    let app = Router::new()
+        .route(
+            "/send",
+            get(|State(tx): State<mpsc::Sender<u32>>| async move {
+                // The first is taken at once, the second fills the room, the third waits.
+                for message in 0..3 {
+                    tx.send(message).await.expect("the receiver runs");
+                }
+                "sent"
+            }),
+        )
+        .with_state(tx)
+        .layer(DiagnoseLayer::new());
+    let server = Served::on(runtime, app);
+    let reply = server.get("/send");
+    let d = &reply.diagnosis;
+    assert_idle_for("the request", d, WAITED_MS);
+    assert_eq!(d.verdict(), "waiting", "{d}");
+    assert_eq!(d.field("waited_in"), Some("mpsc"), "{d}");
+    assert_blames_a_task_spawned_here(d);
 }
