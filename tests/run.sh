@@ -139,6 +139,13 @@ for features in "" "--all-features"; do
         cargo check -p holdup-diagnose --lib $features --locked --quiet
 done
 
+# Each feature alone, as a user turns one on: code that only another feature uses must not
+# warn (`arrival` alone once left the accept loop's helpers unused).
+for feature in arrival serve tonic opentelemetry prometheus task-names; do
+    cargo clippy -p holdup-diagnose --lib --no-default-features --features "$feature" \
+        --locked --quiet -- -D warnings
+done
+
 step "holdup-diagnose as a crate people add: its weight in a tonic greeter, and cargo package"
 tests/weight/crate_count.sh
 cargo package -p holdup-diagnose --locked --allow-dirty --quiet

@@ -40,7 +40,8 @@
 
 #![forbid(unsafe_code)]
 
-#[cfg(feature = "arrival")]
+// What an accept loop needs: `serve`'s and `incoming`'s.
+#[cfg(any(feature = "serve", feature = "tonic"))]
 mod accept;
 #[cfg(feature = "arrival")]
 mod enable;
