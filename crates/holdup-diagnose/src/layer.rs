@@ -51,6 +51,12 @@ mod names {
     pub(super) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 }
 
+/// Time in the layers in front of this one (from the request task's first poll to `call`)
+/// counted apart from the wait for a worker when it is at least this (ns). Passing through
+/// them takes microseconds; below this the time stays in the first poll's wait, as it is where
+/// the server does not say when the task first ran.
+const OUTER_LAYERS_FROM: u64 = 1_000_000;
+
 /// The target of the request spans the layer opens (name `rpc`).
 pub const REQUEST_SPAN_TARGET: &str = "holdup::rpc";
 
@@ -131,6 +137,16 @@ where
             started,
             stamped.map(|(_, source)| source),
         );
+        // Where the server said when the request's task first ran (`arrival::serve`), the
+        // time from then to now was in the layers in front of this one, not a wait for a
+        // worker.
+        let ready_since = match crate::arrival::task_first_polled() {
+            Some(first) if first > started && now.saturating_sub(first) >= OUTER_LAYERS_FROM => {
+                timeline.outside_layers(first, now);
+                now
+            }
+            _ => started,
+        };
         request
             .extensions_mut()
             .insert(Diagnosis(Arc::clone(&timeline)));
@@ -139,7 +155,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let future = inner.call(request);
         ResponseFuture {
-            inner: Measured::outer(Arc::clone(&timeline), future, started, true),
+            inner: Measured::outer(Arc::clone(&timeline), future, ready_since, true),
             timeline: Some(timeline),
         }
     }

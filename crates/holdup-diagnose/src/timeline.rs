@@ -467,6 +467,29 @@ impl Timeline {
         }
     }
 
+    /// The request's task first ran at `first_polled` and reached the layer at `called`,
+    /// having spent the time between in the layers in front of it (waiting for a concurrency
+    /// limit's permit, typically). Until `first_polled` it waited for a worker, measured and
+    /// blamed as a first poll's wait is; from then on it is idle, named
+    /// [`OUTER_LAYERS`](wait_name::OUTER_LAYERS), with nobody blamed: those layers are not
+    /// measured, so their polls (a few microseconds each) are counted in that time too.
+    pub(crate) fn outside_layers(&self, first_polled: u64, called: u64) {
+        self.poll_started(0, self.started, first_polled, None);
+        let mut state = self.lock();
+        state.polling[0] = None;
+        let ns = state.claim(first_polled, called);
+        if ns > 0 {
+            state.add_idle(
+                self.want_events,
+                wait_name::OUTER_LAYERS,
+                None,
+                ns,
+                first_polled,
+                called,
+            );
+        }
+    }
+
     /// A poll at `depth` ran from `start` to `end` and used the CPU as `used` says.
     pub(crate) fn poll_ended(&self, depth: usize, start: u64, end: u64, used: PollCpu) {
         let mut state = self.lock();

@@ -38,6 +38,11 @@ use super::{
 /// The name of a wait for the request's own client (see [`WokenBy::Client`]).
 pub(crate) const CLIENT: &str = "client";
 
+/// The name of the time a request's task spent in tower layers in front of the engine's (a
+/// concurrency limit's queue), before the layer was called: see
+/// [`Timeline::outside_layers`](crate::timeline::Timeline::outside_layers).
+pub(crate) const OUTER_LAYERS: &str = "outer-layers";
+
 /// Well-known database ports: PostgreSQL, MySQL/MariaDB, Redis, MongoDB, SQL Server, Oracle,
 /// Cassandra, CockroachDB, Memcached, Elasticsearch, CouchDB, ClickHouse (HTTP).
 pub const DATABASE_PORTS: [u16; 12] = [

@@ -352,12 +352,6 @@ mod serve {
         /// `/upload` (reads its whole body), `/fast`, and `/block` (holds its worker 300 ms in
         /// a thread sleep), on a runtime of `workers`.
         fn upload_fast_and_block(workers: usize) -> Self {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(workers)
-                .enable_all()
-                .build()
-                .unwrap();
-            let stamping = runtime.block_on(connected());
             let app = axum::Router::new()
                 .route(
                     "/upload",
@@ -375,7 +369,31 @@ mod serve {
                     }),
                 )
                 .layer(holdup_diagnose::DiagnoseLayer::new());
-            let (addr, stop, server) = runtime.block_on(spawn_serve(app));
+            Self::serving(workers, app)
+        }
+
+        /// `service` served on a runtime of `workers`.
+        fn serving<S, B>(workers: usize, service: S) -> Self
+        where
+            S: tower_service::Service<
+                    Request<hyper::body::Incoming>,
+                    Response = http::Response<B>,
+                    Error = std::convert::Infallible,
+                > + Clone
+                + Send
+                + 'static,
+            S::Future: Send + 'static,
+            B: http_body::Body + Send + 'static,
+            B::Data: Send,
+            B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .enable_all()
+                .build()
+                .unwrap();
+            let stamping = runtime.block_on(connected());
+            let (addr, stop, server) = runtime.block_on(spawn_serve(service));
             Self {
                 runtime,
                 addr,
@@ -551,6 +569,60 @@ mod serve {
             "the connection task relayed the client's bytes; it held nobody up: {diagnosis}"
         );
         drop(upload);
+        served.stop();
+    }
+
+    /// A tower concurrency limit of one in front of the layer, as a user stacks it: a request
+    /// that waited for the limit's permit waited in a layer outside the engine's, with every
+    /// worker free. That wait is named `outer-layers`, not counted as a wait for a worker
+    /// (it read `scheduled=250ms` and blamed whoever ran then).
+    #[test]
+    fn a_wait_in_a_layer_outside_the_engines_is_not_a_wait_for_a_worker() {
+        let app = axum::Router::new()
+            .route(
+                "/hold",
+                axum::routing::get(|| async {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    "held"
+                }),
+            )
+            .route("/fast", axum::routing::get(|| async { "fast" }))
+            .layer(holdup_diagnose::DiagnoseLayer::new());
+        let limited = tower::ServiceBuilder::new()
+            .concurrency_limit(1)
+            .service(app);
+        let served = Served::serving(2, limited);
+        let mut hold = served.connect();
+        hold.write_all(b"GET /hold HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50)); // /hold has the permit from about here
+        let sent = Instant::now();
+        let mut fast = served.connect();
+        fast.write_all(b"GET /fast HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        let (_, diagnosis) = head(&fast);
+        let waited = sent.elapsed().as_secs_f64() * 1e3;
+        let _ = head(&hold);
+
+        assert!(
+            waited >= 150.0,
+            "premise: /fast waited for the permit ({waited:.1} ms); {diagnosis}"
+        );
+        assert!(
+            ms(&diagnosis, "total") >= 0.6 * waited,
+            "the wait is in the request's time: {diagnosis}"
+        );
+        assert!(
+            ms(&diagnosis, "scheduled") < 0.2 * waited,
+            "every worker was free: not a wait for one: {diagnosis}"
+        );
+        assert_eq!(field(&diagnosis, "verdict"), Some("waiting"), "{diagnosis}");
+        assert_eq!(
+            field(&diagnosis, "waited_in"),
+            Some("outer-layers"),
+            "{diagnosis}"
+        );
+        drop((hold, fast));
         served.stop();
     }
 }

@@ -45,6 +45,7 @@
 mod accept;
 #[cfg(feature = "arrival")]
 mod enable;
+mod first_poll;
 #[cfg(feature = "tonic")]
 mod incoming;
 #[cfg(feature = "arrival")]
@@ -63,6 +64,7 @@ mod timestamps;
 
 #[cfg(feature = "arrival")]
 pub use enable::{Support, enable, enable_stream};
+pub(crate) use first_poll::task_first_polled;
 #[cfg(feature = "tonic")]
 pub use incoming::{Incoming, StampedConnectInfo, incoming};
 #[cfg(feature = "arrival")]
@@ -71,6 +73,6 @@ pub use record::{Arrival, SocketWait, Source};
 #[cfg(feature = "serve")]
 pub use serve::serve;
 #[cfg(feature = "serve")]
-pub use stamp::Stamp;
+pub use stamp::{Stamp, Stamped};
 #[cfg(feature = "arrival")]
 pub use stream::TimestampedStream;

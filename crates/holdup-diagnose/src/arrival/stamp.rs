@@ -5,14 +5,21 @@
 //! `TowerToHyperService`) wraps the tower stack in a `Oneshot` future, which first runs in the
 //! task hyper spawns for the request (HTTP/2), after that task's own wait for a worker. So the
 //! stamp is put into the request's extensions here, and the tower service is then called the
-//! same way `TowerToHyperService` does (clone, then `oneshot`).
+//! same way `TowerToHyperService` does (clone, then `oneshot`), inside a future that notes
+//! the request task's first poll ([`super::first_poll`]).
 
-use std::sync::Arc;
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
 
 use http::Request;
 use hyper_util::service::{TowerToHyperService, TowerToHyperServiceFuture};
 
-use super::ReadMarks;
+use super::{ReadMarks, first_poll};
+use crate::clock::now_ns;
 
 /// A `hyper::service::Service` that inserts an [`Arrival`](super::Arrival) into each request's
 /// extensions, from its connection's [`ReadMarks`], then runs the tower service `S`.
@@ -40,7 +47,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = TowerToHyperServiceFuture<S, Request<B>>;
+    type Future = Stamped<TowerToHyperServiceFuture<S, Request<B>>>;
 
     fn call(&self, mut request: Request<B>) -> Self::Future {
         let arrival = self.marks.arrival_now();
@@ -53,6 +60,34 @@ where
             "request stamped"
         );
         request.extensions_mut().insert(arrival);
-        self.inner.call(request)
+        Stamped {
+            inner: self.inner.call(request),
+            first_polled: 0,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A stamped request's whole service stack, run in its task: notes the task's first poll
+    /// and says it to the engine's layer, wherever in the stack that layer is, so that time in
+    /// the layers before it is not taken for a wait for a worker.
+    #[derive(Debug)]
+    pub struct Stamped<F> {
+        #[pin]
+        inner: F,
+        first_polled: u64,
+    }
+}
+
+impl<F: Future> Future for Stamped<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        if *this.first_polled == 0 {
+            *this.first_polled = now_ns().max(1);
+        }
+        let _said = first_poll::Scope::enter(*this.first_polled);
+        this.inner.poll(cx)
     }
 }
