@@ -154,7 +154,16 @@ impl State {
             }
         );
         if let Some(resource) = lock.filter(|_| queued && by.is_some()) {
-            self.blame_holders(resource, from, until, ns, victim);
+            let named = self.blame_holders(resource, from, until, ns, victim);
+            // A permit taken with `try_acquire` (tower's concurrency limit takes its permits
+            // so) is not instrumented by tokio, so its holder is not known; the one who gave
+            // it back, and so woke this request, held it.
+            if !named
+                && let Some(WokenBy::Poll(holder)) = by
+                && !holder.same_as(&Holder::Request(Arc::clone(victim)))
+            {
+                self.blame_waker(holder, ns, want_events);
+            }
         }
         if let Some(kind) = stage.and_then(|s| s.kind) {
             self.add_idle(want_events, stage_name, Some(kind), ns, from, until);
@@ -232,7 +241,8 @@ impl State {
     }
 
     /// The holders of the lock `resource` during the wait `from..until` (`ns` of it charged
-    /// here) are its culprits, each with the time it held the lock then.
+    /// here) are its culprits, each with the time it held the lock then. Returns whether any
+    /// holder was known.
     fn blame_holders(
         &mut self,
         resource: ResourceRef,
@@ -240,9 +250,12 @@ impl State {
         until: u64,
         ns: u64,
         victim: &Arc<Identity>,
-    ) {
+    ) -> bool {
         let victim = Holder::Request(Arc::clone(victim));
         let held = super::stage_layer::holders_of(resource.span, from, until, &victim);
+        if held.is_empty() {
+            return false;
+        }
         let total: u64 = held.iter().map(|(_, held)| *held).sum();
         let culprits = held
             .into_iter()
@@ -259,6 +272,7 @@ impl State {
             })
             .collect();
         blame::merge(&mut self.culprits, culprits, false);
+        true
     }
 
     /// The request or task whose poll woke this one after it waited `ns` on nothing named

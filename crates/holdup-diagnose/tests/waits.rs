@@ -670,3 +670,27 @@ fn a_send_to_a_full_channel_names_the_channel_and_its_receiver() {
     assert_eq!(d.field("waited_in"), Some("mpsc"), "{d}");
     assert_blames_a_task_spawned_here(d);
 }
+
+/// tower's concurrency limit inside the layer (`Router::layer` wraps each route, so a limit
+/// shared by both routes is the global one): its permit is a tokio `Semaphore`, and B's wait
+/// for it is a queue behind A, as a semaphore of the handler's own is.
+#[test]
+fn a_concurrency_limit_inside_the_layer_is_a_queue_behind_its_holder() {
+    let _serial = setup();
+    let entered = Entered::default();
+    let app = Router::new()
+        .route(
+            "/hold",
+            get(|State(entered): State<Entered>| async move {
+                entered.mark();
+                tokio::time::sleep(HOLD).await;
+                "held"
+            }),
+        )
+        .route("/take", get(|| async { "taken" }))
+        .with_state(entered.clone())
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(1))
+        .layer(DiagnoseLayer::new());
+    let server = Served::diagnosed(app);
+    queued_behind_each_holder_in_turn(&server, &entered, "/hold", "/take", "Semaphore");
+}
