@@ -25,6 +25,12 @@ use crate::clock;
 /// hundreds of KiB) gets a shorter read, because `recvmsg` needs initialised memory and the
 /// unfilled part is zeroed before each read: this caps that cost at a few microseconds.
 pub(crate) const MAX_READ: usize = 64 * 1024;
+/// What a read asks for at first, and at least after a short one. Every read zeroes what it
+/// asks for, and the read that finds the socket empty (one per burst of requests) gets
+/// nothing for it: asking for [`MAX_READ`] there zeroed 64 KiB per unary call on an idle
+/// connection, about 2 000 instructions (callgrind) and a few per cent of the call. Zeroing
+/// this much costs about a hundred nanoseconds.
+pub(crate) const MIN_READ: usize = 4 * 1024;
 /// What a read asks for while the socket's bytes are known or suspected to have waited: the
 /// first read after the socket was found empty, and every read after one whose bytes waited
 /// [`LATE_FROM`] or more. The kernel stamps the newest bytes a read returns; a read this small
@@ -46,6 +52,8 @@ pub struct TimestampedStream {
     /// Read in [`CATCH_UP_READ`] pieces: the socket was just drained, or its last bytes were
     /// late.
     catching_up: bool,
+    /// What the next read that is not catching up asks for: see [`next_read`].
+    read_size: usize,
     /// The `recvmsg` control buffer, allocated once per connection at full size.
     #[cfg(target_os = "linux")]
     control: Vec<u8>,
@@ -64,6 +72,7 @@ impl TimestampedStream {
             inner,
             marks: Arc::new(marks),
             catching_up: true,
+            read_size: MIN_READ,
             #[cfg(target_os = "linux")]
             control: super::timestamps::control_buffer(),
         }
@@ -117,6 +126,18 @@ impl TimestampedStream {
     }
 }
 
+/// The size of the next read after one that asked for `asked` and got `got`: twice as much
+/// (up to [`MAX_READ`]) when it filled, else twice what it got, never under [`MIN_READ`]. A
+/// body streaming in grows the reads to [`MAX_READ`] in a few; small requests keep them at
+/// [`MIN_READ`].
+fn next_read(asked: usize, got: usize) -> usize {
+    if got >= asked {
+        asked.saturating_mul(2).min(MAX_READ)
+    } else {
+        got.saturating_mul(2).clamp(MIN_READ, MAX_READ)
+    }
+}
+
 impl AsyncRead for TimestampedStream {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -132,7 +153,7 @@ impl AsyncRead for TimestampedStream {
             let most = if this.catching_up {
                 CATCH_UP_READ
             } else {
-                MAX_READ
+                this.read_size
             };
             let want = buf.remaining().min(most);
             let dst = buf.initialize_unfilled_to(want);
@@ -144,6 +165,9 @@ impl AsyncRead for TimestampedStream {
                         this.marks.record_read(kernel, read_at);
                         if let Some(kernel) = kernel {
                             crate::read_stamp::record(kernel, read_at);
+                        }
+                        if !this.catching_up {
+                            this.read_size = next_read(want, bytes);
                         }
                         this.catching_up =
                             kernel.is_some_and(|k| read_at.saturating_sub(k) >= LATE_FROM);
@@ -189,5 +213,25 @@ impl AsyncWrite for TimestampedStream {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_grow_while_they_fill_and_fall_back_after_a_short_one() {
+        let mut size = MIN_READ;
+        let mut steps = 0;
+        while size < MAX_READ {
+            size = next_read(size, size);
+            steps += 1;
+        }
+        assert_eq!(size, MAX_READ);
+        assert_eq!(steps, 4, "4 KiB to 64 KiB in four full reads");
+        assert_eq!(next_read(MAX_READ, MAX_READ), MAX_READ);
+        assert_eq!(next_read(MAX_READ, 100), MIN_READ, "a unary call's bytes");
+        assert_eq!(next_read(MAX_READ, 20_000), 40_000);
     }
 }
