@@ -6,8 +6,9 @@
 //! before the engine's (a concurrency limit waiting for a permit, a rate limit). Both end at
 //! the `call`, so the layer alone cannot tell them apart: a request queued 250 ms for a
 //! concurrency limit on an idle server read `runtime-contention scheduled=250ms`. The stamping
-//! service wraps the whole stack's future ([`Stamped`]), notes its first poll, and says it
-//! around each poll in a thread-local that the layer reads in its `call`.
+//! service wraps the whole stack's future ([`Stamped`]), notes its first poll, and, once the
+//! stack has returned `Pending`, says it around each poll in a thread-local that the layer
+//! reads in its `call`.
 
 use std::cell::Cell;
 
@@ -27,7 +28,7 @@ pub(crate) fn task_first_polled() -> Option<u64> {
     (at != 0).then_some(at)
 }
 
-/// Says `at` to [`task_first_polled`] until dropped, then what was said before.
+/// Says `at` (0: nothing) to [`task_first_polled`] until dropped, then what was said before.
 #[cfg(feature = "serve")]
 pub(crate) struct Scope(u64);
 

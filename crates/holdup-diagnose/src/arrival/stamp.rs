@@ -63,19 +63,23 @@ where
         Stamped {
             inner: self.inner.call(request),
             first_polled: 0,
+            parked: false,
         }
     }
 }
 
 pin_project_lite::pin_project! {
     /// A stamped request's whole service stack, run in its task: notes the task's first poll
-    /// and says it to the engine's layer, wherever in the stack that layer is, so that time in
-    /// the layers before it is not taken for a wait for a worker.
+    /// and, once the stack has waited (returned `Pending`) since, says it to the engine's
+    /// layer, wherever in the stack that layer is, so that a wait in the layers before it is
+    /// not taken for a wait for a worker. A stack that reaches the layer in its first poll
+    /// waited nowhere before it: the layer is told nothing.
     #[derive(Debug)]
     pub struct Stamped<F> {
         #[pin]
         inner: F,
         first_polled: u64,
+        parked: bool,
     }
 }
 
@@ -87,7 +91,10 @@ impl<F: Future> Future for Stamped<F> {
         if *this.first_polled == 0 {
             *this.first_polled = now_ns().max(1);
         }
-        let _said = first_poll::Scope::enter(*this.first_polled);
-        this.inner.poll(cx)
+        let said = if *this.parked { *this.first_polled } else { 0 };
+        let _said = first_poll::Scope::enter(said);
+        let polled = this.inner.poll(cx);
+        *this.parked |= polled.is_pending();
+        polled
     }
 }
