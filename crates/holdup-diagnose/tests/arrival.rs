@@ -578,15 +578,23 @@ mod serve {
     /// (it read `scheduled=250ms` and blamed whoever ran then).
     #[test]
     fn a_wait_in_a_layer_outside_the_engines_is_not_a_wait_for_a_worker() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+
+        // Set once /hold is in its handler, holding the permit: /fast is sent only then.
+        let holding = Arc::new(AtomicBool::new(false));
         let app = axum::Router::new()
             .route(
                 "/hold",
-                axum::routing::get(|| async {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    "held"
-                }),
+                axum::routing::get(
+                    |axum::extract::State(holding): axum::extract::State<Arc<AtomicBool>>| async move {
+                        holding.store(true, Ordering::Release);
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        "held"
+                    },
+                ),
             )
             .route("/fast", axum::routing::get(|| async { "fast" }))
+            .with_state(Arc::clone(&holding))
             .layer(holdup_diagnose::DiagnoseLayer::new());
         let limited = tower::ServiceBuilder::new()
             .concurrency_limit(1)
@@ -595,7 +603,14 @@ mod serve {
         let mut hold = served.connect();
         hold.write_all(b"GET /hold HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
             .unwrap();
-        std::thread::sleep(Duration::from_millis(50)); // /hold has the permit from about here
+        let asked = Instant::now();
+        while !holding.load(Ordering::Acquire) {
+            assert!(
+                asked.elapsed() < Duration::from_secs(3),
+                "/hold never reached its handler"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let sent = Instant::now();
         let mut fast = served.connect();
         fast.write_all(b"GET /fast HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
