@@ -372,28 +372,15 @@ mod serve {
             Self::serving(workers, app)
         }
 
-        /// `service` served on a runtime of `workers`.
-        fn serving<S, B>(workers: usize, service: S) -> Self
-        where
-            S: tower_service::Service<
-                    Request<hyper::body::Incoming>,
-                    Response = http::Response<B>,
-                    Error = std::convert::Infallible,
-                > + Clone
-                + Send
-                + 'static,
-            S::Future: Send + 'static,
-            B: http_body::Body + Send + 'static,
-            B::Data: Send,
-            B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        {
+        /// `app` served on a runtime of `workers`.
+        fn serving(workers: usize, app: axum::Router) -> Self {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(workers)
                 .enable_all()
                 .build()
                 .unwrap();
             let stamping = runtime.block_on(connected());
-            let (addr, stop, server) = runtime.block_on(spawn_serve(service));
+            let (addr, stop, server) = runtime.block_on(spawn_serve(app));
             Self {
                 runtime,
                 addr,
@@ -595,11 +582,11 @@ mod serve {
             )
             .route("/fast", axum::routing::get(|| async { "fast" }))
             .with_state(Arc::clone(&holding))
-            .layer(holdup_diagnose::DiagnoseLayer::new());
-        let limited = tower::ServiceBuilder::new()
-            .concurrency_limit(1)
-            .service(app);
-        let served = Served::serving(2, limited);
+            .layer(holdup_diagnose::DiagnoseLayer::new())
+            // Outside the engine's layer (axum's later layer is the outer one), and one for
+            // both routes (axum wraps each route apart).
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(1));
+        let served = Served::serving(2, app);
         let mut hold = served.connect();
         hold.write_all(b"GET /hold HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
             .unwrap();
