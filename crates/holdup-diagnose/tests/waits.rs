@@ -550,12 +550,8 @@ fn a_wait_for_a_worker_task_names_the_oneshot_and_the_task() {
         )
         .layer(DiagnoseLayer::new());
     let runtime = waits_support::hooked_runtime();
-    let (jobs, mut inbox) = mpsc::channel::<oneshot::Sender<u32>>(8);
-    runtime.spawn(async move {
-        while let Some(reply) = inbox.recv().await {
-            tokio::time::sleep(HOLD).await;
-            let _ = reply.send(7);
-        }
+    let jobs = slow_worker(&runtime, 8, |reply: oneshot::Sender<u32>| {
+        let _ = reply.send(7);
     });
     let server = Served::on(runtime, app.with_state(jobs));
     let reply = server.get("/ask");
@@ -564,6 +560,23 @@ fn a_wait_for_a_worker_task_names_the_oneshot_and_the_task() {
     assert_eq!(d.verdict(), "waiting", "{d}");
     assert_eq!(d.field("waited_in"), Some("oneshot"), "{d}");
     assert_blames_a_task_spawned_here(d);
+}
+
+/// A task on `runtime`, spawned once as services spawn a worker, that takes the messages of a
+/// channel of `capacity` one at a time, each for `HOLD`, then hands it to `done`.
+fn slow_worker<T: Send + 'static>(
+    runtime: &tokio::runtime::Runtime,
+    capacity: usize,
+    mut done: impl FnMut(T) + Send + 'static,
+) -> mpsc::Sender<T> {
+    let (tx, mut rx) = mpsc::channel(capacity);
+    runtime.spawn(async move {
+        while let Some(message) = rx.recv().await {
+            tokio::time::sleep(HOLD).await;
+            done(message);
+        }
+    });
+    tx
 }
 
 /// The request waited for a task spawned in this file, and nothing else named the wait: its
@@ -643,12 +656,7 @@ fn a_notify_wait_names_the_task_that_notified() {
 fn a_send_to_a_full_channel_names_the_channel_and_its_receiver() {
     let _serial = setup();
     let runtime = waits_support::hooked_runtime();
-    let (tx, mut rx) = mpsc::channel::<u32>(1);
-    runtime.spawn(async move {
-        while rx.recv().await.is_some() {
-            tokio::time::sleep(HOLD).await;
-        }
-    });
+    let tx = slow_worker(&runtime, 1, |_: u32| {});
     let app = Router::new()
         .route(
             "/send",
