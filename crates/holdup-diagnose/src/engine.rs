@@ -11,6 +11,7 @@ use super::{
     grpc_status::GrpcStatus,
     identity::Identity,
     report::{Report, culprit_label, micros},
+    timeline::Timeline,
 };
 #[cfg(feature = "prometheus")]
 use super::{intern, metrics::DiagnoseMetrics};
@@ -151,13 +152,22 @@ impl Engine {
     pub(crate) fn finish(
         &self,
         report: &Report,
-        span: &tracing::Span,
+        timeline: &Timeline,
         answered: bool,
         status: Option<GrpcStatus<'_>>,
     ) {
         #[cfg(not(feature = "prometheus"))]
         let _ = answered;
-        record_on_span(report, span, self.config.detailed(report), status);
+        let span = &timeline.span;
+        let detailed = self.config.detailed(report);
+        #[cfg(feature = "opentelemetry")]
+        if let Some(context) = timeline.otel_context() {
+            super::otel::record(context, report, detailed, status);
+        } else {
+            record_on_span(report, span, detailed, status);
+        }
+        #[cfg(not(feature = "opentelemetry"))]
+        record_on_span(report, span, detailed, status);
         #[cfg(feature = "prometheus")]
         if answered && let Some(metrics) = &self.metrics {
             metrics.observe(intern::labels(report.identity.full_method()), report);
@@ -185,17 +195,8 @@ impl Engine {
 }
 
 /// The request span's fields [`record_on_span`] records, in its order.
-const FIELDS: [&str; 16] = [
+const FIELDS: [&str; 7] = [
     "holdup.total_us",
-    "holdup.busy_us",
-    "holdup.on_cpu_us",
-    "holdup.cpu_wait_us",
-    "holdup.scheduled_us",
-    "holdup.idle_us",
-    "holdup.queue_us",
-    "holdup.blamed_us",
-    "holdup.polls",
-    "holdup.max_poll_us",
     "holdup.verdict",
     "holdup.waited_in",
     "holdup.culprits",
@@ -204,14 +205,14 @@ const FIELDS: [&str; 16] = [
     "otel.status_message",
 ];
 
-/// The request span's split fields, looked up by name once: every request span comes from
-/// the one callsite in the layer.
-fn split_fields(meta: &'static tracing::Metadata<'static>) -> Option<[Field; 16]> {
-    static CACHED: OnceLock<Option<[Field; 16]>> = OnceLock::new();
+/// The request span's fields, looked up by name once: every request span comes from the one
+/// callsite in the layer.
+fn span_fields(meta: &'static tracing::Metadata<'static>) -> Option<[Field; 7]> {
+    static CACHED: OnceLock<Option<[Field; 7]>> = OnceLock::new();
     let lookup = || {
         let fields = meta.fields();
         let found: Vec<Field> = FIELDS.iter().filter_map(|n| fields.field(n)).collect();
-        <[Field; 16]>::try_from(found).ok()
+        <[Field; 7]>::try_from(found).ok()
     };
     let cached = CACHED.get_or_init(lookup).as_ref();
     match cached {
@@ -220,11 +221,11 @@ fn split_fields(meta: &'static tracing::Metadata<'static>) -> Option<[Field; 16]
     }
 }
 
-/// The split and verdict as attributes of the request's span, and a link to each culprit
-/// request's span (Jaeger shows them as references); with `detailed` false, the verdict and
-/// total only; and the call's `status` when it is known. All fields in one `record`: each
-/// record costs every layer a span lookup and, in the log layer, a formatting pass (measured:
-/// a second one for the status was about 1 000 instructions per call with OpenTelemetry).
+/// The verdict and total as fields of the request's span, with the longest wait and the
+/// culprits of a `detailed` report, and the call's `status` when it is known: for the layers
+/// of a subscriber without OpenTelemetry (a request span with an OpenTelemetry context takes
+/// the report as attributes, [`crate::otel::record`]). All in one `record`: each record costs
+/// every layer a span lookup and, in a log layer, a formatting pass.
 fn record_on_span(
     report: &Report,
     span: &tracing::Span,
@@ -237,81 +238,32 @@ fn record_on_span(
         return;
     }
     let Some(meta) = span.metadata() else { return };
-    let Some(fields) = split_fields(meta) else {
+    let Some(fields) = span_fields(meta) else {
         return;
     };
-    let s = &report.split;
     // A brief record has no culprits nor stage: neither is made for it.
     let culprits = (detailed && !report.culprits.is_empty()).then(|| {
         let names: Vec<String> = report.culprits.iter().map(culprit_label).collect();
         names.join(",")
     });
-    // Signed: tracing-opentelemetry has no unsigned attribute, and records a `u64` through
-    // `Debug`, as a string (a `format!` per field, and a tag Jaeger cannot treat as a number).
-    let values: [i64; 10] = [
-        micros(s.total),
-        micros(s.busy),
-        micros(s.on_cpu),
-        micros(s.cpu_wait),
-        micros(s.scheduled),
-        micros(s.idle_total()),
-        micros(s.queue()),
-        micros(s.blamed),
-        s.polls,
-        micros(s.max_poll),
-    ]
-    .map(|v| i64::try_from(v).unwrap_or(i64::MAX));
+    let total = i64::try_from(micros(report.split.total)).unwrap_or(i64::MAX);
     let verdict = report.verdict().as_str();
     let waited_in = report.longest_wait().filter(|_| detailed).map(|w| w.stage);
-    // Each attribute costs an OpenTelemetry layer a key, a value and a push: a brief record
-    // leaves the split out.
-    let number = |i: usize| (detailed || i == 0).then_some(&values[i] as &dyn Value);
     // An integer, as the RPC conventions have it (see `GrpcStatus::record`).
     let code = status.map(|s| i64::from(s.code));
     let otel_status = status.and_then(|s| s.otel_status());
     let message = status.and_then(|s| s.message);
     let set = [
-        (&fields[0], number(0)),
-        (&fields[1], number(1)),
-        (&fields[2], number(2)),
-        (&fields[3], number(3)),
-        (&fields[4], number(4)),
-        (&fields[5], number(5)),
-        (&fields[6], number(6)),
-        (&fields[7], number(7)),
-        (&fields[8], number(8)),
-        (&fields[9], number(9)),
-        (&fields[10], Some(&verdict as &dyn Value)),
-        (&fields[11], waited_in.as_ref().map(|w| w as &dyn Value)),
-        (&fields[12], culprits.as_ref().map(|c| c as &dyn Value)),
-        (&fields[13], code.as_ref().map(|c| c as &dyn Value)),
-        (&fields[14], otel_status.as_ref().map(|s| s as &dyn Value)),
-        (&fields[15], message.as_ref().map(|m| m as &dyn Value)),
+        (&fields[0], Some(&total as &dyn Value)),
+        (&fields[1], Some(&verdict as &dyn Value)),
+        (&fields[2], waited_in.as_ref().map(|w| w as &dyn Value)),
+        (&fields[3], culprits.as_ref().map(|c| c as &dyn Value)),
+        (&fields[4], code.as_ref().map(|c| c as &dyn Value)),
+        (&fields[5], otel_status.as_ref().map(|s| s as &dyn Value)),
+        (&fields[6], message.as_ref().map(|m| m as &dyn Value)),
     ];
     // `value_set` is how tracing's own macros build a record; hidden, but stable in 0.1.
     span.record_all(&meta.fields().value_set(&set));
-    #[cfg(feature = "opentelemetry")]
-    link_culprits(report, span);
-}
-
-/// A link from the victim's span to each culprit request's span (Jaeger shows references).
-#[cfg(feature = "opentelemetry")]
-fn link_culprits(report: &Report, span: &tracing::Span) {
-    use tracing_opentelemetry::OpenTelemetrySpanExt;
-    for culprit in &report.culprits {
-        if let Some(context) = culprit.request().and_then(|c| c.span_context()) {
-            span.add_link_with_attributes(
-                context,
-                vec![
-                    opentelemetry::KeyValue::new("holdup.link", "culprit"),
-                    opentelemetry::KeyValue::new(
-                        "holdup.share_us",
-                        i64::try_from(micros(culprit.share)).unwrap_or(i64::MAX),
-                    ),
-                ],
-            );
-        }
-    }
 }
 
 #[cfg(all(test, feature = "prometheus"))]

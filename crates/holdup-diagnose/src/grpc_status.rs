@@ -34,11 +34,17 @@ impl<'a> GrpcStatus<'a> {
         (self.code != 0).then_some("ERROR")
     }
 
-    /// On `span` alone, for a status that comes after the diagnosis was recorded (a stream's
-    /// trailers, or a reply whose trailers were not ready with its head).
-    pub(crate) fn record(&self, span: &tracing::Span) {
+    /// On the request's span alone, for a status that comes after the diagnosis was recorded
+    /// (a stream's trailers, or a reply whose trailers were not ready with its head).
+    pub(crate) fn record(&self, timeline: &crate::timeline::Timeline) {
+        #[cfg(feature = "opentelemetry")]
+        if let Some(context) = timeline.otel_context() {
+            crate::otel::record_status(context, *self);
+            return;
+        }
+        let span = &timeline.span;
         // An integer attribute, as OpenTelemetry's RPC conventions have it (a `u16` would be
-        // recorded as a string: see `engine::record_on_span`).
+        // recorded as a string through `Debug`).
         span.record("rpc.grpc.status_code", i64::from(self.code));
         if let Some(status) = self.otel_status() {
             span.record("otel.status_code", status);

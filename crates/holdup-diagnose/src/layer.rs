@@ -222,26 +222,32 @@ fn start<B>(
         rpc.service = split_method(full).0,
         rpc.method = split_method(full).1,
         rpc.grpc.status_code = Empty,
-        // Only where the server stamped it: one attribute fewer on every other request.
-        holdup.arrival = arrival.map(Source::as_str),
+        // For a subscriber without OpenTelemetry, the verdict, total, longest wait and
+        // culprits; with it, the report goes on the OpenTelemetry span as attributes
+        // (`otel::record`), with the split and the arrival's source. Each field declared here
+        // costs every request a slot in the OpenTelemetry layer's attribute list, late or not,
+        // and that list, with the layer's five of its own (code location, thread), must stay
+        // under 1 KiB: past it glibc serves it from its large bins (callgrind, the benchmark's
+        // echo: 1 500 instructions more per call at 18 attributes than at 17).
         holdup.total_us = Empty,
-        holdup.busy_us = Empty,
-        holdup.on_cpu_us = Empty,
-        holdup.cpu_wait_us = Empty,
-        holdup.scheduled_us = Empty,
-        holdup.idle_us = Empty,
-        holdup.queue_us = Empty,
-        holdup.blamed_us = Empty,
-        holdup.polls = Empty,
-        holdup.max_poll_us = Empty,
         holdup.verdict = Empty,
         holdup.waited_in = Empty,
         holdup.culprits = Empty,
     );
     let asked = Asked::of(request.headers());
-    let identity = Arc::new(identify(path, &span, request.headers(), asked.traceparent));
-    let mut timeline = Timeline::new(identity, span, Arc::clone(engine), started, asked.timeline);
+    let (identity, _otel) = identify(path, &span, request.headers(), asked.traceparent);
+    let mut timeline = Timeline::new(
+        Arc::new(identity),
+        span,
+        Arc::clone(engine),
+        started,
+        asked.timeline,
+    );
     timeline.arrival = arrival;
+    #[cfg(feature = "opentelemetry")]
+    {
+        timeline.otel = _otel;
+    }
     Arc::new(timeline)
 }
 
@@ -273,37 +279,49 @@ impl<'a> Asked<'a> {
 }
 
 /// The request's ids: its span's, when OpenTelemetry gives the span a context (continuing the
-/// caller's trace); else the caller's trace id (from `traceparent`), or a new one.
+/// caller's trace), with that context; else the caller's trace id (from `traceparent`), or a
+/// new one.
 fn identify(
     path: PathAndQuery,
     span: &tracing::Span,
     headers: &http::HeaderMap,
     traceparent: Option<&[u8]>,
-) -> Identity {
+) -> (Identity, Option<OtelContext>) {
     #[cfg(feature = "opentelemetry")]
     {
         use opentelemetry::trace::TraceContextExt;
         use tracing_opentelemetry::OpenTelemetrySpanExt;
         // No span, no context: the caller's trace id is read from `traceparent` below
         // without asking the propagator.
-        let span_context = (!span.is_disabled()).then(|| {
+        let context = (!span.is_disabled()).then(|| {
             // Only fails if the span has already started, which it cannot have.
             let _ = span.set_parent(super::otel::extract(headers));
-            span.context().span().span_context().clone()
+            span.context()
         });
-        if let Some(span_context) = span_context.filter(|c| c.is_valid()) {
-            return Identity::traced(
-                path,
-                span_context.trace_id().to_bytes(),
-                span_context.span_id().to_bytes(),
-                span_context.trace_flags().to_u8(),
-            );
+        if let Some(context) = context {
+            let ids = context.span().span_context().clone();
+            if ids.is_valid() {
+                let identity = Identity::traced(
+                    path,
+                    ids.trace_id().to_bytes(),
+                    ids.span_id().to_bytes(),
+                    ids.trace_flags().to_u8(),
+                );
+                return (identity, Some(context));
+            }
         }
     }
     #[cfg(not(feature = "opentelemetry"))]
     let _ = (span, headers);
-    Identity::generated(path, traceparent.and_then(traceparent_trace_id))
+    let identity = Identity::generated(path, traceparent.and_then(traceparent_trace_id));
+    (identity, None)
 }
+
+/// The OpenTelemetry context of a request span (feature `opentelemetry`).
+#[cfg(feature = "opentelemetry")]
+type OtelContext = opentelemetry::Context;
+#[cfg(not(feature = "opentelemetry"))]
+type OtelContext = std::convert::Infallible;
 
 pin_project_lite::pin_project! {
     /// The measured request; on completion, the report goes out.
@@ -336,7 +354,7 @@ where
             Ok(response) => response,
             Err(e) => {
                 let report = timeline.report(now_ns());
-                timeline.engine.finish(&report, &timeline.span, false, None);
+                timeline.engine.finish(&report, &timeline, false, None);
                 return Poll::Ready(Err(e));
             }
         };
@@ -383,9 +401,7 @@ where
                 None => peeked.trailers(),
             };
             let status = trailers.and_then(GrpcStatus::of);
-            timeline
-                .engine
-                .finish(&report, &timeline.span, answered, status);
+            timeline.engine.finish(&report, &timeline, answered, status);
             // The span stays open until the trailers pass, and takes its status from them if
             // it has none yet.
             BodyState::Reported {
@@ -577,9 +593,7 @@ fn finish_stream(state: &mut BodyState, trailers: Option<&mut http::HeaderMap>) 
             let report = timeline.report(now_ns());
             let value = diagnosis_value(&timeline, &report, false);
             let status = trailers.as_deref().and_then(GrpcStatus::of);
-            timeline
-                .engine
-                .finish(&report, &timeline.span, answered, status);
+            timeline.engine.finish(&report, &timeline, answered, status);
             if let (Some(trailers), Some(value)) = (trailers, value) {
                 trailers.insert(names::DIAGNOSIS, value);
             }
@@ -589,7 +603,7 @@ fn finish_stream(state: &mut BodyState, trailers: Option<&mut http::HeaderMap>) 
             status_pending: true,
         } => {
             if let Some(status) = trailers.as_deref().and_then(GrpcStatus::of) {
-                status.record(&timeline.span);
+                status.record(&timeline);
             }
         }
         BodyState::Reported { .. } | BodyState::Done => {}

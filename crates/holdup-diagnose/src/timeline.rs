@@ -362,6 +362,10 @@ pub struct Timeline {
     pub(crate) started: u64,
     /// Where `started` came from (see [`Report::arrival`]).
     pub(crate) arrival: Option<crate::arrival::Source>,
+    /// The request span's OpenTelemetry context, when an OpenTelemetry layer gave it one: the
+    /// report goes on that span directly ([`crate::otel::record`]).
+    #[cfg(feature = "opentelemetry")]
+    pub(crate) otel: Option<opentelemetry::Context>,
     want_events: bool,
     /// Wrappers (handler tasks) started inside the request's first one and not yet finished:
     /// while one runs, the outer wrapper's own parked time is the inner one's to account.
@@ -383,10 +387,17 @@ impl Timeline {
             engine,
             started,
             arrival: None,
+            #[cfg(feature = "opentelemetry")]
+            otel: None,
             want_events,
             delegates: AtomicUsize::new(0),
             state: Mutex::new(State::default()),
         }
+    }
+
+    #[cfg(feature = "opentelemetry")]
+    pub(crate) fn otel_context(&self) -> Option<&opentelemetry::Context> {
+        self.otel.as_ref()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -1,0 +1,210 @@
+//! The report on a request's OpenTelemetry span (feature `opentelemetry`): what Jaeger and
+//! `holdup explain` read. A real tonic server (gRPC health) with the layer, a tracing
+//! subscriber with an OpenTelemetry layer whose provider hands every ended span to the test,
+//! and tonic's own client over loopback.
+#![cfg(feature = "opentelemetry")]
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
+
+use holdup_diagnose::{DiagnoseLayer, EngineConfig};
+use opentelemetry::{
+    Context, Value,
+    trace::{SpanKind, Status},
+};
+use opentelemetry_sdk::{
+    error::OTelSdkResult,
+    trace::{SdkTracerProvider, Span, SpanData, SpanProcessor},
+};
+use tokio::net::TcpListener;
+use tonic::transport::{Channel, Server, server::TcpIncoming};
+use tonic_health::{
+    ServingStatus,
+    pb::{HealthCheckRequest, health_client::HealthClient},
+};
+
+/// Every span the provider ends, kept for the test to read.
+#[derive(Debug, Default, Clone)]
+struct Ended(Arc<Mutex<Vec<SpanData>>>);
+
+impl SpanProcessor for Ended {
+    fn on_start(&self, _: &mut Span, _: &Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        self.0.lock().unwrap().push(span);
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, _: Duration) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+/// The process's subscriber (set once: the server's workers are other threads): an
+/// OpenTelemetry layer over a provider that keeps what ends.
+fn ended() -> &'static Ended {
+    static ENDED: OnceLock<Ended> = OnceLock::new();
+    ENDED.get_or_init(|| {
+        use opentelemetry::trace::TracerProvider as _;
+        use tracing_subscriber::{Layer as _, layer::SubscriberExt, util::SubscriberInitExt};
+        let ended = Ended::default();
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(ended.clone())
+            .build();
+        tracing_subscriber::registry()
+            .with(
+                tracing_opentelemetry::layer()
+                    .with_tracer(provider.tracer("otel_span"))
+                    .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+            )
+            .init();
+        ended
+    })
+}
+
+async fn serve(layer: DiagnoseLayer) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
+    tokio::spawn(
+        Server::builder()
+            .layer(layer)
+            .add_service(health)
+            .serve_with_incoming(TcpIncoming::from(listener)),
+    );
+    addr
+}
+
+async fn client(addr: SocketAddr) -> HealthClient<Channel> {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    HealthClient::new(channel)
+}
+
+/// Calls `Check` for `service`; the reply's `x-trace-id`, and the server span of that trace
+/// once it has ended.
+async fn check(client: &mut HealthClient<Channel>, service: &str) -> (tonic::Code, SpanData) {
+    let request = HealthCheckRequest {
+        service: service.into(),
+    };
+    let (code, trace_id) = match client.check(request).await {
+        Ok(reply) => (tonic::Code::Ok, trace_id(reply.metadata())),
+        Err(status) => (status.code(), trace_id(status.metadata())),
+    };
+    // The span ends when the response body has been sent: moments after the reply.
+    for _ in 0..200 {
+        let found = ended()
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|s| {
+                s.span_context.trace_id().to_string() == trace_id && s.span_kind == SpanKind::Server
+            })
+            .cloned();
+        if let Some(span) = found {
+            return (code, span);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let seen: Vec<String> = ended()
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| format!("{} {:?} {}", s.name, s.span_kind, s.span_context.trace_id()))
+        .collect();
+    panic!("no server span ended with the trace id {trace_id} of the reply's x-trace-id: {seen:?}");
+}
+
+fn trace_id(metadata: &tonic::metadata::MetadataMap) -> String {
+    metadata
+        .get("x-trace-id")
+        .expect("an x-trace-id header")
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn attribute(span: &SpanData, key: &str) -> Option<Value> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| kv.value.clone())
+}
+
+fn int(span: &SpanData, key: &str) -> i64 {
+    match attribute(span, key) {
+        Some(Value::I64(v)) => v,
+        other => panic!("{key}: {other:?}, not an integer, on {:?}", span.attributes),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_goes_on_the_opentelemetry_span_brief_or_whole() {
+    ended();
+    // Defaults: a quick call gets its verdict and total only.
+    let mut quick = client(serve(DiagnoseLayer::new()).await).await;
+    let (code, span) = check(&mut quick, "").await;
+    assert_eq!(code, tonic::Code::Ok);
+    assert_eq!(
+        attribute(&span, "holdup.verdict").map(|v| v.to_string()),
+        Some("none".into())
+    );
+    assert!(int(&span, "holdup.total_us") >= 0);
+    assert_eq!(int(&span, "rpc.grpc.status_code"), 0);
+    assert_eq!(span.status, Status::Unset, "OK leaves the status unset");
+    assert_eq!(
+        attribute(&span, "holdup.busy_us"),
+        None,
+        "no split: too quick"
+    );
+    assert_eq!(attribute(&span, "rpc.method").unwrap().to_string(), "Check");
+    assert_eq!(span.name, "grpc.health.v1.Health/Check");
+
+    // An unknown service: NOT_FOUND, an error status with the call's message.
+    let (code, span) = check(&mut quick, "no.such.Service").await;
+    assert_eq!(code, tonic::Code::NotFound);
+    assert_eq!(int(&span, "rpc.grpc.status_code"), 5);
+    assert!(
+        matches!(&span.status, Status::Error { description } if !description.is_empty()),
+        "{:?}",
+        span.status
+    );
+
+    // `detail_from: ZERO`: every call gets the whole split, as a late one does.
+    let whole = DiagnoseLayer::new().with_config(EngineConfig {
+        detail_from: Duration::ZERO,
+        ..EngineConfig::default()
+    });
+    let mut whole = client(serve(whole).await).await;
+    let (_, span) = check(&mut whole, "").await;
+    let total = int(&span, "holdup.total_us");
+    for key in [
+        "holdup.busy_us",
+        "holdup.on_cpu_us",
+        "holdup.cpu_wait_us",
+        "holdup.scheduled_us",
+        "holdup.idle_us",
+        "holdup.queue_us",
+        "holdup.blamed_us",
+        "holdup.max_poll_us",
+    ] {
+        let part = int(&span, key);
+        assert!((0..=total).contains(&part), "{key} {part} of {total}");
+    }
+    assert!(int(&span, "holdup.polls") >= 1);
+    assert_eq!(int(&span, "rpc.grpc.status_code"), 0);
+}
