@@ -9,6 +9,17 @@ const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 /// `UNIMPLEMENTED`: the server has no such method.
 pub(crate) const UNIMPLEMENTED: u16 = 12;
 
+/// The first value of `name`, as `HeaderMap::get` gives it. Every response's head and
+/// trailers are read, and they hold a few entries: comparing their names is cheaper than
+/// `get`'s hash of a custom name (about 170 instructions each, callgrind).
+fn first<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a http::HeaderValue> {
+    const SCAN_UP_TO: usize = 8;
+    if headers.len() > SCAN_UP_TO {
+        return headers.get(name);
+    }
+    headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct GrpcStatus<'a> {
     pub code: u16,
@@ -19,12 +30,11 @@ pub(crate) struct GrpcStatus<'a> {
 impl<'a> GrpcStatus<'a> {
     /// The status in `headers`, if they carry one.
     pub(crate) fn of(headers: &'a HeaderMap) -> Option<Self> {
-        let code = headers
-            .get(GRPC_STATUS)
+        let code = first(headers, &GRPC_STATUS)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())?;
         let message = (code != 0)
-            .then(|| headers.get(GRPC_MESSAGE).and_then(|v| v.to_str().ok()))
+            .then(|| first(headers, &GRPC_MESSAGE).and_then(|v| v.to_str().ok()))
             .flatten();
         Some(Self { code, message })
     }
@@ -76,5 +86,25 @@ mod tests {
         );
         trailers.insert(GRPC_STATUS, "not a number".parse().unwrap());
         assert_eq!(GrpcStatus::of(&trailers), None);
+    }
+
+    #[test]
+    fn the_first_value_is_read_in_small_and_large_maps_alike() {
+        for others in [0, 3, 20] {
+            let mut headers = HeaderMap::new();
+            for i in 0..others {
+                let name = HeaderName::try_from(format!("x-other-{i}")).unwrap();
+                headers.insert(name, "v".parse().unwrap());
+            }
+            headers.append(GRPC_STATUS, "5".parse().unwrap());
+            headers.append(GRPC_STATUS, "0".parse().unwrap());
+            headers.insert(GRPC_MESSAGE, "gone".parse().unwrap());
+            let status = GrpcStatus::of(&headers);
+            assert_eq!(
+                status.map(|s| (s.code, s.message)),
+                Some((5, Some("gone"))),
+                "with {others} other headers"
+            );
+        }
     }
 }

@@ -389,7 +389,9 @@ where
             // trailers its head declares (and only to a client that sent `TE: trailers`).
             headers.append(http::header::TRAILER, TRAILER_DECLARED);
         }
-        if let Some(value) = unique_value(report.identity.trace_id()) {
+        if let Some(mut value) = report.identity.trace_id_header() {
+            // Different on every response: see `unique_value`.
+            value.set_sensitive(true);
             headers.insert(names::TRACE_ID, value);
         }
         let answered = trailers_only != Some(UNIMPLEMENTED);
