@@ -294,8 +294,14 @@ fn identify(
         // No span, no context: the caller's trace id is read from `traceparent` below
         // without asking the propagator.
         let context = (!span.is_disabled()).then(|| {
-            // Only fails if the span has already started, which it cannot have.
-            let _ = span.set_parent(super::otel::extract(headers));
+            // A caller that sent no trace context leaves the span where tracing put it (under
+            // the span current in the request's task, if any, else a root): setting an empty
+            // parent would only make it a root, for a span lookup and a lock.
+            let caller = super::otel::extract(headers);
+            if caller.has_active_span() {
+                // Only fails if the span has already started, which it cannot have.
+                let _ = span.set_parent(caller);
+            }
             span.context()
         });
         if let Some(context) = context {

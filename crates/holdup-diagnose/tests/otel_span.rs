@@ -53,6 +53,9 @@ fn ended() -> &'static Ended {
     ENDED.get_or_init(|| {
         use opentelemetry::trace::TracerProvider as _;
         use tracing_subscriber::{Layer as _, layer::SubscriberExt, util::SubscriberInitExt};
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
         let ended = Ended::default();
         let provider = SdkTracerProvider::builder()
             .with_span_processor(ended.clone())
@@ -96,9 +99,23 @@ async fn client(addr: SocketAddr) -> HealthClient<Channel> {
 /// Calls `Check` for `service`; the reply's `x-trace-id`, and the server span of that trace
 /// once it has ended.
 async fn check(client: &mut HealthClient<Channel>, service: &str) -> (tonic::Code, SpanData) {
-    let request = HealthCheckRequest {
+    check_with(client, service, None).await
+}
+
+/// `check`, with a caller's W3C `traceparent` when given.
+async fn check_with(
+    client: &mut HealthClient<Channel>,
+    service: &str,
+    traceparent: Option<&'static str>,
+) -> (tonic::Code, SpanData) {
+    let mut request = tonic::Request::new(HealthCheckRequest {
         service: service.into(),
-    };
+    });
+    if let Some(traceparent) = traceparent {
+        request
+            .metadata_mut()
+            .insert("traceparent", traceparent.parse().unwrap());
+    }
     let (code, trace_id) = match client.check(request).await {
         Ok(reply) => (tonic::Code::Ok, trace_id(reply.metadata())),
         Err(status) => (status.code(), trace_id(status.metadata())),
@@ -173,6 +190,24 @@ async fn the_report_goes_on_the_opentelemetry_span_brief_or_whole() {
     );
     assert_eq!(attribute(&span, "rpc.method").unwrap().to_string(), "Check");
     assert_eq!(span.name, "grpc.health.v1.Health/Check");
+    assert_eq!(
+        span.parent_span_id,
+        opentelemetry::trace::SpanId::INVALID,
+        "no caller context: a root span"
+    );
+
+    // A caller's trace is continued: its trace id, under its span.
+    let (_, span) = check_with(
+        &mut quick,
+        "",
+        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+    )
+    .await;
+    assert_eq!(
+        span.span_context.trace_id().to_string(),
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
+    assert_eq!(span.parent_span_id.to_string(), "00f067aa0ba902b7");
 
     // An unknown service: NOT_FOUND, an error status with the call's message.
     let (code, span) = check(&mut quick, "no.such.Service").await;
