@@ -4,11 +4,14 @@
 //! and tonic's own client over loopback.
 #![cfg(feature = "opentelemetry")]
 
+mod health_support;
+
 use std::{
-    net::SocketAddr,
     sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
+
+use health_support::{client, serve_with};
 
 use holdup_diagnose::{DiagnoseLayer, EngineConfig};
 use opentelemetry::{
@@ -19,12 +22,8 @@ use opentelemetry_sdk::{
     error::OTelSdkResult,
     trace::{SdkTracerProvider, Span, SpanData, SpanProcessor},
 };
-use tokio::net::TcpListener;
-use tonic::transport::{Channel, Server, server::TcpIncoming};
-use tonic_health::{
-    ServingStatus,
-    pb::{HealthCheckRequest, health_client::HealthClient},
-};
+use tonic::transport::Channel;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 /// Every span the provider ends, kept for the test to read.
 #[derive(Debug, Default, Clone)]
@@ -69,31 +68,6 @@ fn ended() -> &'static Ended {
             .init();
         ended
     })
-}
-
-async fn serve(layer: DiagnoseLayer) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (reporter, health) = tonic_health::server::health_reporter();
-    reporter
-        .set_service_status("", ServingStatus::Serving)
-        .await;
-    tokio::spawn(
-        Server::builder()
-            .layer(layer)
-            .add_service(health)
-            .serve_with_incoming(TcpIncoming::from(listener)),
-    );
-    addr
-}
-
-async fn client(addr: SocketAddr) -> HealthClient<Channel> {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    HealthClient::new(channel)
 }
 
 /// Calls `Check` for `service`; the reply's `x-trace-id`, and the server span of that trace
@@ -173,7 +147,8 @@ fn int(span: &SpanData, key: &str) -> i64 {
 async fn the_report_goes_on_the_opentelemetry_span_brief_or_whole() {
     ended();
     // Defaults: a quick call gets its verdict and total only.
-    let mut quick = client(serve(DiagnoseLayer::new()).await).await;
+    let (addr, _reporter) = serve_with(DiagnoseLayer::new()).await;
+    let mut quick = client(addr).await;
     let (code, span) = check(&mut quick, "").await;
     assert_eq!(code, tonic::Code::Ok);
     assert_eq!(
@@ -224,7 +199,8 @@ async fn the_report_goes_on_the_opentelemetry_span_brief_or_whole() {
         detail_from: Duration::ZERO,
         ..EngineConfig::default()
     });
-    let mut whole = client(serve(whole).await).await;
+    let (addr, _whole_reporter) = serve_with(whole).await;
+    let mut whole = client(addr).await;
     let (_, span) = check(&mut whole, "").await;
     let total = int(&span, "holdup.total_us");
     for key in [

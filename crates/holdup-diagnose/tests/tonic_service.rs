@@ -2,45 +2,18 @@
 //! `Watch`), on one `#[tokio::main]`-style runtime, called through tonic's own client over
 //! loopback. What a user who adds the three lines of the README gets.
 
+mod health_support;
+
 use std::net::SocketAddr;
 
+use health_support::{client, serve_with};
 use holdup_diagnose::DiagnoseLayer;
-use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
-use tonic::transport::{Channel, Server, server::TcpIncoming};
-use tonic_health::{
-    ServingStatus,
-    pb::{HealthCheckRequest, health_client::HealthClient},
-};
+use tonic_health::{ServingStatus, pb::HealthCheckRequest};
 
 /// Serves gRPC health with the layer on a random loopback port.
 async fn serve() -> (SocketAddr, tonic_health::server::HealthReporter) {
     serve_with(DiagnoseLayer::new()).await
-}
-
-async fn serve_with(layer: DiagnoseLayer) -> (SocketAddr, tonic_health::server::HealthReporter) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (reporter, health) = tonic_health::server::health_reporter();
-    reporter
-        .set_service_status("", ServingStatus::Serving)
-        .await;
-    tokio::spawn(
-        Server::builder()
-            .layer(layer)
-            .add_service(health)
-            .serve_with_incoming(TcpIncoming::from(listener)),
-    );
-    (addr, reporter)
-}
-
-async fn client(addr: SocketAddr) -> HealthClient<Channel> {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    HealthClient::new(channel)
 }
 
 /// `key=value` of a diagnosis header.
@@ -195,7 +168,8 @@ fn on_tonics_own_server_a_wait_behind_a_held_worker_is_seen_through_incoming() {
         time::{Duration, Instant},
     };
 
-    use tonic::transport::server::TcpConnectInfo;
+    use tokio::net::TcpListener;
+    use tonic::transport::{Server, server::TcpConnectInfo};
 
     /// Records each request's `TcpConnectInfo` address as the service behind the layer sees it.
     #[derive(Clone)]
