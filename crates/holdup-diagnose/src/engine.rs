@@ -10,7 +10,7 @@ use super::{
     clock::nanos,
     grpc_status::GrpcStatus,
     identity::Identity,
-    report::{Report, culprit_label, micros},
+    report::{Report, culprit_label, micros, signed},
     timeline::Timeline,
 };
 #[cfg(feature = "prometheus")]
@@ -246,7 +246,7 @@ fn record_on_span(
         let names: Vec<String> = report.culprits.iter().map(culprit_label).collect();
         names.join(",")
     });
-    let total = i64::try_from(micros(report.split.total)).unwrap_or(i64::MAX);
+    let total = signed(micros(report.split.total));
     let verdict = report.verdict().as_str();
     let waited_in = report.longest_wait().filter(|_| detailed).map(|w| w.stage);
     // An integer, as the RPC conventions have it (see `GrpcStatus::record`).

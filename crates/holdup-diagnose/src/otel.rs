@@ -9,7 +9,7 @@ use opentelemetry::{
 
 use crate::{
     grpc_status::GrpcStatus,
-    report::{Report, culprit_label, micros},
+    report::{Report, culprit_label, micros, signed},
 };
 
 /// The context the global propagator finds in `headers`.
@@ -111,9 +111,4 @@ fn record_status_on(span: &SpanRef<'_>, status: GrpcStatus<'_>) {
     if status.otel_status().is_some() {
         span.set_status(Status::error(status.message.unwrap_or("").to_owned()));
     }
-}
-
-/// Signed: OpenTelemetry has no unsigned integer attribute.
-fn signed(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
 }

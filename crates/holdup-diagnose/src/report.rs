@@ -148,6 +148,13 @@ pub fn micros(ns: u64) -> u64 {
     ns / 1_000
 }
 
+/// `v` as a span attribute: signed, as OpenTelemetry has no unsigned integer (and
+/// tracing-opentelemetry records a `u64` through `Debug`, as a string Jaeger cannot treat as a
+/// number).
+pub(crate) fn signed(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
 /// Appends `ns` as milliseconds with one decimal, rounded half up (`412.3ms`), for people.
 /// Integer arithmetic and digits by hand: float formatting was most of the header's cost, and
 /// `core::fmt` still about 500 instructions a field, eight fields on every request.
