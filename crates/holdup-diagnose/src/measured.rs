@@ -287,7 +287,6 @@ mod tests {
 
     use super::*;
     use crate::{
-        Holder,
         engine::{Engine, EngineConfig},
         identity::Identity,
     };
@@ -333,9 +332,7 @@ mod tests {
         // worker) is over by then.
         let held = occupancy::holders_during(None, now, now + 1_000_000_000, &bystander);
         assert!(
-            !held
-                .iter()
-                .any(|h| matches!(&h.holder, Holder::Request(r) if Arc::ptr_eq(r, &who))),
+            !held.iter().any(|h| h.holder.is_request(&who)),
             "a panicked request still holds its worker"
         );
     }

@@ -51,6 +51,11 @@ impl Holder {
         }
     }
 
+    /// Whether this is the poll of request `who` (by pointer: no `Holder` is built to compare).
+    pub(crate) fn is_request(&self, who: &Arc<Identity>) -> bool {
+        matches!(self, Self::Request(r) if Arc::ptr_eq(r, who))
+    }
+
     /// A task's name as given to [`name_task`], if any.
     pub fn task_name(&self) -> Option<String> {
         match self {
@@ -467,8 +472,6 @@ pub(crate) fn holders_during(
         .filter_map(Weak::upgrade)
         .filter(|slot| runtime.is_none_or(|r| slot.runtime == r))
         .collect();
-    let is_victim =
-        |holder: &Holder| matches!(holder, Holder::Request(id) if Arc::ptr_eq(id, victim));
     let mut held = Vec::new();
     for slot in slots {
         let state = slot.lock();
@@ -477,7 +480,7 @@ pub(crate) fn holders_during(
         // 1 % of `holdup serve`'s CPU under load, where most requests wait a millisecond.)
         for poll in state.recent.iter().rev().take_while(|poll| poll.end > from) {
             // `from < to` too: a wake stamped on another thread can land after the poll began.
-            if poll.start < to && from < to && !is_victim(&poll.holder) {
+            if poll.start < to && from < to && !poll.holder.is_request(victim) {
                 held.push(Held {
                     start: poll.start.max(from),
                     end: poll.end.min(to),
@@ -496,7 +499,7 @@ pub(crate) fn holders_during(
         }) = &state.current
             && to.saturating_sub(*start) >= nanos(RECORD_POLLS_FROM)
             && (*start).max(from) < to
-            && !is_victim(holder)
+            && !holder.is_request(victim)
         {
             held.push(Held {
                 start: (*start).max(from),
@@ -536,7 +539,7 @@ mod tests {
         let ours = |from: u64, to: u64| {
             holders_during(None, from, to, &bystander)
                 .iter()
-                .filter(|h| matches!(&h.holder, Holder::Request(r) if Arc::ptr_eq(r, &culprit)))
+                .filter(|h| h.holder.is_request(&culprit))
                 .map(|h| (h.start, h.end))
                 .collect::<Vec<_>>()
         };

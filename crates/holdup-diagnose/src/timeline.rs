@@ -160,7 +160,7 @@ impl State {
             // it back, and so woke this request, held it.
             if !named
                 && let Some(WokenBy::Poll(holder)) = by
-                && !matches!(holder, Holder::Request(r) if Arc::ptr_eq(r, victim))
+                && !holder.is_request(victim)
             {
                 self.blame_waker(holder, ns, want_events);
             }
