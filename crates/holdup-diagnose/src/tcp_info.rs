@@ -102,6 +102,8 @@ pub(crate) struct Opened {
     pub(crate) peer: SocketAddr,
     /// Time since it last received data, to the kernel's tick (a few milliseconds).
     pub(crate) since_data: Duration,
+    /// Time since it last sent data, likewise.
+    pub(crate) since_sent: Duration,
 }
 
 /// The sockets of connections the process opened, as last listed: the descriptor and its peer.
@@ -156,6 +158,7 @@ pub(crate) fn opened_connections(woken: u64, now: u64) -> Vec<Opened> {
             (address(fd, true)? == peer).then(|| Opened {
                 peer,
                 since_data: Duration::from_millis(u64::from(info.tcpi_last_data_recv)),
+                since_sent: Duration::from_millis(u64::from(info.tcpi_last_data_sent)),
             })
         })
         .collect()

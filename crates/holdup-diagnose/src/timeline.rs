@@ -301,12 +301,13 @@ impl State {
         let received: Vec<_> = super::tcp_info::opened_connections(woken, now)
             .into_iter()
             .map(|o| {
-                let ago = super::clock::nanos(o.since_data);
-                (o.peer, now.saturating_sub(ago))
+                let ago = |d| now.saturating_sub(super::clock::nanos(d));
+                (o.peer, ago(o.since_data), ago(o.since_sent))
             })
             .collect();
         for stretch in std::mem::take(&mut self.unnamed) {
-            match wait_name::network(stretch.to, &received, &config.backend_ports) {
+            let parked = stretch.from..=stretch.to;
+            match wait_name::network(parked, &received, &config.backend_ports) {
                 Some((kind, peer)) => self.add_idle(
                     want_events,
                     peer,

@@ -55,6 +55,9 @@ pub const DATABASE_PORTS: [u16; 12] = [
 const DATA_BEFORE_WAKE: u64 = 20_000_000;
 /// And this far before it (the tick rounds either way).
 const DATA_AFTER_WAKE: u64 = 5_000_000;
+/// A connection's newest sent data this far (ns) before a stretch began can be the request
+/// the stretch waited on: the tick, and the poll that sent it before the request parked.
+const SENT_BEFORE_PARK: u64 = 10_000_000;
 
 /// What is known of a stretch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,21 +138,31 @@ fn known(kind: StageKind, name: &'static str) -> Naming {
     }
 }
 
-/// The peer of the opened connection whose newest data (`received`, engine ns) is nearest
-/// the wake at `woken`, within the tick's slack; with its kind by port (`backend_ports` as
-/// [`EngineConfig::backend_ports`](crate::EngineConfig::backend_ports) keeps them: a 0 is
-/// unset, and never a connected peer's port).
+/// The peer of the opened connection whose newest data (`received`: peer, last received,
+/// last sent, engine ns) is nearest the wake that ended the stretch `parked`, within the
+/// tick's slack, and that sent data since the stretch began; with its kind by port
+/// (`backend_ports` as [`EngineConfig::backend_ports`](crate::EngineConfig::backend_ports)
+/// keeps them: a 0 is unset, and never a connected peer's port).
+///
+/// Why the send: a call to a peer sends the request before it parks (or its connection's task
+/// sends it just after). A connection that only received (a stream the process reads
+/// elsewhere, another part of the service's traffic) said nothing of this wait: a timer's
+/// wake that happened to fall beside its data was named after it (an axum handler's 100 ms
+/// `sleep` read `upstream` while a client in the same process read a stream, 6 runs of 6).
 pub(crate) fn network(
-    woken: u64,
-    received: &[(SocketAddr, u64)],
+    parked: std::ops::RangeInclusive<u64>,
+    received: &[(SocketAddr, u64, u64)],
     backend_ports: &[u16],
 ) -> Option<(StageKind, &'static str)> {
-    let (peer, _) = received
+    let (from, woken) = (*parked.start(), *parked.end());
+    let (peer, _, _) = received
         .iter()
-        .filter(|(_, at)| {
-            *at + DATA_BEFORE_WAKE >= woken && *at <= woken.saturating_add(DATA_AFTER_WAKE)
+        .filter(|(_, at, sent)| {
+            *at + DATA_BEFORE_WAKE >= woken
+                && *at <= woken.saturating_add(DATA_AFTER_WAKE)
+                && *sent + SENT_BEFORE_PARK >= from
         })
-        .min_by_key(|(_, at)| at.abs_diff(woken))?;
+        .min_by_key(|(_, at, _)| at.abs_diff(woken))?;
     let kind = if DATABASE_PORTS.contains(&peer.port()) || backend_ports.contains(&peer.port()) {
         StageKind::Backend
     } else {
@@ -275,24 +288,52 @@ mod tests {
         let db: SocketAddr = "10.0.0.5:5432".parse().unwrap();
         let api: SocketAddr = "127.0.0.1:8080".parse().unwrap();
         let other: SocketAddr = "127.0.0.1:9999".parse().unwrap();
-        let received = [(db, 100 * ms), (api, 498 * ms), (other, 300 * ms)];
+        // Each sent its request at 50 ms.
+        let received = [
+            (db, 100 * ms, 50 * ms),
+            (api, 498 * ms, 50 * ms),
+            (other, 300 * ms, 50 * ms),
+        ];
         assert_eq!(
-            network(500 * ms, &received, &[]),
+            network(50 * ms..=500 * ms, &received, &[]),
             Some((StageKind::Upstream, "127.0.0.1:8080"))
         );
         assert_eq!(
-            network(101 * ms, &received, &[]),
+            network(50 * ms..=101 * ms, &received, &[]),
             Some((StageKind::Backend, "10.0.0.5:5432"))
         );
         assert_eq!(
-            network(301 * ms, &received, &[9999]),
+            network(50 * ms..=301 * ms, &received, &[9999]),
             Some((StageKind::Backend, "127.0.0.1:9999")),
             "a port the service names as its database's"
         );
         assert_eq!(
-            network(900 * ms, &received, &[]),
+            network(50 * ms..=900 * ms, &received, &[]),
             None,
             "nothing received then"
         );
+    }
+
+    #[test]
+    fn a_connection_that_only_received_is_not_what_the_request_waited_for() {
+        let ms = 1_000_000;
+        let stream: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        let api: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        // The stream sent its one request at 10 ms and has received ever since.
+        let received = [(stream, 499 * ms, 10 * ms)];
+        assert_eq!(
+            network(400 * ms..=500 * ms, &received, &[]),
+            None,
+            "a wake beside a stream's data, with nothing sent while parked"
+        );
+        // Sent just before the park (the parking poll), or after it (a connection's task).
+        for sent in [395 * ms, 420 * ms] {
+            let received = [(stream, 499 * ms, 10 * ms), (api, 498 * ms, sent)];
+            assert_eq!(
+                network(400 * ms..=500 * ms, &received, &[]),
+                Some((StageKind::Upstream, "127.0.0.1:8080")),
+                "sent at {sent}"
+            );
+        }
     }
 }
