@@ -23,7 +23,7 @@ use super::{
     arrival::{Arrival, Source},
     clock::now_ns,
     diagnosis::Diagnosis,
-    engine::{Engine, EngineConfig},
+    engine::{Engine, EngineConfig, ResponseHeaders},
     grpc_status::{GrpcStatus, UNIMPLEMENTED},
     identity::{Identity, split_method, traceparent_trace_id},
     measured::{Measured, Meter},
@@ -387,18 +387,22 @@ where
         let now = now_ns();
         let report = timeline.report(now);
         let headers = response.headers_mut();
-        if let Some(value) = diagnosis_value(&timeline, &report, !over) {
+        let config = &timeline.engine.config;
+        let head = config.head_for(&report, over);
+        if head && let Some(value) = diagnosis_value(&timeline, &report, !over) {
             headers.insert(names::DIAGNOSIS, value);
         }
         if !over {
             // The whole call's diagnosis comes as a trailer: HTTP/1.1 (hyper) sends only the
             // trailers its head declares (and only to a client that sent `TE: trailers`).
             headers.append(http::header::TRAILER, TRAILER_DECLARED);
+            if !head {
+                // And the id, which the head did not have.
+                headers.append(http::header::TRAILER, TRACE_ID_DECLARED);
+            }
         }
-        if let Some(mut value) = report.identity.trace_id_header() {
-            // Different on every response: see `unique_value`.
-            value.set_sensitive(true);
-            headers.insert(names::TRACE_ID, value);
+        if head {
+            insert_trace_id(headers, &report);
         }
         let answered = trailers_only != Some(UNIMPLEMENTED);
         let state = if over {
@@ -455,6 +459,15 @@ fn diagnosis_value(timeline: &Timeline, report: &Report, partial: bool) -> Optio
         value.push_str(PARTIAL);
     }
     unique_value(value)
+}
+
+/// The request's id as `x-trace-id`.
+fn insert_trace_id(headers: &mut http::HeaderMap, report: &Report) {
+    if let Some(mut value) = report.identity.trace_id_header() {
+        // Different on every response: see `unique_value`.
+        value.set_sensitive(true);
+        headers.insert(names::TRACE_ID, value);
+    }
 }
 
 /// A header value that is different on every response. Marked sensitive: HPACK then sends it
@@ -533,6 +546,8 @@ impl<D, E> Peeked<D, E> {
 /// The `trailer` header of a partial head. A constant: `from_static` at run time would check
 /// its bytes on every streaming response.
 const TRAILER_DECLARED: HeaderValue = HeaderValue::from_static(DIAGNOSIS_HEADER);
+/// The `Trailer` value for the id, declared with [`ResponseHeaders::WhenLate`].
+const TRACE_ID_DECLARED: HeaderValue = HeaderValue::from_static(TRACE_ID_HEADER);
 
 /// Appended to the header of a call that goes on after its head: the whole call's diagnosis
 /// comes in the `holdup-diagnosis` trailer.
@@ -599,11 +614,21 @@ fn finish_stream(state: &mut BodyState, trailers: Option<&mut http::HeaderMap>) 
             timeline, answered, ..
         } => {
             let report = timeline.report(now_ns());
-            let value = diagnosis_value(&timeline, &report, false);
+            let config = &timeline.engine.config;
+            let shown = config.trailers_for(&report);
+            let value = shown
+                .then(|| diagnosis_value(&timeline, &report, false))
+                .flatten();
             let status = trailers.as_deref().and_then(GrpcStatus::of);
             timeline.engine.finish(&report, &timeline, answered, status);
-            if let (Some(trailers), Some(value)) = (trailers, value) {
-                trailers.insert(names::DIAGNOSIS, value);
+            if let Some(trailers) = trailers {
+                if let Some(value) = value {
+                    trailers.insert(names::DIAGNOSIS, value);
+                }
+                // With `WhenLate` the head had no id: a late stream's trailers give it.
+                if shown && config.headers == ResponseHeaders::WhenLate {
+                    insert_trace_id(trailers, &report);
+                }
             }
         }
         BodyState::Reported {

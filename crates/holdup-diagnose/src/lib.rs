@@ -117,7 +117,7 @@ pub use blame::Culprit;
 pub use diagnosis::Diagnosis;
 pub use engine::{
     DEFAULT_BLAME_FROM, DEFAULT_DETAIL_FROM, DEFAULT_LONG_POLL, DEFAULT_WARN_BLAMED_FROM,
-    EngineConfig,
+    EngineConfig, ResponseHeaders,
 };
 #[doc(hidden)]
 pub use engine::{SpawnGate, name_tasks_through, tasks_are_named};

@@ -83,11 +83,11 @@ async fn each_route_gets_its_measured_verdict() {
     );
 }
 
-/// An ordinary streaming body (no trailers of its own): its head says it is partial and
-/// declares the trailer, and the whole call's diagnosis comes in trailers the layer adds, which
-/// hyper sends over HTTP/1.1 to a client that asked for them (`TE: trailers`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plain_streaming_body_gets_its_diagnosis_in_a_trailer() {
+/// Serves, behind `layer`, `/stream`: an ordinary streaming body (no trailers of its own) of
+/// four chunks 40 ms apart. Returns its response, read raw over HTTP/1.1 by a client that
+/// asked for trailers (`TE: trailers`), as its head and what follows the last chunk, in lower
+/// case.
+async fn stream_through(layer: DiagnoseLayer) -> (String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_stream::StreamExt;
 
@@ -102,7 +102,7 @@ async fn a_plain_streaming_body_gets_its_diagnosis_in_a_trailer() {
                 axum::body::Body::from_stream(chunks)
             }),
         )
-        .layer(DiagnoseLayer::new());
+        .layer(layer);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -119,12 +119,14 @@ async fn a_plain_streaming_body_gets_its_diagnosis_in_a_trailer() {
         .unwrap();
     let raw = String::from_utf8_lossy(&raw).to_lowercase();
     let (head, body) = raw.split_once("\r\n\r\n").expect("a head");
-    assert!(head.contains("holdup-diagnosis: verdict="), "{head}");
-    assert!(head.contains("partial=head"), "{head}");
-    assert!(head.contains("trailer: holdup-diagnosis"), "{head}");
     let (_, trailers) = body
         .split_once("\r\n0\r\n")
         .unwrap_or_else(|| panic!("a chunked body's last chunk: {body:?}"));
+    (head.to_owned(), trailers.to_owned())
+}
+
+/// The `holdup-diagnosis` trailer: the whole call's, with its total of at least 150 ms.
+fn whole_call_trailer(trailers: &str) -> &str {
     let trailer = trailers
         .lines()
         .find_map(|line| line.strip_prefix("holdup-diagnosis: "))
@@ -136,4 +138,40 @@ async fn a_plain_streaming_body_gets_its_diagnosis_in_a_trailer() {
         .and_then(|ms| ms.trim_end_matches("ms").parse().ok())
         .unwrap_or_else(|| panic!("no total in {trailer}"));
     assert!(total >= 150.0, "four chunks 40 ms apart: {trailer}");
+    trailer
+}
+
+/// An ordinary streaming body: its head says it is partial and declares the trailer, and the
+/// whole call's diagnosis comes in trailers the layer adds, which hyper sends over HTTP/1.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_streaming_body_gets_its_diagnosis_in_a_trailer() {
+    let (head, trailers) = stream_through(DiagnoseLayer::new()).await;
+    assert!(head.contains("holdup-diagnosis: verdict="), "{head}");
+    assert!(head.contains("partial=head"), "{head}");
+    assert!(head.contains("trailer: holdup-diagnosis"), "{head}");
+    assert!(head.contains("x-trace-id: "), "{head}");
+    whole_call_trailer(&trailers);
+}
+
+/// With `ResponseHeaders::WhenLate` a stream's head has neither header (it cannot know yet
+/// whether the call will be late); a late one's trailers have the diagnosis and the id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_headers_when_late_a_late_streams_trailers_have_them() {
+    let layer = DiagnoseLayer::new().with_config(holdup_diagnose::EngineConfig {
+        headers: holdup_diagnose::ResponseHeaders::WhenLate,
+        ..Default::default()
+    });
+    let (head, trailers) = stream_through(layer).await;
+    assert!(!head.contains("holdup-diagnosis: "), "{head}");
+    assert!(!head.contains("x-trace-id: "), "{head}");
+    assert!(
+        head.contains("trailer: holdup-diagnosis, x-trace-id"),
+        "both declared: {head}"
+    );
+    whole_call_trailer(&trailers);
+    let id = trailers
+        .lines()
+        .find_map(|line| line.strip_prefix("x-trace-id: "))
+        .unwrap_or_else(|| panic!("no x-trace-id trailer: {trailers:?}"));
+    assert_eq!(id.len(), 32, "{id}");
 }

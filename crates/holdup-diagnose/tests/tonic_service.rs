@@ -306,3 +306,36 @@ fn on_tonics_own_server_a_wait_behind_a_held_worker_is_seen_through_incoming() {
     );
     server.shutdown_background();
 }
+
+/// With `ResponseHeaders::WhenLate` only a call of `detail_from` or longer has the headers:
+/// none with an hour (no call is that late), both with zero (every call is); a stream's head
+/// has neither either way (its trailers say, when the call was late).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_headers_when_late_only_a_late_call_has_them() {
+    let when_late = |detail_from| {
+        DiagnoseLayer::new().with_config(holdup_diagnose::EngineConfig {
+            detail_from,
+            headers: holdup_diagnose::ResponseHeaders::WhenLate,
+            ..Default::default()
+        })
+    };
+    for (detail_from, late) in [
+        (std::time::Duration::from_secs(3600), false),
+        (std::time::Duration::ZERO, true),
+    ] {
+        let (addr, _reporter) = serve_with(when_late(detail_from)).await;
+        let mut client = client(addr).await;
+        let response = client.check(HealthCheckRequest::default()).await.unwrap();
+        let headers = response.metadata();
+        assert_eq!(
+            headers.get("holdup-diagnosis").is_some(),
+            late,
+            "late: {late}, {headers:?}"
+        );
+        assert_eq!(headers.get("x-trace-id").is_some(), late, "{headers:?}");
+        let stream = client.watch(HealthCheckRequest::default()).await.unwrap();
+        let head = stream.metadata();
+        assert!(head.get("holdup-diagnosis").is_none(), "{head:?}");
+        assert!(head.get("x-trace-id").is_none(), "{head:?}");
+    }
+}
