@@ -4,7 +4,7 @@
 //! can be measured against it under the same load.
 //!
 //! Usage: `cargo run --release --example bare_echo -- [ADDR] [THREADS] [--diagnose] [--otel]
-//! [--hand-over] [--arrival]` (default 127.0.0.1:50052, 2 threads). `--arrival` serves with the
+//! [--hand-over] [--arrival] [--when-late]` (default 127.0.0.1:50052, 2 threads). `--arrival` serves with the
 //! engine through `holdup_diagnose::arrival::serve` (kernel-stamped arrivals) instead of
 //! tonic's server.
 //!
@@ -166,11 +166,13 @@ fn main() -> anyhow::Result<()> {
     // Served through `holdup_diagnose::arrival::serve`, with the engine: what a user of the
     // crate's one-runtime serve loop pays, against `--diagnose` on tonic's own server.
     let arrival = std::env::args().any(|a| a == "--arrival");
+    // The engine's cheapest setting: its two headers only on late calls.
+    let when_late = std::env::args().any(|a| a == "--when-late");
     let diagnose = diagnose || arrival;
     let mut args = std::env::args().skip(1).filter(|a| {
         !matches!(
             a.as_str(),
-            "--diagnose" | "--hand-over" | "--otel" | "--arrival"
+            "--diagnose" | "--hand-over" | "--otel" | "--arrival" | "--when-late"
         )
     });
     let addr: SocketAddr = args
@@ -206,6 +208,17 @@ fn main() -> anyhow::Result<()> {
     } else {
         None
     };
+    let layer = || {
+        let headers = if when_late {
+            holdup::diagnose::ResponseHeaders::WhenLate
+        } else {
+            holdup::diagnose::ResponseHeaders::Always
+        };
+        DiagnoseLayer::new().with_config(holdup::diagnose::EngineConfig {
+            headers,
+            ..Default::default()
+        })
+    };
     let bare = || Bare {
         handlers: handlers.as_ref().map(|r| r.handle().clone()),
     };
@@ -219,6 +232,7 @@ fn main() -> anyhow::Result<()> {
             (otel, ", OpenTelemetry"),
             (hand_over, ", handlers handed over"),
             (arrival, ", served by arrival::serve"),
+            (when_late, ", headers when late"),
         ]
         .iter()
         .filter(|(on, _)| *on)
@@ -229,9 +243,7 @@ fn main() -> anyhow::Result<()> {
             // The crate's own accept loop: kernel receive timestamps, each request stamped in
             // its connection task, hyper-util's auto builder (Nagle off there too).
             let routes = tonic::service::Routes::new(LabServer::new(bare())).prepare();
-            let service = tower::ServiceBuilder::new()
-                .layer(DiagnoseLayer::new())
-                .service(routes);
+            let service = tower::ServiceBuilder::new().layer(layer()).service(routes);
             return holdup::diagnose::arrival::serve(listener, service, holdup::shutdown::signal())
                 .await
                 .context("serving");
@@ -240,7 +252,7 @@ fn main() -> anyhow::Result<()> {
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let served = if diagnose {
             Server::builder()
-                .layer(DiagnoseLayer::new())
+                .layer(layer())
                 .add_service(LabServer::new(bare()))
                 .serve_with_incoming_shutdown(incoming, holdup::shutdown::signal())
                 .await
