@@ -247,6 +247,7 @@ NOT_HOLDUPS = {
     "hand-over": "examples/bare_echo.rs",  # the benchmark's bare server
     "diagnose": "examples/bare_echo.rs",
     "otel": "examples/bare_echo.rs",
+    "when-late": "examples/bare_echo.rs",
 }
 # Separators after which a shell line runs another command.
 SHELL_BREAK = {"|", "||", "&&", ";", "&", ">", ">>", "2>&1"}
