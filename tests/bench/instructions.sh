@@ -3,7 +3,8 @@
 # two-core machine cannot spoil. CPU time per call wanders by ±15 % between runs here;
 # instruction counts repeat to within about 1 %.
 #
-# Four servers (examples/bare_echo.rs, release): bare, --diagnose, --otel, --otel --diagnose.
+# Six servers (examples/bare_echo.rs, release): bare, --diagnose, --otel, --otel --diagnose,
+# and the two with the engine again with --when-late (its headers only on late calls).
 # Each runs under `valgrind --tool=callgrind`; h2load sends WARMUP calls, the counters are
 # zeroed, h2load sends CALLS more (4 connections, 8 streams each), and the counters are
 # dumped: user-space instructions per call. Kernel time (the same system calls in every
@@ -82,6 +83,10 @@ count --otel
 otel=$PER_CALL
 count --otel --diagnose
 otel_diagnosed=$PER_CALL
+count --diagnose --when-late
+diagnosed_late=$PER_CALL
+count --otel --diagnose --when-late
+otel_diagnosed_late=$PER_CALL
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
 echo "instructions per call ($CALLS calls after $WARMUP):"
 echo "| server | per call | ratio |"
@@ -90,3 +95,5 @@ echo "| bare | $bare | 1 |"
 echo "| bare + engine | $diagnosed | $(ratio "$diagnosed" "$bare") to bare |"
 echo "| OpenTelemetry | $otel | $(ratio "$otel" "$bare") to bare |"
 echo "| OpenTelemetry + engine | $otel_diagnosed | $(ratio "$otel_diagnosed" "$otel") to OpenTelemetry |"
+echo "| bare + engine, WhenLate | $diagnosed_late | $(ratio "$diagnosed_late" "$bare") to bare |"
+echo "| OpenTelemetry + engine, WhenLate | $otel_diagnosed_late | $(ratio "$otel_diagnosed_late" "$otel") to OpenTelemetry |"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The benchmark of issue 13. Not a test: it prints measured ratios, medians over rounds.
 #
-# Eight servers, the same closed-loop `Fast` load (`holdup load`), release build:
+# Ten servers, the same closed-loop `Fast` load (`holdup load`), release build (the two
+# -late ones only when SERVERS names them):
 #   bare      examples/bare_echo.rs: tonic alone, no telemetry, no lab runtime
 #   handover  the same, each handler a task on a second runtime of 2 workers, awaited
 #             (examples/bare_echo.rs --hand-over): what holdup's design (handlers on a runtime
@@ -16,6 +17,8 @@
 #             service that traces has
 #   otel-diagnosed  the same layer with the engine (--otel --diagnose), whose request span is
 #             then the server span: the engine's cost on a service that already traces
+#   diagnosed-late, otel-diagnosed-late  diagnosed and otel-diagnosed with the engine's
+#             headers only on late calls (--when-late: ResponseHeaders::WhenLate)
 # SERVERS picks some of them (default: all), e.g. SERVERS="bare diagnosed otel otel-diagnosed".
 #   quiet     holdup serve --no-console
 #   default   holdup serve (tokio-console on, as shipped)
@@ -63,6 +66,8 @@ start() { # start SERVER: runs it in the background on $PORT, waits for the port
         arrival) "$BIN/examples/bare_echo" "127.0.0.1:$PORT" 2 --arrival >"$WORK/$1.log" 2>&1 & ;;
         otel) "$BIN/examples/bare_echo" "127.0.0.1:$PORT" 2 --otel >"$WORK/$1.log" 2>&1 & ;;
         otel-diagnosed) "$BIN/examples/bare_echo" "127.0.0.1:$PORT" 2 --otel --diagnose >"$WORK/$1.log" 2>&1 & ;;
+        diagnosed-late) "$BIN/examples/bare_echo" "127.0.0.1:$PORT" 2 --diagnose --when-late >"$WORK/$1.log" 2>&1 & ;;
+        otel-diagnosed-late) "$BIN/examples/bare_echo" "127.0.0.1:$PORT" 2 --otel --diagnose --when-late >"$WORK/$1.log" 2>&1 & ;;
         handover) "$BIN/examples/bare_echo" "127.0.0.1:$PORT" 2 --hand-over >"$WORK/$1.log" 2>&1 & ;;
         quiet) holdup_serve --no-console >"$WORK/$1.log" 2>&1 & ;;
         default) holdup_serve >"$WORK/$1.log" 2>&1 & ;;
@@ -168,6 +173,8 @@ names = {"bare": "bare tonic echo", "handover": "bare echo, handlers on a 2nd ru
          "arrival": "bare echo + engine, served by arrival::serve (kernel-stamped, one runtime)",
          "otel": "bare echo + OpenTelemetry layer and server span (ids, no export)",
          "otel-diagnosed": "bare echo + OpenTelemetry layer + diagnosis engine",
+         "diagnosed-late": "bare echo + engine, headers only on late calls",
+         "otel-diagnosed-late": "bare echo + OpenTelemetry layer + engine, headers only on late calls",
          "quiet": "holdup serve --no-console",
          "default": "holdup serve (console on)"}
 print()
@@ -204,6 +211,10 @@ row("arrival::serve + engine / bare, CPU per call", "arrival", "cpu_us")
 row("arrival::serve + engine / bare, p99", "arrival", "p99")
 row("OpenTelemetry + engine / OpenTelemetry, CPU per call (target <= 1.1)", "otel-diagnosed", "cpu_us", "otel")
 row("OpenTelemetry + engine / OpenTelemetry, throughput", "otel-diagnosed", "rate", "otel")
+row("bare + engine, WhenLate / bare, CPU per call", "diagnosed-late", "cpu_us")
+row("bare + engine, WhenLate / bare, throughput", "diagnosed-late", "rate")
+row("OpenTelemetry + engine, WhenLate / OpenTelemetry, CPU per call", "otel-diagnosed-late", "cpu_us", "otel")
+row("OpenTelemetry + engine, WhenLate / OpenTelemetry, throughput", "otel-diagnosed-late", "rate", "otel")
 row("--no-console / bare, throughput (target >= 0.85)", "quiet", "rate")
 row("--no-console / bare, p99 (target <= 1.3)", "quiet", "p99")
 row("--no-console / bare, CPU per call (target <= 1.6)", "quiet", "cpu_us")
