@@ -291,6 +291,7 @@ impl State {
     fn name_network_waits(
         &mut self,
         want_events: bool,
+        started: u64,
         now: u64,
         config: &super::engine::EngineConfig,
     ) {
@@ -306,8 +307,7 @@ impl State {
             })
             .collect();
         for stretch in std::mem::take(&mut self.unnamed) {
-            let parked = stretch.from..=stretch.to;
-            match wait_name::network(parked, &received, &config.backend_ports) {
+            match wait_name::network(started, stretch.to, &received, &config.backend_ports) {
                 Some((kind, peer)) => self.add_idle(
                     want_events,
                     peer,
@@ -461,7 +461,7 @@ impl Timeline {
         // one call (`reqwest::get`) has closed it by the time the report is taken (a held-out
         // service: 26 of 30 such calls read `waiting`).
         if !state.unnamed.is_empty() {
-            state.name_network_waits(self.want_events, now, &self.engine.config);
+            state.name_network_waits(self.want_events, self.started, now, &self.engine.config);
         }
         let waited = if waited > 0 {
             state.claim(ready_since, now)
@@ -615,7 +615,7 @@ impl Timeline {
     pub fn report(&self, now: u64) -> Report {
         let mut state = self.lock();
         state.charge_idle(self.want_events, now, None, &self.identity);
-        state.name_network_waits(self.want_events, now, &self.engine.config);
+        state.name_network_waits(self.want_events, self.started, now, &self.engine.config);
         let mut split = state.split;
         if let Some(&earliest) = state.polling.iter().flatten().min() {
             // Running polls, counted once however many run at once, as far as not charged.

@@ -11,7 +11,8 @@
 //!    worker), else `offloaded-cpu`, named by the thread;
 //! 5. woken by the I/O driver, or by a task that is not a request (a client's connection task,
 //!    as hyper's and reqwest's are): a network wait if a connection the process *opened*
-//!    received data at the moment of the wake. It is `backend` if the peer's port is a
+//!    received data at the moment of the wake and sent some since the request began (its
+//!    call went out on it). It is `backend` if the peer's port is a
 //!    database's ([`DATABASE_PORTS`], or one given to
 //!    [`EngineConfig::backend_port`](crate::EngineConfig::backend_port)), else `upstream`;
 //!    named `host:port`. Found at the request's next poll, for waits of a millisecond or more.
@@ -55,9 +56,9 @@ pub const DATABASE_PORTS: [u16; 12] = [
 const DATA_BEFORE_WAKE: u64 = 20_000_000;
 /// And this far before it (the tick rounds either way).
 const DATA_AFTER_WAKE: u64 = 5_000_000;
-/// A connection's newest sent data this far (ns) before a stretch began can be the request
-/// the stretch waited on: the tick, and the poll that sent it before the request parked.
-const SENT_BEFORE_PARK: u64 = 10_000_000;
+/// A connection's newest sent data this far (ns) before the request began still counts: the
+/// kernel's tick rounds it (up to 4 ms).
+const SENT_BEFORE_START: u64 = 10_000_000;
 
 /// What is known of a stretch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +68,8 @@ pub(crate) enum Naming {
         kind: Option<StageKind>,
         name: &'static str,
     },
-    /// A network wait if an opened connection received data at the wake; else `otherwise`
+    /// A network wait if an opened connection received data at the wake (and sent some since
+    /// the request began: [`network`]); else `otherwise`
     /// (`waiting`, or `timer` for a timeout that may have fired) under `name`.
     Network {
         name: &'static str,
@@ -139,28 +141,32 @@ fn known(kind: StageKind, name: &'static str) -> Naming {
 }
 
 /// The peer of the opened connection whose newest data (`received`: peer, last received,
-/// last sent, engine ns) is nearest the wake that ended the stretch `parked`, within the
-/// tick's slack, and that sent data since the stretch began; with its kind by port
+/// last sent, engine ns) is nearest the wake at `woken`, within the tick's slack, and that
+/// sent data since the request began at `request_start`; with its kind by port
 /// (`backend_ports` as [`EngineConfig::backend_ports`](crate::EngineConfig::backend_ports)
 /// keeps them: a 0 is unset, and never a connected peer's port).
 ///
-/// Why the send: a call to a peer sends the request before it parks (or its connection's task
-/// sends it just after). A connection that only received (a stream the process reads
-/// elsewhere, another part of the service's traffic) said nothing of this wait: a timer's
-/// wake that happened to fall beside its data was named after it (an axum handler's 100 ms
-/// `sleep` read `upstream` while a client in the same process read a stream, 6 runs of 6).
+/// Why the send: a request's call to a peer sends during the request. A connection that only
+/// received (a stream the process reads elsewhere, another part of the service's traffic)
+/// said nothing of this wait: a timer's wake that happened to fall beside its data was named
+/// after it (an axum handler's 100 ms `sleep` read `upstream` while a client in the same
+/// process read a stream, 6 runs of 6). Since the request began, not since the stretch did:
+/// one call parks more than once (a reply's head, then its body; rows of a query; messages
+/// of a stream), and sends nothing before the later stretches. An HTTP/2 connection's
+/// control frames (`WINDOW_UPDATE`, `PING`) are data to the kernel, so a stream read over
+/// HTTP/2 elsewhere in the process can still pass.
 pub(crate) fn network(
-    parked: std::ops::RangeInclusive<u64>,
+    request_start: u64,
+    woken: u64,
     received: &[(SocketAddr, u64, u64)],
     backend_ports: &[u16],
 ) -> Option<(StageKind, &'static str)> {
-    let (from, woken) = (*parked.start(), *parked.end());
     let (peer, _, _) = received
         .iter()
         .filter(|(_, at, sent)| {
             *at + DATA_BEFORE_WAKE >= woken
                 && *at <= woken.saturating_add(DATA_AFTER_WAKE)
-                && *sent + SENT_BEFORE_PARK >= from
+                && *sent + SENT_BEFORE_START >= request_start
         })
         .min_by_key(|(_, at, _)| at.abs_diff(woken))?;
     let kind = if DATABASE_PORTS.contains(&peer.port()) || backend_ports.contains(&peer.port()) {
@@ -288,27 +294,27 @@ mod tests {
         let db: SocketAddr = "10.0.0.5:5432".parse().unwrap();
         let api: SocketAddr = "127.0.0.1:8080".parse().unwrap();
         let other: SocketAddr = "127.0.0.1:9999".parse().unwrap();
-        // Each sent its request at 50 ms.
+        // Each sent its request at 50 ms; the request began at 40.
         let received = [
             (db, 100 * ms, 50 * ms),
             (api, 498 * ms, 50 * ms),
             (other, 300 * ms, 50 * ms),
         ];
         assert_eq!(
-            network(50 * ms..=500 * ms, &received, &[]),
+            network(40 * ms, 500 * ms, &received, &[]),
             Some((StageKind::Upstream, "127.0.0.1:8080"))
         );
         assert_eq!(
-            network(50 * ms..=101 * ms, &received, &[]),
+            network(40 * ms, 101 * ms, &received, &[]),
             Some((StageKind::Backend, "10.0.0.5:5432"))
         );
         assert_eq!(
-            network(50 * ms..=301 * ms, &received, &[9999]),
+            network(40 * ms, 301 * ms, &received, &[9999]),
             Some((StageKind::Backend, "127.0.0.1:9999")),
             "a port the service names as its database's"
         );
         assert_eq!(
-            network(50 * ms..=900 * ms, &received, &[]),
+            network(40 * ms, 900 * ms, &received, &[]),
             None,
             "nothing received then"
         );
@@ -319,20 +325,37 @@ mod tests {
         let ms = 1_000_000;
         let stream: SocketAddr = "127.0.0.1:7000".parse().unwrap();
         let api: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-        // The stream sent its one request at 10 ms and has received ever since.
+        // The stream sent its one request at 10 ms and has received ever since; the request
+        // began at 400 ms.
         let received = [(stream, 499 * ms, 10 * ms)];
         assert_eq!(
-            network(400 * ms..=500 * ms, &received, &[]),
+            network(400 * ms, 500 * ms, &received, &[]),
             None,
-            "a wake beside a stream's data, with nothing sent while parked"
+            "a wake beside a stream's data, with nothing sent during the request"
         );
-        // Sent just before the park (the parking poll), or after it (a connection's task).
+        // The request's call went out on `api` as it began, or a little after.
         for sent in [395 * ms, 420 * ms] {
             let received = [(stream, 499 * ms, 10 * ms), (api, 498 * ms, sent)];
             assert_eq!(
-                network(400 * ms..=500 * ms, &received, &[]),
+                network(400 * ms, 500 * ms, &received, &[]),
                 Some((StageKind::Upstream, "127.0.0.1:8080")),
                 "sent at {sent}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_calls_later_stretches_keep_its_peer_though_nothing_more_was_sent() {
+        let ms = 1_000_000;
+        let db: SocketAddr = "10.0.0.5:5432".parse().unwrap();
+        // A query sent at 101 ms; its rows arrive at 150 and, after a second park, at 300.
+        let at_first_rows = [(db, 150 * ms, 101 * ms)];
+        let at_last_rows = [(db, 300 * ms, 101 * ms)];
+        for (woken, received) in [(150 * ms, &at_first_rows), (300 * ms, &at_last_rows)] {
+            assert_eq!(
+                network(100 * ms, woken, received, &[]),
+                Some((StageKind::Backend, "10.0.0.5:5432")),
+                "woken at {woken}"
             );
         }
     }
