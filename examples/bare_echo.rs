@@ -214,10 +214,8 @@ fn main() -> anyhow::Result<()> {
         } else {
             holdup::diagnose::ResponseHeaders::Always
         };
-        DiagnoseLayer::new().with_config(holdup::diagnose::EngineConfig {
-            headers,
-            ..Default::default()
-        })
+        DiagnoseLayer::new()
+            .with_config(holdup::diagnose::EngineConfig::default().response_headers(headers))
     };
     let bare = || Bare {
         handlers: handlers.as_ref().map(|r| r.handle().clone()),

@@ -19,7 +19,7 @@
 #             then the server span: the engine's cost on a service that already traces
 #   diagnosed-late, otel-diagnosed-late  diagnosed and otel-diagnosed with the engine's
 #             headers only on late calls (--when-late: ResponseHeaders::WhenLate)
-# SERVERS picks some of them (default: all), e.g. SERVERS="bare diagnosed otel otel-diagnosed".
+# SERVERS picks some of them (default: all but the two -late ones), e.g. SERVERS="bare diagnosed otel otel-diagnosed".
 #   quiet     holdup serve --no-console
 #   default   holdup serve (tokio-console on, as shipped)
 # Each round loads every server once, alone, in an order that rotates from round to round

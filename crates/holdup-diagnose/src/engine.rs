@@ -52,13 +52,16 @@ pub struct EngineConfig {
 /// Which responses carry the `holdup-diagnosis` and `x-trace-id` headers. The span, the
 /// metrics, the log and the `Diagnosis` a handler reads have every request's report either way.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ResponseHeaders {
     /// Every response: a caller sees each request's verdict and id (a stream's head says
     /// `partial=head`, its trailers have the whole call's diagnosis).
     #[default]
     Always,
-    /// Only a call that took [`EngineConfig::detail_from`] or longer: a unary reply in its
-    /// head, a stream in its trailers (its head has none, as it cannot know yet). For a
+    /// Only a call that took [`EngineConfig::detail_from`] or longer: a reply complete when
+    /// its head goes out (unary) in its head, any other (a stream) in its trailers, as its
+    /// head cannot know yet. Over HTTP/1.1 a stream's head declares both trailers (`Trailer`),
+    /// and only a client that sent `TE: trailers` gets them. For a
     /// service that keeps its responses as they were for callers that were not kept waiting,
     /// and the engine's cheapest setting: the two headers were about 3 100 of the 11 000
     /// instructions the engine added to a traced call of the benchmark's echo (callgrind).
@@ -79,6 +82,13 @@ impl Default for EngineConfig {
 }
 
 impl EngineConfig {
+    /// Which responses carry the headers: [`ResponseHeaders`].
+    #[must_use]
+    pub fn response_headers(mut self, headers: ResponseHeaders) -> Self {
+        self.headers = headers;
+        self
+    }
+
     /// Says that `port` is a database's (a PostgreSQL on 6543): waits on connections to it are
     /// `backend`. Up to four; more are ignored.
     #[must_use]

@@ -148,9 +148,6 @@ fn hex(bytes: &[u8]) -> String {
     String::from_utf8(digits[..len].to_vec()).unwrap_or_default()
 }
 
-/// The hex digits of `bytes` (at most 16; more are left out) and how many there are. By
-/// hand, by index, on the stack: `core::fmt`'s `{:032x}` cost about 700 instructions per trace
-/// id, and a `String::push` per digit (a capacity and char-width check each) 374 (callgrind).
 /// Bytes cut per buffer of [`header_bytes`]: 128 trace ids.
 const HEADER_BUFFER: usize = 4096;
 
@@ -175,6 +172,9 @@ fn header_bytes(digits: &[u8]) -> Bytes {
     })
 }
 
+/// The hex digits of `bytes` (at most 16; more are left out) and how many there are. By
+/// hand, by index, on the stack: `core::fmt`'s `{:032x}` cost about 700 instructions per trace
+/// id, and a `String::push` per digit (a capacity and char-width check each) 374 (callgrind).
 fn hex_digits(bytes: &[u8]) -> ([u8; 32], usize) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = [0; 32];

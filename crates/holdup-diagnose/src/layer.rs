@@ -131,6 +131,7 @@ where
             say_once_unstamped();
         }
         let started = stamped.map_or(now, |(at, _)| at.min(now));
+        let version = request.version();
         let timeline = start(
             &self.engine,
             &request,
@@ -157,6 +158,7 @@ where
         ResponseFuture {
             inner: Measured::outer(Arc::clone(&timeline), future, ready_since, true),
             timeline: Some(timeline),
+            http1: version < http::Version::HTTP_2,
         }
     }
 }
@@ -335,6 +337,8 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Measured<F>,
         timeline: Option<Arc<Timeline>>,
+        // Over HTTP/1.x a trailer goes out only if the head declared it.
+        http1: bool,
     }
 }
 
@@ -392,14 +396,16 @@ where
         if head && let Some(value) = diagnosis_value(&timeline, &report, !over) {
             headers.insert(names::DIAGNOSIS, value);
         }
-        if !over {
+        if !over && head {
             // The whole call's diagnosis comes as a trailer: HTTP/1.1 (hyper) sends only the
             // trailers its head declares (and only to a client that sent `TE: trailers`).
             headers.append(http::header::TRAILER, TRAILER_DECLARED);
-            if !head {
-                // And the id, which the head did not have.
-                headers.append(http::header::TRAILER, TRACE_ID_DECLARED);
-            }
+        } else if !over && *this.http1 {
+            // `WhenLate`: the head says nothing, and the trailers may have both, if the call
+            // turns out late. Over HTTP/2 nothing needs declaring: a quick stream's head stays
+            // as it was.
+            headers.append(http::header::TRAILER, TRAILER_DECLARED);
+            headers.append(http::header::TRAILER, TRACE_ID_DECLARED);
         }
         if head {
             insert_trace_id(headers, &report);

@@ -157,11 +157,7 @@ async fn a_plain_streaming_body_gets_its_diagnosis_in_a_trailer() {
 /// whether the call will be late); a late one's trailers have the diagnosis and the id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_headers_when_late_a_late_streams_trailers_have_them() {
-    let layer = DiagnoseLayer::new().with_config(holdup_diagnose::EngineConfig {
-        headers: holdup_diagnose::ResponseHeaders::WhenLate,
-        ..Default::default()
-    });
-    let (head, trailers) = stream_through(layer).await;
+    let (head, trailers) = stream_through(when_late(Duration::from_millis(1))).await;
     assert!(!head.contains("holdup-diagnosis: "), "{head}");
     assert!(!head.contains("x-trace-id: "), "{head}");
     assert!(
@@ -174,4 +170,26 @@ async fn with_headers_when_late_a_late_streams_trailers_have_them() {
         .find_map(|line| line.strip_prefix("x-trace-id: "))
         .unwrap_or_else(|| panic!("no x-trace-id trailer: {trailers:?}"));
     assert_eq!(id.len(), 32, "{id}");
+}
+
+/// With `ResponseHeaders::WhenLate` and a `detail_from` no call reaches, a stream's head and
+/// trailers have neither header (the head still declares them: HTTP/1.1 sends no trailer it
+/// did not declare, and the head cannot know).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_headers_when_late_a_quick_streams_trailers_have_neither() {
+    let (head, trailers) = stream_through(when_late(Duration::from_secs(3600))).await;
+    assert!(!head.contains("holdup-diagnosis: "), "{head}");
+    assert!(!head.contains("x-trace-id: "), "{head}");
+    assert!(!trailers.contains("holdup-diagnosis"), "{trailers:?}");
+    assert!(!trailers.contains("x-trace-id"), "{trailers:?}");
+}
+
+/// The layer with `ResponseHeaders::WhenLate` from `detail_from`.
+fn when_late(detail_from: Duration) -> DiagnoseLayer {
+    let config = holdup_diagnose::EngineConfig {
+        detail_from,
+        ..Default::default()
+    };
+    DiagnoseLayer::new()
+        .with_config(config.response_headers(holdup_diagnose::ResponseHeaders::WhenLate))
 }

@@ -151,6 +151,14 @@ async fn a_streams_head_says_it_is_partial() {
         .unwrap()
         .to_owned();
     assert_eq!(field(&head, "partial"), Some("head"), "{head}");
+    assert_eq!(
+        response
+            .metadata()
+            .get("trailer")
+            .map(|v| v.to_str().unwrap()),
+        Some("holdup-diagnosis"),
+        "the trailer is declared"
+    );
     let mut stream = response.into_inner();
     let first = stream.next().await.unwrap().unwrap();
     assert_eq!(first.status, ServingStatus::Serving as i32);
@@ -313,11 +321,12 @@ fn on_tonics_own_server_a_wait_behind_a_held_worker_is_seen_through_incoming() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_headers_when_late_only_a_late_call_has_them() {
     let when_late = |detail_from| {
-        DiagnoseLayer::new().with_config(holdup_diagnose::EngineConfig {
+        let config = holdup_diagnose::EngineConfig {
             detail_from,
-            headers: holdup_diagnose::ResponseHeaders::WhenLate,
             ..Default::default()
-        })
+        };
+        DiagnoseLayer::new()
+            .with_config(config.response_headers(holdup_diagnose::ResponseHeaders::WhenLate))
     };
     for (detail_from, late) in [
         (std::time::Duration::from_secs(3600), false),
@@ -337,5 +346,7 @@ async fn with_headers_when_late_only_a_late_call_has_them() {
         let head = stream.metadata();
         assert!(head.get("holdup-diagnosis").is_none(), "{head:?}");
         assert!(head.get("x-trace-id").is_none(), "{head:?}");
+        // Over HTTP/2 nothing is declared: the head is as it was without the engine.
+        assert!(head.get("trailer").is_none(), "{head:?}");
     }
 }

@@ -31,7 +31,8 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 ///
 /// Turns receive timestamps on first ([`enable`]); where they cannot be, it warns once and
 /// requests carry the connection task's stamp. Each accepted socket gets `TCP_NODELAY` and
-/// the timestamps again ([`enable_stream`]: a client may have connected before `enable`).
+/// the timestamps again ([`enable_stream`](super::enable_stream): a client may have
+/// connected before `enable`).
 ///
 /// # Errors
 /// The I/O error of [`enable`] other than a refusal of the option.
