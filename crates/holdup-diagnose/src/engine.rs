@@ -61,10 +61,10 @@ pub enum ResponseHeaders {
     /// Only a call that took [`EngineConfig::detail_from`] or longer: a reply complete when
     /// its head goes out (unary) in its head, any other (a stream) in its trailers, as its
     /// head cannot know yet. Over HTTP/1.1 a stream's head declares both trailers (`Trailer`),
-    /// and only a client that sent `TE: trailers` gets them. For a
-    /// service that keeps its responses as they were for callers that were not kept waiting,
-    /// and the engine's cheapest setting: the two headers were about 3 100 of the 11 000
-    /// instructions the engine added to a traced call of the benchmark's echo (callgrind).
+    /// and only a client that sent `TE: trailers` gets them. For a service that keeps its
+    /// responses as they were for callers that were not kept waiting, and the engine's
+    /// cheapest setting: the two headers were about 3 100 of the 11 000 instructions the
+    /// engine added to a traced call of the benchmark's echo (callgrind).
     WhenLate,
 }
 

@@ -396,16 +396,19 @@ where
         if head && let Some(value) = diagnosis_value(&timeline, &report, !over) {
             headers.insert(names::DIAGNOSIS, value);
         }
-        if !over && head {
-            // The whole call's diagnosis comes as a trailer: HTTP/1.1 (hyper) sends only the
-            // trailers its head declares (and only to a client that sent `TE: trailers`).
-            headers.append(http::header::TRAILER, TRAILER_DECLARED);
-        } else if !over && *this.http1 {
-            // `WhenLate`: the head says nothing, and the trailers may have both, if the call
-            // turns out late. Over HTTP/2 nothing needs declaring: a quick stream's head stays
-            // as it was.
-            headers.append(http::header::TRAILER, TRAILER_DECLARED);
-            headers.append(http::header::TRAILER, TRACE_ID_DECLARED);
+        if !over {
+            if head {
+                // The whole call's diagnosis comes as a trailer: HTTP/1.1 (hyper) sends only
+                // the trailers its head declares (and only to a client that sent
+                // `TE: trailers`).
+                headers.append(http::header::TRAILER, TRAILER_DECLARED);
+            } else if *this.http1 {
+                // `WhenLate`: the head says nothing, and the trailers may have both, if the
+                // call turns out late. Over HTTP/2 nothing needs declaring: a quick stream's
+                // head stays as it was.
+                headers.append(http::header::TRAILER, TRAILER_DECLARED);
+                headers.append(http::header::TRAILER, TRACE_ID_DECLARED);
+            }
         }
         if head {
             insert_trace_id(headers, &report);
@@ -469,10 +472,8 @@ fn diagnosis_value(timeline: &Timeline, report: &Report, partial: bool) -> Optio
 
 /// The request's id as `x-trace-id`.
 fn insert_trace_id(headers: &mut http::HeaderMap, report: &Report) {
-    if let Some(mut value) = report.identity.trace_id_header() {
-        // Different on every response: see `unique_value`.
-        value.set_sensitive(true);
-        headers.insert(names::TRACE_ID, value);
+    if let Some(value) = report.identity.trace_id_header() {
+        headers.insert(names::TRACE_ID, unique(value));
     }
 }
 
@@ -481,9 +482,13 @@ fn insert_trace_id(headers: &mut http::HeaderMap, report: &Report) {
 /// no later response will match (measured: the table's lookups and `memcmp` were about 3 %
 /// of a bare echo's CPU with the engine).
 fn unique_value(value: String) -> Option<HeaderValue> {
-    let mut value = HeaderValue::try_from(value).ok()?;
+    HeaderValue::try_from(value).ok().map(unique)
+}
+
+/// `value`, marked as one that differs on every response: see [`unique_value`].
+fn unique(mut value: HeaderValue) -> HeaderValue {
     value.set_sensitive(true);
-    Some(value)
+    value
 }
 
 /// The frames (or the error) polled before a response's head went out, handed out in order:

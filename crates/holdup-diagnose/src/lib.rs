@@ -43,8 +43,8 @@
 //! resource it parked on (a `Sleep` is a timer, a `Semaphore` or `Mutex` a queue whose holders
 //! are named), who woke it (the blocking pool, a library's thread, another request), or the
 //! connection it opened that sent the call and received data at the wake (a database port
-//! is `backend`, any other `upstream`). The README's "How idle waits are named" gives the rules. The
-//! **verdict** is the largest component ([`Verdict`]): never a label, always a measurement. A
+//! is `backend`, any other `upstream`). The README's "How idle waits are named" gives the
+//! rules. The **verdict** is the largest component ([`Verdict`]): never a label, always a measurement. A
 //! request that waited for a worker gets **blame**: the polls that held the workers during
 //! its wait, each with its overlap and share, as named requests (method and trace id) or tasks
 //! (id, spawn location, and a name if given with [`name_task`]); a request that waited for a

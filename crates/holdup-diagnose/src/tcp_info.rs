@@ -135,8 +135,8 @@ static LISTED: std::sync::Mutex<Listed> = std::sync::Mutex::new(Listed {
 /// The process's established TCP connections that it opened, for a wait that ended at
 /// `woken` (engine ns): from the last listing of its descriptors (see [`LISTING_KEPT`]),
 /// each read for its peer (the descriptor may have been reused) and the times since it last
-/// received and last sent data. Called only for a request that waited at least a millisecond on something
-/// no span or tokio resource named.
+/// received and last sent data. Called only for a request that waited at least a
+/// millisecond on something no span or tokio resource named.
 #[cfg(target_os = "linux")]
 pub(crate) fn opened_connections(woken: u64, now: u64) -> Vec<Opened> {
     const ESTABLISHED: u8 = 1;
