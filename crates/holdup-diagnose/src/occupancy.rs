@@ -18,7 +18,8 @@ use std::{
 use super::{clock::nanos, identity::Identity};
 
 /// Polls at least this long are remembered: shorter ones cannot make a wait worth blaming.
-pub(crate) const RECORD_POLLS_FROM: Duration = Duration::from_micros(200);
+/// Scaled under valgrind ([`SLOWDOWN`](super::clock::SLOWDOWN)).
+pub(crate) const RECORD_POLLS_FROM: Duration = Duration::from_micros(200 * super::clock::SLOWDOWN);
 /// Long polls remembered per worker. Polls of [`RECORD_POLLS_FROM`] back to back fill it in
 /// 200 ms, so a wait up to that long behind the shortest polls recorded is blamed in full (and
 /// seconds of longer ones, such as the Lab's `CpuBound`); 128 covered only 26 ms of them. A
