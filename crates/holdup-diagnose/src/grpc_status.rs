@@ -21,8 +21,8 @@ fn first<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a http::Head
 }
 
 /// A `grpc-status` value's code: decimal digits that fit a `u16`. Read by hand: every call's
-/// trailers carry one, and `to_str` then `str::parse` cost about 60 instructions more on `0`
-/// (callgrind).
+/// trailers carry one, and `to_str` then `str::parse` cost 27 instructions a call more
+/// (callgrind, the benchmark's echo).
 fn code_of(digits: &[u8]) -> Option<u16> {
     if digits.is_empty() {
         return None;
