@@ -100,8 +100,9 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
     result
 }
 
-/// `addr` with port 0 replaced by a port free now: the console server binds the address it is
-/// given out of sight, so the banner could only print `:0`, which no console can connect to.
+/// `addr` with port 0 replaced by a port free now: the console's listener is bound where the
+/// telemetry starts, which returns no address, so the banner could only print `:0`, which no
+/// console can connect to.
 fn free_port_for(addr: SocketAddr) -> SocketAddr {
     if addr.port() != 0 {
         return addr;

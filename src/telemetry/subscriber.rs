@@ -193,7 +193,21 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
 
 /// Serves the console API on a thread of its own; a port already in use costs a warning, not
 /// the service.
+///
+/// Bound here, before `serve` prints the banner that names the address: bound on the console's
+/// thread, a console (or a test) that connected as soon as it read the banner could be refused
+/// (seen once in CI, under a loaded machine). Connections made before the thread accepts wait
+/// in the listener's backlog.
 fn spawn_console_server(addr: SocketAddr, server: console_subscriber::Server) {
+    let listener = match std::net::TcpListener::bind(addr)
+        .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
+    {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("holdup: tokio-console disabled: cannot serve on {addr}: {e}");
+            return;
+        }
+    };
     let spawned = std::thread::Builder::new()
         .name("holdup-console".into())
         .spawn(move || {
@@ -210,13 +224,34 @@ fn spawn_console_server(addr: SocketAddr, server: console_subscriber::Server) {
                     return;
                 }
             };
-            if let Err(e) = runtime.block_on(server.serve()) {
+            if let Err(e) = runtime.block_on(serve_console(listener, server)) {
                 eprintln!("holdup: tokio-console disabled: cannot serve on {addr}: {e}");
             }
         });
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "tokio-console disabled: cannot spawn its thread");
     }
+}
+
+/// What `console_subscriber::Server::serve` does, on a listener already bound: its aggregator
+/// runs as long as the API is served.
+async fn serve_console(
+    listener: std::net::TcpListener,
+    server: console_subscriber::Server,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let console_subscriber::ServerParts {
+        instrument_server,
+        aggregator,
+        ..
+    } = server.into_parts();
+    let aggregate = tokio::spawn(aggregator.run());
+    let served = tonic::transport::Server::builder()
+        .add_service(instrument_server)
+        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+        .await;
+    aggregate.abort();
+    Ok(served?)
 }
 
 /// No exporters, for tools and tests: the diagnosis engine's stage layer, logs to stderr only
