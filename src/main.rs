@@ -92,24 +92,11 @@ fn start_telemetry(config: &TelemetryConfig) -> anyhow::Result<Telemetry> {
 
 fn serve(args: &ServeArgs) -> Result<(), Failure> {
     let config = args.validate().map_err(usage)?;
-    let mut telemetry_config = args.telemetry.validate("holdup").map_err(usage)?;
-    telemetry_config.console = telemetry_config.console.map(free_port_for);
+    let telemetry_config = args.telemetry.validate("holdup").map_err(usage)?;
     let telemetry = start_telemetry(&telemetry_config)?;
-    let result = serve_until_signal(config, telemetry_config.console);
+    let result = serve_until_signal(config, telemetry.console_addr());
     telemetry.shutdown();
     result
-}
-
-/// `addr` with port 0 replaced by a port free now: the console's listener is bound where the
-/// telemetry starts, which returns no address, so the banner could only print `:0`, which no
-/// console can connect to.
-fn free_port_for(addr: SocketAddr) -> SocketAddr {
-    if addr.port() != 0 {
-        return addr;
-    }
-    std::net::TcpListener::bind(addr)
-        .and_then(|listener| listener.local_addr())
-        .unwrap_or(addr)
 }
 
 fn serve_until_signal(config: ServeConfig, console: Option<SocketAddr>) -> Result<(), Failure> {

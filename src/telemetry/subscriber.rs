@@ -84,6 +84,8 @@ impl Default for TelemetryConfig {
 #[derive(Debug)]
 pub struct Telemetry {
     providers: Vec<SdkTracerProvider>,
+    /// Where the console API listens (port 0 in the config replaced by the port bound).
+    console: Option<SocketAddr>,
     /// Runs the OTLP exporters' gRPC connections, apart from the runtimes that serve requests.
     _export_runtime: Option<OwnedRuntime>,
 }
@@ -158,6 +160,7 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
         _ => None,
     };
 
+    let mut console = None;
     let console_layer = config.console.map(|addr| {
         let (layer, server) = console_subscriber::ConsoleLayer::builder()
             .event_buffer_capacity(CONSOLE_EVENT_BUFFER)
@@ -165,7 +168,7 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
             .server_addr(addr)
             .retention(config.console_retention)
             .build();
-        spawn_console_server(addr, server);
+        console = Some(spawn_console_server(addr, server).unwrap_or(addr));
         // Request task names carry a short trace id only when the console will show them.
         crate::diagnose::name_tasks_through(console_budget::decide_next_spawn);
         layer.with_filter(ConsoleFilter::new(config.console_budget))
@@ -187,25 +190,32 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
         .map_err(|_| TelemetryError::AlreadySet)?;
     Ok(Telemetry {
         providers,
+        console,
         _export_runtime: export_runtime,
     })
 }
 
-/// Serves the console API on a thread of its own; a port already in use costs a warning, not
-/// the service.
+/// Serves the console API on a thread of its own, and says where it listens; a port already in
+/// use costs a warning (and `None`), not the service.
 ///
 /// Bound here, before `serve` prints the banner that names the address: bound on the console's
 /// thread, a console (or a test) that connected as soon as it read the banner could be refused
 /// (seen once in CI, under a loaded machine). Connections made before the thread accepts wait
-/// in the listener's backlog.
-fn spawn_console_server(addr: SocketAddr, server: console_subscriber::Server) {
-    let listener = match std::net::TcpListener::bind(addr)
-        .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
-    {
-        Ok(listener) => listener,
+/// in the listener's backlog. Bound once, so port 0 is the port the banner names.
+fn spawn_console_server(
+    addr: SocketAddr,
+    server: console_subscriber::Server,
+) -> Option<SocketAddr> {
+    let bound = std::net::TcpListener::bind(addr).and_then(|listener| {
+        listener.set_nonblocking(true)?;
+        let local = listener.local_addr()?;
+        Ok((listener, local))
+    });
+    let (listener, local) = match bound {
+        Ok(bound) => bound,
         Err(e) => {
             eprintln!("holdup: tokio-console disabled: cannot serve on {addr}: {e}");
-            return;
+            return None;
         }
     };
     let spawned = std::thread::Builder::new()
@@ -231,6 +241,7 @@ fn spawn_console_server(addr: SocketAddr, server: console_subscriber::Server) {
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "tokio-console disabled: cannot spawn its thread");
     }
+    Some(local)
 }
 
 /// What `console_subscriber::Server::serve` does, on a listener already bound: its aggregator
@@ -332,6 +343,12 @@ where
 }
 
 impl Telemetry {
+    /// Where the console API listens, if it is on: the configured address, with the port the
+    /// listener got for port 0.
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.console
+    }
+
     /// Exports every span still buffered. Blocks; call outside async code or at exit.
     pub fn flush(&self) {
         for provider in &self.providers {
