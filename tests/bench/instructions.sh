@@ -47,7 +47,7 @@ BUILD=(cargo build --release --locked --quiet --example bare_echo
 "${BUILD[@]}"
 BIN=$VALGRIND_TARGET/release/examples/bare_echo
 
-# WORK, SERVER_PID and its cleanup, free_port, wait_for_port, fast_frame.
+# WORK, SERVER_PID and its cleanup, free_port, wait_for_port, fast_frame, fast_calls, stop_server.
 source tests/bench/lib.sh
 fast_frame "$WORK/fast.bin"
 
@@ -66,20 +66,16 @@ count() {
         "$BIN" "127.0.0.1:$port" 2 "$@" >"$WORK/server.log" 2>&1 &
     SERVER_PID=$!
     wait_for_port "$port" 300 || fail "bare_echo $* did not listen under valgrind"
-    local load=(h2load -c 4 -m 8 -d "$WORK/fast.bin" -H 'content-type: application/grpc'
-        -H 'te: trailers' "http://127.0.0.1:$port/holdup.v1.Lab/Fast")
-    "${load[@]}" -n "$WARMUP" >/dev/null
+    fast_calls "$port" "$WARMUP" >/dev/null
     callgrind_control -z "$SERVER_PID" >"$WORK/control.log" 2>&1 ||
         fail "callgrind_control could not zero the counters: $(cat "$WORK/control.log")"
     local out
-    out=$("${load[@]}" -n "$CALLS")
+    out=$(fast_calls "$port" "$CALLS")
     grep -q "$CALLS succeeded" <<<"$out" || fail "not every call succeeded: $out"
     callgrind_control -d "$SERVER_PID" >"$WORK/control.log" 2>&1 ||
         fail "callgrind_control could not dump the counters: $(cat "$WORK/control.log")"
     sleep 0.5
-    kill "$SERVER_PID"
-    wait "$SERVER_PID" 2>/dev/null || true
-    SERVER_PID=""
+    stop_server
     local total
     total=$(callgrind_annotate "$WORK/cg.out.1" 2>/dev/null |
         awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }')

@@ -29,6 +29,19 @@ wait_for_port() {
     return 1
 }
 
+# fast_calls PORT N: N h2load `Fast` calls (the frame `fast_frame` wrote to $WORK/fast.bin)
+# on 4 connections of 8 streams each, with h2load's report on stdout.
+fast_calls() {
+    h2load -c 4 -m 8 -n "$2" -d "$WORK/fast.bin" -H 'content-type: application/grpc' \
+        -H 'te: trailers' "http://127.0.0.1:$1/holdup.v1.Lab/Fast"
+}
+
+stop_server() { # stops SERVER_PID, waits for it, and clears it
+    kill "$SERVER_PID"
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=""
+}
+
 fast_frame() { # fast_frame FILE: one gRPC frame, uncompressed, FastRequest{message: "x"}
     printf '\x00\x00\x00\x00\x03\x0a\x01x' >"$1"
 }

@@ -27,7 +27,7 @@ command -v h2load >/dev/null || {
 cargo build --release --locked --quiet --example bare_echo
 BIN=${CARGO_TARGET_DIR:-target}/release/examples/bare_echo
 
-# WORK, SERVER_PID and its cleanup, free_port, wait_for_port, fast_frame.
+# WORK, SERVER_PID and its cleanup, free_port, wait_for_port, fast_frame, fast_calls, stop_server.
 source tests/bench/lib.sh
 fast_frame "$WORK/fast.bin"
 TICKS=$(getconf CLK_TCK)
@@ -45,20 +45,16 @@ measure() {
     "$BIN" "127.0.0.1:$port" 2 $1 >"$WORK/server.log" 2>&1 &
     SERVER_PID=$!
     wait_for_port "$port" || { cat "$WORK/server.log" >&2; exit 1; }
-    local load=(h2load -c 4 -m 8 -d "$WORK/fast.bin" -H 'content-type: application/grpc'
-        -H 'te: trailers' "http://127.0.0.1:$port/holdup.v1.Lab/Fast")
-    "${load[@]}" -n "$WARMUP" >/dev/null
+    fast_calls "$port" "$WARMUP" >/dev/null
     before=$(cpu_ticks "$SERVER_PID")
     local out
-    out=$("${load[@]}" -n "$CALLS")
+    out=$(fast_calls "$port" "$CALLS")
     after=$(cpu_ticks "$SERVER_PID")
     grep -q "$CALLS succeeded" <<<"$out" || {
         echo "not every call to bare_echo $1 succeeded: $out" >&2
         exit 1
     }
-    kill "$SERVER_PID"
-    wait "$SERVER_PID" 2>/dev/null || true
-    SERVER_PID=""
+    stop_server
     read -r USER_US SYSTEM_US < <(echo "$before $after" | awk -v t="$TICKS" -v n="$CALLS" \
         '{ printf "%.2f %.2f\n", ($3 - $1) / t / n * 1e6, ($4 - $2) / t / n * 1e6 }')
 }
