@@ -355,8 +355,8 @@ where
     type Output = Result<http::Response<DiagnosedBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let result = ready!(this.inner.poll(cx));
+        let mut this = self.project();
+        let result = ready!(this.inner.as_mut().poll(cx));
         let Some(timeline) = this.timeline.take() else {
             // Polled after completion: the inner future already said so.
             return Poll::Pending;
@@ -389,7 +389,9 @@ where
                 Poll::Pending => break,
             }
         }
-        let now = now_ns();
+        // The reply was ready when the poll that made it ended: the frames peeked since are
+        // the transport's, and a clock read (about 25 ns) is saved.
+        let now = this.inner.last_poll_end();
         let report = timeline.report(now);
         let headers = response.headers_mut();
         let config = &timeline.engine.config;

@@ -110,6 +110,8 @@ pub(crate) struct Meter {
     /// When the metered thing became ready for its first poll (created or handed over).
     ready_since: u64,
     polled: bool,
+    /// When the last poll ended (0 before the first).
+    last_end: u64,
 }
 
 impl Meter {
@@ -127,6 +129,7 @@ impl Meter {
             depth,
             ready_since,
             polled: false,
+            last_end: 0,
         }
     }
 
@@ -168,6 +171,7 @@ impl Meter {
         drop(entered);
 
         let end = now_ns();
+        self.last_end = end;
         let used = clock::poll_cpu(cpu, start, end);
         own_mark.end(end);
         timeline.poll_ended(self.depth, start, end, used);
@@ -240,6 +244,14 @@ impl<F> Measured<F> {
             in_span,
             done: false,
         }
+    }
+}
+
+impl<F> Measured<F> {
+    /// When its last poll ended: the moment a future that is ready now became so, for its
+    /// report, without another clock read.
+    pub(crate) fn last_poll_end(&self) -> u64 {
+        self.meter.last_end
     }
 }
 
