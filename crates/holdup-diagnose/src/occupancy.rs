@@ -235,29 +235,44 @@ pub fn runtime_key() -> u64 {
     }
 }
 
-/// Marks the start of a request's poll on this worker. Returns whether the mark is the
-/// request's own (no hook began this task's poll), in which case [`request_poll_ended`] ends it.
-pub(crate) fn request_poll_started(who: &Arc<Identity>, now: u64) -> bool {
+/// Marks the start of a request's poll on this worker, and says when it started. Returns
+/// whether the mark is the request's own (no hook began this task's poll), in which case
+/// [`request_poll_ended`] ends it.
+///
+/// The first request poll in a task's poll starts when the task's did (the hook read the
+/// clock a moment ago: the task's own work before it, microseconds, counts as the
+/// request's), but not before the request was `ready` (woken, or created inside this poll);
+/// any other starts `now()`.
+pub(crate) fn request_poll_started(
+    who: &Arc<Identity>,
+    ready: Option<u64>,
+    now: impl Fn() -> u64,
+) -> (bool, u64) {
     SLOT.with(|slot| {
         let over = HOOKED_OVER.with(std::cell::Cell::get);
         let mut state = slot.lock();
         if over && state.current.as_ref().is_some_and(|poll| poll.hooked) {
             // A request polled outside any task's poll, after the thread's last one: that
             // one ended by now.
-            state.end(now);
+            state.end(now());
         }
         match &mut state.current {
             Some(poll) if poll.hooked => {
+                let start = match poll.holder {
+                    Some(Holder::Task { .. }) => ready.map_or(poll.start, |r| r.max(poll.start)),
+                    _ => now(),
+                };
                 poll.holder = Some(Holder::Request(Arc::clone(who)));
-                false
+                (false, start)
             }
             _ => {
+                let start = now();
                 state.current = Some(InProgress {
-                    start: now,
+                    start,
                     holder: Some(Holder::Request(Arc::clone(who))),
                     hooked: false,
                 });
-                true
+                (true, start)
             }
         }
     })
@@ -557,7 +572,7 @@ mod tests {
         let (done, done_rx) = std::sync::mpsc::channel::<()>();
         let worker = std::thread::spawn(move || {
             for (start, end) in polls {
-                let own = request_poll_started(&on_worker, start);
+                let (own, _) = request_poll_started(&on_worker, None, || start);
                 request_poll_ended(own, end);
             }
             marked.send(()).unwrap();
