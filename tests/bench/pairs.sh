@@ -1,79 +1,118 @@
 #!/usr/bin/env bash
-# CPU time per call of two bare_echo servers, in alternating pairs: the same fixed number of
-# h2load calls to each, one right after the other, so that both runs of a pair share the
-# machine's load of the moment. On a shared two-core VM a server's CPU per call moves by half
-# between the rounds of `run.sh`, which runs several servers per round; a pair is over in
-# about ten seconds.
+# CPU time per call of two bare_echo servers, measured in alternating bursts: both servers
+# run for the whole measure, and each round sends the same number of h2load calls to one and
+# then the other (A then B in odd rounds, B then A in even ones), reading each server's CPU
+# time (its threads' schedstat, in ns: user and system) around its burst. A burst is about a second, so whatever the shared
+# two-core VM does to the speed of the moment, both servers get the same of it; and the
+# rounds are many, so the ratio of the totals has an interval that says how far to trust it.
 #
-# Each run: a fresh server, WARMUP calls, then CALLS calls (4 connections, 8 streams each),
-# and the server's utime and stime from /proc over those CALLS. Prints each pair (user +
-# system µs per call, and B's total against A's), then the ratio's median, min and max.
+# Why not fresh servers in pairs, as this script did before: one run of each per pair, about
+# five seconds apart, gave pair ratios from 0.83 to 1.49 for the same two servers (30 pairs),
+# a median that moved by three points between runs, and no interval.
+#
+# Prints each round (µs of CPU per call, user + system, and B against A), then B's total
+# against A's with a 95 % bootstrap interval over the rounds, and the rounds' median, min and
+# max.
 #
 # Usage: tests/bench/pairs.sh
-#   env: A="--otel" B="--otel --diagnose --when-late" PAIRS=5 CALLS=200000 WARMUP=20000
+#   env: A, B (bare_echo's flags; A="" is the bare server; defaults: --otel, and
+#        --otel --diagnose --when-late), ROUNDS=40, CALLS=20000 per burst, WARMUP=20000;
+#        A_BIN, B_BIN: another build of bare_echo for A or B (the change an engine commit
+#        makes: the same flags, two builds), else this tree's release build
 set -euo pipefail
 shopt -s inherit_errexit
 cd "$(dirname "$0")/../.."
 
 A=${A---otel}
 B=${B---otel --diagnose --when-late}
-PAIRS=${PAIRS:-5}
-CALLS=${CALLS:-200000}
+ROUNDS=${ROUNDS:-40}
+CALLS=${CALLS:-20000}
 WARMUP=${WARMUP:-20000}
-command -v h2load >/dev/null || {
-    echo "h2load is missing: apt-get install -y nghttp2-client" >&2
-    exit 1
-}
-cargo build --release --locked --quiet --example bare_echo
-BIN=${CARGO_TARGET_DIR:-target}/release/examples/bare_echo
-
-# WORK, SERVER_PID and its cleanup, free_port, wait_for_port, fast_frame, fast_calls, stop_server.
-source tests/bench/lib.sh
-fast_frame "$WORK/fast.bin"
-TICKS=$(getconf CLK_TCK)
-
-cpu_ticks() { # cpu_ticks PID: its utime and stime, in clock ticks
-    awk '{ print $14, $15 }' "/proc/$1/stat"
-}
-
-# measure FLAGS: sets USER_US and SYSTEM_US, the server's CPU per call. Not run in a command
-# substitution: the server's pid must stay in this shell for the EXIT trap to stop it.
-measure() {
-    local port before after
-    port=$(free_port)
-    # shellcheck disable=SC2086 # the flags are words
-    "$BIN" "127.0.0.1:$port" 2 $1 >"$WORK/server.log" 2>&1 &
-    SERVER_PID=$!
-    wait_for_port "$port" || { cat "$WORK/server.log" >&2; exit 1; }
-    fast_calls "$port" "$WARMUP" >/dev/null
-    before=$(cpu_ticks "$SERVER_PID")
-    local out
-    out=$(fast_calls "$port" "$CALLS")
-    after=$(cpu_ticks "$SERVER_PID")
-    grep -q "$CALLS succeeded" <<<"$out" || {
-        echo "not every call to bare_echo $1 succeeded: $out" >&2
+for tool in h2load python3; do
+    command -v "$tool" >/dev/null || {
+        echo "$tool is missing: apt-get install -y nghttp2-client python3" >&2
         exit 1
     }
-    stop_server
-    read -r USER_US SYSTEM_US < <(echo "$before $after" | awk -v t="$TICKS" -v n="$CALLS" \
-        '{ printf "%.2f %.2f\n", ($3 - $1) / t / n * 1e6, ($4 - $2) / t / n * 1e6 }')
+done
+cargo build --release --locked --quiet --example bare_echo
+BIN=${CARGO_TARGET_DIR:-target}/release/examples/bare_echo
+A_BIN=${A_BIN:-$BIN}
+B_BIN=${B_BIN:-$BIN}
+
+# WORK, SERVER_PID and its cleanup, free_port, wait_for_port, fast_frame, fast_calls.
+source tests/bench/lib.sh
+fast_frame "$WORK/fast.bin"
+
+# Server B's pid: SERVER_PID is A's, stopped by lib.sh's trap; this one stops B as well.
+B_PID=""
+trap 'if [[ -n "$B_PID" ]]; then kill "$B_PID" 2>/dev/null || true; fi; bench_cleanup' EXIT
+
+start() { # start BIN FLAGS LOG: a server on a free port; sets STARTED_PID and STARTED_PORT
+    STARTED_PORT=$(free_port)
+    # shellcheck disable=SC2086 # the flags are words
+    "$1" "127.0.0.1:$STARTED_PORT" 2 $2 >"$3" 2>&1 &
+    STARTED_PID=$!
 }
 
-echo "A: bare_echo $A"
-echo "B: bare_echo $B"
-ratios=()
-for pair in $(seq 1 "$PAIRS"); do
-    measure "$A"
-    a_user=$USER_US a_system=$SYSTEM_US
-    measure "$B"
-    ratio=$(awk -v au="$a_user" -v as="$a_system" -v bu="$USER_US" -v bs="$SYSTEM_US" \
-        'BEGIN { printf "%.3f", (bu + bs) / (au + as) }')
-    ratios+=("$ratio")
-    echo "pair $pair: A $a_user + $a_system µs, B $USER_US + $SYSTEM_US µs (user + system), B/A $ratio"
-done
-printf '%s\n' "${ratios[@]}" | sort -n | awk '
-    { r[NR] = $1 }
-    END {
-        median = NR % 2 ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2
-        printf "B/A, CPU per call: median %.2f (%.2f–%.2f) over %d pairs\n", median, r[1], r[NR], NR
+# cpu_ns PID: the CPU time of its threads, in ns. Not /proc/PID/stat's utime and stime:
+# those come in clock ticks (10 ms), a few percent of a burst.
+cpu_ns() {
+    cat /proc/"$1"/task/*/schedstat | awk '{ ns += $1 } END { printf "%.0f\n", ns }'
+}
+
+# burst PID PORT: CALLS calls to the server; prints the CPU ns they cost it.
+burst() {
+    local before after out
+    before=$(cpu_ns "$1")
+    out=$(fast_calls "$2" "$CALLS")
+    after=$(cpu_ns "$1")
+    grep -q "$CALLS succeeded" <<<"$out" || {
+        echo "not every call to the server on port $2 succeeded: $out" >&2
+        exit 1
+    }
+    echo $((after - before))
+}
+
+start "$A_BIN" "$A" "$WORK/a.log"
+SERVER_PID=$STARTED_PID a_port=$STARTED_PORT
+wait_for_port "$a_port" || { cat "$WORK/a.log" >&2; exit 1; }
+start "$B_BIN" "$B" "$WORK/b.log"
+B_PID=$STARTED_PID b_port=$STARTED_PORT
+# wait_for_port watches SERVER_PID for an early exit: B's, for this wait.
+SERVER_PID=$B_PID wait_for_port "$b_port" || { cat "$WORK/b.log" >&2; exit 1; }
+fast_calls "$a_port" "$WARMUP" >/dev/null
+fast_calls "$b_port" "$WARMUP" >/dev/null
+
+echo "A: $A_BIN $A"
+echo "B: $B_BIN $B"
+echo "$ROUNDS rounds of $CALLS calls to each"
+: >"$WORK/rounds"
+for round in $(seq 1 "$ROUNDS"); do
+    if ((round % 2)); then
+        a=$(burst "$SERVER_PID" "$a_port")
+        b=$(burst "$B_PID" "$b_port")
+    else
+        b=$(burst "$B_PID" "$b_port")
+        a=$(burst "$SERVER_PID" "$a_port")
+    fi
+    echo "$a $b" >>"$WORK/rounds"
+    awk -v a="$a" -v b="$b" -v n="$CALLS" -v r="$round" 'BEGIN {
+        printf "round %d: A %.2f µs, B %.2f µs of CPU per call, B/A %.3f\n",
+            r, a / n / 1e3, b / n / 1e3, a ? b / a : 0
     }'
+done
+python3 - "$WORK/rounds" <<'EOF'
+import random, statistics, sys
+
+rounds = [tuple(map(int, line.split())) for line in open(sys.argv[1])]
+def ratio(rs):
+    return sum(b for _, b in rs) / max(1, sum(a for a, _ in rs))
+# Resampling the rounds, with a fixed seed: the same rounds print the same interval.
+rng = random.Random(1)
+boots = sorted(ratio(rng.choices(rounds, k=len(rounds))) for _ in range(2000))
+per_round = [b / a for a, b in rounds if a]
+print(f"B/A, CPU per call: {ratio(rounds):.3f} of the totals "
+      f"(95 % interval {boots[50]:.3f}–{boots[1949]:.3f}); rounds: median "
+      f"{statistics.median(per_round):.2f} ({min(per_round):.2f}–{max(per_round):.2f}) "
+      f"over {len(rounds)}")
+EOF
