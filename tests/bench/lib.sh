@@ -30,10 +30,12 @@ wait_for_port() {
 }
 
 # fast_calls PORT N: N h2load `Fast` calls (the frame `fast_frame` wrote to $WORK/fast.bin)
-# on 4 connections of 8 streams each, with h2load's report on stdout.
+# on 4 connections of 8 streams each, with h2load's report on stdout: as fast as the server
+# answers, or, with RPS set, at RPS calls a second on each connection.
 fast_calls() {
-    h2load -c 4 -m 8 -n "$2" -d "$WORK/fast.bin" -H 'content-type: application/grpc' \
-        -H 'te: trailers' "http://127.0.0.1:$1/holdup.v1.Lab/Fast"
+    h2load -c 4 -m 8 -n "$2" ${RPS:+"--rps=$RPS"} -d "$WORK/fast.bin" \
+        -H 'content-type: application/grpc' -H 'te: trailers' \
+        "http://127.0.0.1:$1/holdup.v1.Lab/Fast"
 }
 
 stop_server() { # stops SERVER_PID, waits for it, and clears it

@@ -18,7 +18,8 @@
 #   env: A, B (bare_echo's flags; A="" is the bare server; defaults: --otel, and
 #        --otel --diagnose --when-late), ROUNDS=40, CALLS=20000 per burst, WARMUP=20000;
 #        A_BIN, B_BIN: another build of bare_echo for A or B (the change an engine commit
-#        makes: the same flags, two builds), else this tree's release build
+#        makes: the same flags, two builds), else this tree's release build;
+#        RPS: calls a second per connection (4 of them), for a server below saturation
 set -euo pipefail
 shopt -s inherit_errexit
 cd "$(dirname "$0")/../.."
