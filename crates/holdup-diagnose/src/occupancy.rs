@@ -592,6 +592,71 @@ mod tests {
         worker.join().unwrap();
     }
 
+    /// In a task's poll that the runtime's hook began, a request's first poll starts when the
+    /// task's did (not before the request was ready), and a second one in the same task poll
+    /// reads the clock.
+    #[cfg(tokio_unstable)]
+    #[test]
+    fn a_requests_first_poll_in_a_task_starts_with_the_tasks() {
+        use std::sync::atomic::Ordering;
+
+        use crate::clock::now_ns;
+        let runtime = install_hooks(&mut tokio::runtime::Builder::new_multi_thread())
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let who = Identity::untraced("/test.occupancy.Svc/First");
+        let ms = 1_000_000;
+        // A worker's polls are hooked once it has parked.
+        let key = runtime.block_on(async { runtime_key() });
+        let parked = || {
+            SLOTS
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .filter_map(Weak::upgrade)
+                .any(|slot| slot.runtime == key && slot.worker.load(Ordering::Relaxed))
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !parked() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the worker never parked"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let (first, second, body_began) = runtime
+            .block_on(runtime.spawn(async move {
+                let body_began = now_ns();
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                let first = request_poll_started(&who, None, now_ns);
+                let second = request_poll_started(&who, None, now_ns);
+                (first, second, body_began)
+            }))
+            .unwrap();
+        assert!(
+            !first.0 && !second.0,
+            "the hook's marks, not the request's own"
+        );
+        assert!(
+            first.1 <= body_began,
+            "the task poll's start: {first:?}, {body_began}"
+        );
+        assert!(
+            second.1 >= body_began + 2 * ms,
+            "read after the sleep: {second:?}"
+        );
+        let who = Identity::untraced("/test.occupancy.Svc/Ready");
+        let (started, ready) = runtime
+            .block_on(runtime.spawn(async move {
+                let ready = now_ns();
+                (request_poll_started(&who, Some(ready), now_ns), ready)
+            }))
+            .unwrap();
+        assert_eq!(started, (false, ready), "not before the request was ready");
+    }
+
     /// A wake stamped on another thread can land after the victim's poll began: a window that
     /// ends before it starts holds no poll (clipped, it would have a negative length).
     #[test]
