@@ -84,7 +84,8 @@ impl Default for TelemetryConfig {
 #[derive(Debug)]
 pub struct Telemetry {
     providers: Vec<SdkTracerProvider>,
-    /// Where the console API listens (port 0 in the config replaced by the port bound).
+    /// Where the console API listens (port 0 in the config replaced by the port bound); the
+    /// configured address when it could not be bound (a warning said so).
     console: Option<SocketAddr>,
     /// Runs the OTLP exporters' gRPC connections, apart from the runtimes that serve requests.
     _export_runtime: Option<OwnedRuntime>,
@@ -344,7 +345,8 @@ where
 
 impl Telemetry {
     /// Where the console API listens, if it is on: the configured address, with the port the
-    /// listener got for port 0.
+    /// listener got for port 0. An address that could not be bound is returned as configured
+    /// (a warning said so at start-up), so the banner still names what was asked for.
     pub fn console_addr(&self) -> Option<SocketAddr> {
         self.console
     }

@@ -2,9 +2,10 @@
 # CPU time per call of two bare_echo servers, measured in alternating bursts: both servers
 # run for the whole measure, and each round sends the same number of h2load calls to one and
 # then the other (A then B in odd rounds, B then A in even ones), reading each server's CPU
-# time (its threads' schedstat, in ns: user and system) around its burst. A burst is about a second, so whatever the shared
-# two-core VM does to the speed of the moment, both servers get the same of it; and the
-# rounds are many, so the ratio of the totals has an interval that says how far to trust it.
+# time (its threads' schedstat, in ns: user and system) around its burst. A burst of 20 000
+# calls takes about half a second, so whatever the shared two-core VM does to the speed of
+# the moment, both servers get the same of it; and the rounds are many, so the ratio of the
+# totals has an interval that says how far to trust it.
 #
 # Why not fresh servers in pairs, as this script did before: one run of each per pair, about
 # five seconds apart, gave pair ratios from 0.83 to 1.49 for the same two servers (30 pairs),

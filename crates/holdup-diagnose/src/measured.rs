@@ -248,9 +248,7 @@ impl<F> Measured<F> {
             done: false,
         }
     }
-}
 
-impl<F> Measured<F> {
     /// When its last poll ended: the moment a future that is ready now became so, for its
     /// report, without another clock read.
     pub(crate) fn last_poll_end(&self) -> u64 {
