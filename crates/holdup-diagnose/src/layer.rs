@@ -366,7 +366,7 @@ where
             Ok(response) => response,
             Err(e) => {
                 let report = timeline.report(now_ns());
-                timeline.engine.finish(&report, &timeline, false, None);
+                let _left = timeline.engine.finish(&report, &timeline, false, None);
                 return Poll::Ready(Err(e));
             }
         };
@@ -426,12 +426,13 @@ where
                 None => peeked.trailers(),
             };
             let status = trailers.and_then(GrpcStatus::of);
-            timeline.engine.finish(&report, &timeline, answered, status);
+            let left = timeline.engine.finish(&report, &timeline, answered, status);
             // The span stays open until the trailers pass, and takes its status from them if
             // it has none yet.
             BodyState::Reported {
                 timeline: trailers_only.is_none().then_some(timeline),
                 status_pending: status.is_none(),
+                left,
             }
         } else {
             BodyState::Streaming {
@@ -579,6 +580,9 @@ enum BodyState {
     Reported {
         timeline: Option<Arc<Timeline>>,
         status_pending: bool,
+        /// The span was left as it was (`EngineConfig::leaves_span`): an OK status leaves it
+        /// so.
+        left: bool,
     },
     /// A call that goes on: its polls are metered, and its end reports the whole call.
     Streaming {
@@ -635,7 +639,7 @@ fn finish_stream(state: &mut BodyState, trailers: Option<&mut http::HeaderMap>) 
                 .then(|| diagnosis_value(&timeline, &report, false))
                 .flatten();
             let status = trailers.as_deref().and_then(GrpcStatus::of);
-            timeline.engine.finish(&report, &timeline, answered, status);
+            let _left = timeline.engine.finish(&report, &timeline, answered, status);
             if let Some(trailers) = trailers {
                 if let Some(value) = value {
                     trailers.insert(names::DIAGNOSIS, value);
@@ -649,8 +653,11 @@ fn finish_stream(state: &mut BodyState, trailers: Option<&mut http::HeaderMap>) 
         BodyState::Reported {
             timeline: Some(timeline),
             status_pending: true,
+            left,
         } => {
-            if let Some(status) = trailers.as_deref().and_then(GrpcStatus::of) {
+            if let Some(status) = trailers.as_deref().and_then(GrpcStatus::of)
+                && !(left && status.code == 0)
+            {
                 status.record(&timeline);
             }
         }

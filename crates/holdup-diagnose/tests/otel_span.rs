@@ -13,7 +13,7 @@ use std::{
 
 use health_support::{client, serve_with};
 
-use holdup_diagnose::{DiagnoseLayer, EngineConfig};
+use holdup_diagnose::{DiagnoseLayer, EngineConfig, ResponseHeaders};
 use opentelemetry::{
     Context, Value,
     trace::{SpanKind, Status},
@@ -94,7 +94,12 @@ async fn check_with(
         Ok(reply) => (tonic::Code::Ok, trace_id(reply.metadata())),
         Err(status) => (status.code(), trace_id(status.metadata())),
     };
-    // The span ends when the response body has been sent: moments after the reply.
+    (code, server_span(&trace_id).await)
+}
+
+/// The server span of trace `trace_id`, once it has ended: moments after the reply, when the
+/// response body has been sent.
+async fn server_span(trace_id: &str) -> SpanData {
     for _ in 0..200 {
         let found = ended()
             .0
@@ -106,7 +111,7 @@ async fn check_with(
             })
             .cloned();
         if let Some(span) = found {
-            return (code, span);
+            return span;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -117,7 +122,7 @@ async fn check_with(
         .iter()
         .map(|s| format!("{} {:?} {}", s.name, s.span_kind, s.span_context.trace_id()))
         .collect();
-    panic!("no server span ended with the trace id {trace_id} of the reply's x-trace-id: {seen:?}");
+    panic!("no server span ended with the trace id {trace_id}: {seen:?}");
 }
 
 fn trace_id(metadata: &tonic::metadata::MetadataMap) -> String {
@@ -217,5 +222,92 @@ async fn the_report_goes_on_the_opentelemetry_span_brief_or_whole() {
         assert!((0..=total).contains(&part), "{key} {part} of {total}");
     }
     assert!(int(&span, "holdup.polls") >= 1);
+    assert_eq!(int(&span, "rpc.grpc.status_code"), 0);
+}
+
+/// With `ResponseHeaders::WhenLate` a call that was not late and did not fail leaves its span
+/// as the OpenTelemetry layer made it; a failed one gets its status, a late one its report.
+/// Each call continues a caller's trace of its own, the only way to find its span: a quick
+/// reply has no `x-trace-id`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_headers_when_late_a_quick_ok_calls_span_is_left_as_it_was() {
+    ended();
+    let when_late = |detail_from| {
+        DiagnoseLayer::new().with_config(
+            EngineConfig {
+                detail_from,
+                ..EngineConfig::default()
+            }
+            .response_headers(ResponseHeaders::WhenLate),
+        )
+    };
+    let call = |client: &mut HealthClient<Channel>, service: &str, trace: &'static str| {
+        let mut request = tonic::Request::new(HealthCheckRequest {
+            service: service.into(),
+        });
+        let traceparent = format!("00-{trace}-00f067aa0ba902b7-01");
+        request
+            .metadata_mut()
+            .insert("traceparent", traceparent.parse().unwrap());
+        let mut client = client.clone();
+        async move {
+            let code = match client.check(request).await {
+                Ok(_) => tonic::Code::Ok,
+                Err(status) => status.code(),
+            };
+            (code, server_span(trace).await)
+        }
+    };
+
+    // No call of this test reaches an hour.
+    let (addr, _reporter) = serve_with(when_late(Duration::from_secs(3600))).await;
+    let mut quick = client(addr).await;
+    let (code, span) = call(&mut quick, "", "5a1e0000000000000000000000000001").await;
+    assert_eq!(code, tonic::Code::Ok);
+    for key in ["holdup.verdict", "holdup.total_us", "rpc.grpc.status_code"] {
+        assert_eq!(
+            attribute(&span, key),
+            None,
+            "{key} on {:?}",
+            span.attributes
+        );
+    }
+    assert_eq!(span.status, Status::Unset);
+    assert_eq!(
+        attribute(&span, "rpc.method").unwrap().to_string(),
+        "Check",
+        "the span itself is there, with the conventions' attributes"
+    );
+
+    let (code, span) = call(
+        &mut quick,
+        "no.such.Service",
+        "5a1e0000000000000000000000000002",
+    )
+    .await;
+    assert_eq!(code, tonic::Code::NotFound);
+    assert_eq!(
+        int(&span, "rpc.grpc.status_code"),
+        5,
+        "a failed call is reported"
+    );
+    assert!(
+        matches!(span.status, Status::Error { .. }),
+        "{:?}",
+        span.status
+    );
+    assert!(attribute(&span, "holdup.verdict").is_some());
+
+    // Every call is late from a nanosecond: reported as by default.
+    let (addr, _late_reporter) = serve_with(when_late(Duration::from_nanos(1))).await;
+    let mut late = client(addr).await;
+    let (code, span) = call(&mut late, "", "5a1e0000000000000000000000000003").await;
+    assert_eq!(code, tonic::Code::Ok);
+    assert!(
+        attribute(&span, "holdup.verdict").is_some(),
+        "{:?}",
+        span.attributes
+    );
+    assert!(int(&span, "holdup.busy_us") >= 0, "the whole split");
     assert_eq!(int(&span, "rpc.grpc.status_code"), 0);
 }
