@@ -72,8 +72,7 @@ pub enum ResponseHeaders {
     /// For a service that keeps its responses, and its traces, as they were for callers that
     /// were not kept waiting, and the engine's cheapest setting: the two headers were about
     /// 3 100 of the 11 000 instructions the engine added to a traced call of the benchmark's
-    /// echo, and the report on the span of a quick call about 1 400 of the 7 400 left
-    /// (callgrind).
+    /// echo, and the report on a quick call's span about 700 of the 6 500 left (callgrind).
     WhenLate,
 }
 
@@ -130,10 +129,11 @@ impl EngineConfig {
     /// [`ResponseHeaders::WhenLate`], a call that was not late and did not fail (`status`
     /// OK, or not known yet; a call that failed without one is not `answered`).
     ///
-    /// Its report there cost more than anything else the engine does for such a call under
-    /// an OpenTelemetry layer: the span's lock and three attributes, about 1 400 instructions
-    /// of the 7 400 the engine added (callgrind), and about 3 % of the traced echo's CPU time
-    /// per call (`tests/bench/pairs.sh`, two runs with the builds swapped).
+    /// Under an OpenTelemetry layer its report there (the span's lock and three attributes)
+    /// was the largest part of the engine's cost that could be turned off alone for such a
+    /// call: about 700 of the 6 500 instructions the engine added (callgrind), and about 3 %
+    /// of the traced echo's CPU time per call (`tests/bench/pairs.sh`, two runs with the
+    /// builds swapped).
     pub(crate) fn leaves_span(
         &self,
         report: &Report,
@@ -236,11 +236,10 @@ impl Engine {
         let detailed = self.config.detailed(report);
         let left = self.config.leaves_span(report, answered, status);
         #[cfg(feature = "opentelemetry")]
-        if left {
-        } else if let Some(context) = timeline.otel_context() {
-            super::otel::record(context, report, detailed, status);
-        } else {
-            record_on_span(report, span, detailed, status);
+        match timeline.otel_context() {
+            _ if left => {}
+            Some(context) => super::otel::record(context, report, detailed, status),
+            None => record_on_span(report, span, detailed, status),
         }
         #[cfg(not(feature = "opentelemetry"))]
         if !left {
