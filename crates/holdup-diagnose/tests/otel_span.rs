@@ -80,8 +80,19 @@ async fn check(client: &mut HealthClient<Channel>, service: &str) -> (tonic::Cod
 async fn check_with(
     client: &mut HealthClient<Channel>,
     service: &str,
-    traceparent: Option<&'static str>,
+    traceparent: Option<&str>,
 ) -> (tonic::Code, SpanData) {
+    let (code, metadata) = send(client, service, traceparent).await;
+    (code, server_span(&trace_id(&metadata)).await)
+}
+
+/// Calls `Check` for `service`, with a caller's W3C `traceparent` when given: the call's code,
+/// and the metadata of its reply or its error.
+async fn send(
+    client: &mut HealthClient<Channel>,
+    service: &str,
+    traceparent: Option<&str>,
+) -> (tonic::Code, tonic::metadata::MetadataMap) {
     let mut request = tonic::Request::new(HealthCheckRequest {
         service: service.into(),
     });
@@ -90,11 +101,10 @@ async fn check_with(
             .metadata_mut()
             .insert("traceparent", traceparent.parse().unwrap());
     }
-    let (code, trace_id) = match client.check(request).await {
-        Ok(reply) => (tonic::Code::Ok, trace_id(reply.metadata())),
-        Err(status) => (status.code(), trace_id(status.metadata())),
-    };
-    (code, server_span(&trace_id).await)
+    match client.check(request).await {
+        Ok(reply) => (tonic::Code::Ok, reply.metadata().clone()),
+        Err(status) => (status.code(), status.metadata().clone()),
+    }
 }
 
 /// The server span of trace `trace_id`, once it has ended: moments after the reply, when the
@@ -242,19 +252,11 @@ async fn with_headers_when_late_a_quick_ok_calls_span_is_left_as_it_was() {
         )
     };
     let call = |client: &mut HealthClient<Channel>, service: &str, trace: &'static str| {
-        let mut request = tonic::Request::new(HealthCheckRequest {
-            service: service.into(),
-        });
         let traceparent = format!("00-{trace}-00f067aa0ba902b7-01");
-        request
-            .metadata_mut()
-            .insert("traceparent", traceparent.parse().unwrap());
         let mut client = client.clone();
+        let service = service.to_owned();
         async move {
-            let code = match client.check(request).await {
-                Ok(_) => tonic::Code::Ok,
-                Err(status) => status.code(),
-            };
+            let (code, _) = send(&mut client, &service, Some(&traceparent)).await;
             (code, server_span(trace).await)
         }
     };
